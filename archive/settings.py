@@ -1,0 +1,142 @@
+"""Settings: one frozen object read from ``ARCHIVE_*`` environment variables and validated at start.
+
+Nothing else in the library reads the environment. Build ``Settings.from_env()`` once at the edge (CLI,
+worker, API) and pass it in. Every validation error names the variable, the value's problem and what is
+accepted. Secrets (S3 secret key) are kept out of ``repr`` so they never reach a log.
+
+| variable                     | default                       | meaning                                       |
+|------------------------------|-------------------------------|-----------------------------------------------|
+| ARCHIVE_HOME                 | ./.archive                    | embedded archive directory (keyring, store)   |
+| ARCHIVE_STORE                | file://$ARCHIVE_HOME/store    | object store: ``file:///path`` or ``s3://bucket[/prefix]`` |
+| ARCHIVE_KEYS                 | keyring                       | key provider: ``keyring`` or ``aws-kms:<key id or ARN>`` |
+| ARCHIVE_KEYRING              | $ARCHIVE_HOME/keyring.json    | local keyring file (mode 0600)                |
+| ARCHIVE_SEGMENT_SIZE         | 1048576                       | sealed segment size in bytes (4 KiB … 64 MiB) |
+| ARCHIVE_LOCK_MODE            | compliance                    | default lock mode: compliance or governance   |
+| ARCHIVE_S3_ENDPOINT_URL      | (AWS)                         | S3 endpoint, e.g. MinIO ``http://localhost:9000`` |
+| ARCHIVE_S3_REGION            | us-east-1                     | S3 region                                     |
+| ARCHIVE_S3_ACCESS_KEY_ID     | (boto3 chain)                 | S3 access key; both or neither with the secret |
+| ARCHIVE_S3_SECRET_ACCESS_KEY | (boto3 chain)                 | S3 secret key                                 |
+| ARCHIVE_S3_PART_SIZE         | 16777216                      | multipart upload part size in bytes (≥ 5 MiB) |
+| ARCHIVE_KMS_ENDPOINT_URL     | (AWS)                         | KMS endpoint (for a KMS-compatible service)   |
+| ARCHIVE_KMS_REGION           | ARCHIVE_S3_REGION             | KMS region                                    |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from archive.errors import ConfigError
+
+MIN_SEGMENT = 4 * 1024
+MAX_SEGMENT = 64 * 1024 * 1024
+MIN_PART = 5 * 1024 * 1024
+LOCK_MODES = ("compliance", "governance")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration; build with :meth:`from_env`."""
+
+    home: Path
+    store_url: str
+    keys: str
+    keyring_path: Path
+    segment_size: int = 1024 * 1024
+    lock_mode: str = "compliance"
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = field(default=None, repr=False)
+    s3_part_size: int = 16 * 1024 * 1024
+    kms_endpoint_url: str | None = None
+    kms_region: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, cwd: Path | None = None) -> Settings:
+        """Read and validate ``ARCHIVE_*`` variables from ``env`` (default: ``os.environ``).
+
+        Raises ConfigError naming the first invalid variable.
+        """
+        env = os.environ if env is None else env
+        base = cwd or Path.cwd()
+        home = Path(env.get("ARCHIVE_HOME") or ".archive")
+        home = home if home.is_absolute() else base / home
+
+        store_url = env.get("ARCHIVE_STORE") or f"file://{home / 'store'}"
+        _check_store_url(store_url)
+
+        keys = env.get("ARCHIVE_KEYS") or "keyring"
+        if keys != "keyring" and not (keys.startswith("aws-kms:") and len(keys) > len("aws-kms:")):
+            raise ConfigError(f"ARCHIVE_KEYS={keys!r} is not a key provider; use 'keyring' or "
+                              "'aws-kms:<key id or ARN>'", variable="ARCHIVE_KEYS")
+        keyring = Path(env.get("ARCHIVE_KEYRING") or home / "keyring.json")
+        keyring = keyring if keyring.is_absolute() else base / keyring
+
+        segment_size = _int(env, "ARCHIVE_SEGMENT_SIZE", 1024 * 1024, MIN_SEGMENT, MAX_SEGMENT)
+        lock_mode = (env.get("ARCHIVE_LOCK_MODE") or "compliance").lower()
+        if lock_mode not in LOCK_MODES:
+            raise ConfigError(f"ARCHIVE_LOCK_MODE={lock_mode!r} must be one of {', '.join(LOCK_MODES)}",
+                              variable="ARCHIVE_LOCK_MODE")
+
+        access = env.get("ARCHIVE_S3_ACCESS_KEY_ID") or None
+        secret = env.get("ARCHIVE_S3_SECRET_ACCESS_KEY") or None
+        if bool(access) != bool(secret):
+            missing = "ARCHIVE_S3_SECRET_ACCESS_KEY" if access else "ARCHIVE_S3_ACCESS_KEY_ID"
+            raise ConfigError(f"{missing} must be set together with the other S3 credential",
+                              variable=missing)
+        s3_endpoint = env.get("ARCHIVE_S3_ENDPOINT_URL") or None
+        if s3_endpoint:
+            _check_http_url(s3_endpoint, "ARCHIVE_S3_ENDPOINT_URL")
+        kms_endpoint = env.get("ARCHIVE_KMS_ENDPOINT_URL") or None
+        if kms_endpoint:
+            _check_http_url(kms_endpoint, "ARCHIVE_KMS_ENDPOINT_URL")
+        region = env.get("ARCHIVE_S3_REGION") or "us-east-1"
+
+        return cls(
+            home=home,
+            store_url=store_url,
+            keys=keys,
+            keyring_path=keyring,
+            segment_size=segment_size,
+            lock_mode=lock_mode,
+            s3_endpoint_url=s3_endpoint,
+            s3_region=region,
+            s3_access_key_id=access,
+            s3_secret_access_key=secret,
+            s3_part_size=_int(env, "ARCHIVE_S3_PART_SIZE", 16 * 1024 * 1024, MIN_PART, 5 * 1024**3),
+            kms_endpoint_url=kms_endpoint,
+            kms_region=env.get("ARCHIVE_KMS_REGION") or region,
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer", variable=name) from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}={value} is out of range [{lo}, {hi}]", variable=name)
+    return value
+
+
+def _check_store_url(url: str) -> None:
+    parsed = urlparse(url)
+    if parsed.scheme == "file" and parsed.path:
+        return
+    if parsed.scheme == "s3" and parsed.netloc:
+        return
+    raise ConfigError(f"ARCHIVE_STORE={url!r} is not a store URL; use file:///absolute/path or "
+                      "s3://bucket[/prefix]", variable="ARCHIVE_STORE")
+
+
+def _check_http_url(url: str, name: str) -> None:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"{name}={url!r} must be an http(s) URL", variable=name)

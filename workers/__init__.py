@@ -1,0 +1,1 @@
+"""Celery workers: thin tasks over the archive library (see the distributed-ingest issue)."""
