@@ -1,0 +1,1 @@
+"""Cryptography lives here and only here: the sealed object format (``stream``)."""

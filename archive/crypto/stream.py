@@ -1,0 +1,352 @@
+"""Sealed object format v1: streaming, random-access AES-256-GCM with key commitment.
+
+This module owns the exact bytes of a sealed object. It knows nothing about stores or key providers:
+it turns plaintext into sealed bytes under a 32-byte data key and a binding context, and back.
+``docs/sealed-format.md`` repeats this description for readers without the code.
+
+Construction (after Tink's AES-GCM-HKDF streaming AEAD and the STREAM construction of Hoang, Reyhanitabar,
+Rogaway and Vizár, "Online Authenticated-Encryption and its Nonce-Reuse Misuse-Resistance", 2015)::
+
+    sealed   = header ‖ segment_0 ‖ segment_1 ‖ … ‖ segment_{n-1}
+
+    header   (85 bytes, integers big-endian)
+      0   8  magic            b"ARCHSEAL"
+      8   1  format version   0x01
+      9   1  algorithm        0x01 = AES-256-GCM, HKDF-SHA256 subkey, STREAM nonces
+     10   4  segment size S   plaintext bytes per segment (4 KiB … 64 MiB)
+     14  32  salt             random, fresh per object
+     46   7  nonce prefix     random, fresh per object
+     53  32  key commitment   see below
+
+    context  = b"archive-seal-v1" ‖ u16 len ‖ record id (UTF-8) ‖ u16 len ‖ part name (UTF-8)
+    okm      = HKDF-SHA256(ikm = data key, salt = salt, info = b"archive/seal/v1" ‖ context, L = 64)
+    subkey   = okm[0:32]       the AES-256-GCM key for every segment of this object
+    commit   = okm[32:64]      stored in the header; checked in constant time before any segment
+
+    segment_i = AES-256-GCM(subkey, nonce_i, plaintext_i, aad)      = ciphertext_i ‖ tag_i (16 bytes)
+    nonce_i   = nonce prefix (7) ‖ u32 i ‖ u8 last                  last = 1 only for the final segment
+    aad       = header ‖ context
+
+Every segment holds exactly S plaintext bytes except the last, which holds 0 … S (an empty object is one
+empty last segment). So a sealed object of L bytes has n = ceil((L − 85) / (S + 16)) segments, segment i
+starts at byte 85 + i·(S + 16), and the plaintext is L − 85 − 16·n bytes long: a byte range [a, b) is
+decrypted by reading the header and segments a // S … (b − 1) // S only.
+
+What each part defends against:
+
+* a fresh random data key per object (chosen by the caller's key provider) and a fresh salt: no key or
+  nonce is ever reused across objects, so the 32-bit counter gives 2^32 segments (4 PiB at 1 MiB);
+* the counter in the nonce: segments reordered or duplicated fail authentication;
+* the last-segment flag: truncation at a segment boundary fails (the new final segment was sealed with
+  last = 0); truncation inside a segment fails its tag;
+* the nonce prefix, salt and header in every segment's nonce/aad: a segment or header spliced in from
+  another object fails;
+* the key commitment: AES-GCM is not key-committing (one ciphertext can be made to decrypt under two
+  keys); the commitment binds the header to exactly one data key and context, so the wrong key, the wrong
+  record id or the wrong part name are rejected before any plaintext is released;
+* context in the HKDF info and in the aad: a sealed object only opens as the record and part it was
+  sealed for.
+
+Plaintext is only ever released after its segment's tag verified. A streaming reader may have released
+earlier segments before a later one fails; callers that must be all-or-nothing verify first.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from archive.errors import IntegrityError, UnsupportedFormat
+
+MAGIC = b"ARCHSEAL"
+FORMAT_VERSION = 1
+ALG_AES256_GCM_HKDF_STREAM = 1
+HEADER = struct.Struct(">8sBBI32s7s32s")
+HEADER_SIZE = HEADER.size  # 85
+TAG_SIZE = 16
+KEY_SIZE = 32
+SALT_SIZE = 32
+PREFIX_SIZE = 7
+DEFAULT_SEGMENT_SIZE = 1024 * 1024
+MIN_SEGMENT_SIZE = 4 * 1024
+MAX_SEGMENT_SIZE = 64 * 1024 * 1024
+MAX_SEGMENTS = 2**32
+_NONCE_TAIL = struct.Struct(">IB")
+_CONTEXT_LABEL = b"archive-seal-v1"
+_HKDF_INFO = b"archive/seal/v1"
+
+
+@dataclass(frozen=True)
+class Binding:
+    """What a sealed object is bound to: the record it belongs to and the part it holds."""
+
+    record_id: str
+    part: str
+
+    def encode(self) -> bytes:
+        out = bytearray(_CONTEXT_LABEL)
+        for value in (self.record_id, self.part):
+            raw = value.encode("utf-8")
+            if not raw or len(raw) > 0xFFFF:
+                raise ValueError("record id and part name must be 1 … 65535 UTF-8 bytes")
+            out += struct.pack(">H", len(raw)) + raw
+        return bytes(out)
+
+
+@dataclass(frozen=True)
+class Header:
+    """A parsed header. ``raw`` is the exact 85 bytes, which every segment authenticates."""
+
+    segment_size: int
+    salt: bytes
+    nonce_prefix: bytes
+    commitment: bytes
+    raw: bytes
+
+
+def sealed_size(plaintext_size: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> int:
+    """The length of the sealed object for a plaintext of ``plaintext_size`` bytes."""
+    segments = max(1, -(-plaintext_size // segment_size))
+    return HEADER_SIZE + plaintext_size + segments * TAG_SIZE
+
+
+def plaintext_size(sealed_length: int, segment_size: int, *, object_key: str = "?") -> int:
+    """The plaintext length of a sealed object of ``sealed_length`` bytes; raises IntegrityError if no
+    well-formed object has that length (truncated inside the header or the last tag)."""
+    segments = _segment_count(sealed_length, segment_size, object_key)
+    return sealed_length - HEADER_SIZE - segments * TAG_SIZE
+
+
+def _segment_count(sealed_length: int, segment_size: int, object_key: str) -> int:
+    body = sealed_length - HEADER_SIZE
+    if body < TAG_SIZE:
+        raise IntegrityError(f"{object_key}: sealed object is truncated ({sealed_length} bytes, shorter than "
+                             "a header and one segment)", object_key=object_key, segment=0)
+    segments = -(-body // (segment_size + TAG_SIZE))
+    if body - (segments - 1) * (segment_size + TAG_SIZE) < TAG_SIZE:
+        raise IntegrityError(f"{object_key}: segment {segments - 1} is truncated inside its tag",
+                             object_key=object_key, segment=segments - 1)
+    return segments
+
+
+class _Keys:
+    """Per-object key material: the AES-GCM instance, the aad and the nonce prefix."""
+
+    __slots__ = ("aead", "aad", "prefix", "object_key")
+
+    def __init__(self, data_key: bytes, header: Header, binding: Binding, object_key: str) -> None:
+        self.aead = AESGCM(_derive(data_key, header.salt, binding)[0])
+        self.aad = header.raw + binding.encode()
+        self.prefix = header.nonce_prefix
+        self.object_key = object_key
+
+    def nonce(self, index: int, last: bool) -> bytes:
+        return self.prefix + _NONCE_TAIL.pack(index, 1 if last else 0)
+
+    def open(self, index: int, sealed: bytes, last: bool) -> bytes:
+        if len(sealed) < TAG_SIZE:
+            raise IntegrityError(f"{self.object_key}: segment {index} is truncated ({len(sealed)} bytes)",
+                                 object_key=self.object_key, segment=index)
+        try:
+            return self.aead.decrypt(self.nonce(index, last), sealed, self.aad)
+        except InvalidTag:
+            raise IntegrityError(
+                f"{self.object_key}: segment {index} failed authentication (altered, truncated, reordered "
+                "or spliced from another object)", object_key=self.object_key, segment=index) from None
+
+
+def _derive(data_key: bytes, salt: bytes, binding: Binding) -> tuple[bytes, bytes]:
+    if len(data_key) != KEY_SIZE:
+        raise ValueError(f"data key must be {KEY_SIZE} bytes")
+    okm = HKDF(algorithm=hashes.SHA256(), length=2 * KEY_SIZE, salt=salt,
+               info=_HKDF_INFO + binding.encode()).derive(data_key)
+    return okm[:KEY_SIZE], okm[KEY_SIZE:]
+
+
+def _read_full(source: BinaryIO, n: int) -> bytes:
+    """Read exactly ``n`` bytes unless the source ends first (pipes and sockets return short reads)."""
+    data = source.read(n)
+    if data is None:
+        data = b""
+    if len(data) == n or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        more = source.read(n - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+# --- sealing ---------------------------------------------------------------------------------------
+
+
+def seal_stream(source: BinaryIO, data_key: bytes, binding: Binding, *,
+                segment_size: int = DEFAULT_SEGMENT_SIZE,
+                on_plaintext: Callable[[bytes], None] | None = None) -> Iterator[bytes]:
+    """Yield the sealed object for everything read from ``source``: the header, then one sealed segment
+    at a time. Memory stays at about two segments whatever the size. ``on_plaintext`` sees every
+    plaintext chunk in order (for hashing the original as it streams by)."""
+    if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
+        raise ValueError(f"segment size must be within [{MIN_SEGMENT_SIZE}, {MAX_SEGMENT_SIZE}]")
+    salt, prefix = os.urandom(SALT_SIZE), os.urandom(PREFIX_SIZE)
+    _, commitment = _derive(data_key, salt, binding)
+    raw = HEADER.pack(MAGIC, FORMAT_VERSION, ALG_AES256_GCM_HKDF_STREAM, segment_size, salt, prefix, commitment)
+    keys = _Keys(data_key, Header(segment_size, salt, prefix, commitment, raw), binding, "(sealing)")
+    yield raw
+
+    index = 0
+    current = _read_full(source, segment_size)
+    while True:
+        following = _read_full(source, segment_size) if len(current) == segment_size else b""
+        last = not following
+        if on_plaintext is not None and current:
+            on_plaintext(current)
+        if index >= MAX_SEGMENTS:
+            raise ValueError("plaintext too long for the 32-bit segment counter; use a larger segment size")
+        yield keys.aead.encrypt(keys.nonce(index, last), current, keys.aad)
+        if last:
+            return
+        index += 1
+        current = following
+
+
+class SealingReader:
+    """A read-only file object over :func:`seal_stream`, for consumers that pull (boto3's transfer
+    manager). ``read(n)`` returns up to ``n`` sealed bytes; memory stays bounded by ``n`` plus a segment."""
+
+    def __init__(self, segments: Iterator[bytes]) -> None:
+        self._segments = segments
+        self._buffer = b""
+        self._offset = 0
+        self._done = False
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def read(self, n: int = -1) -> bytes:
+        chunks: list[bytes] = []
+        want = n if n is not None and n >= 0 else float("inf")
+        got = 0
+        while got < want:
+            if self._offset >= len(self._buffer):
+                if self._done:
+                    break
+                nxt = next(self._segments, None)
+                if nxt is None:
+                    self._done = True
+                    break
+                self._buffer, self._offset = nxt, 0
+                if got == 0 and len(nxt) <= want:  # whole segment, no copy
+                    self._offset = len(nxt)
+                    chunks.append(nxt)
+                    got += len(nxt)
+                    continue
+            take = min(len(self._buffer) - self._offset, want - got)
+            chunks.append(self._buffer[self._offset:self._offset + int(take)])
+            self._offset += int(take)
+            got += int(take)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self.position += len(data)
+        return data
+
+    def close(self) -> None:
+        self._done = True
+        self._buffer = b""
+
+
+# --- opening ---------------------------------------------------------------------------------------
+
+
+def parse_header(raw: bytes, *, object_key: str = "?") -> Header:
+    """Parse and sanity-check the 85-byte header. Raises UnsupportedFormat for bytes that are not a
+    sealed object of a version this code reads, IntegrityError for a short or malformed header."""
+    if len(raw) < HEADER_SIZE:
+        if not MAGIC.startswith(raw[: len(MAGIC)]):
+            raise UnsupportedFormat(f"{object_key}: not a sealed object (bad magic)", object_key=object_key)
+        raise IntegrityError(f"{object_key}: header is truncated ({len(raw)} of {HEADER_SIZE} bytes)",
+                             object_key=object_key, segment="header")
+    magic, version, alg, segment_size, salt, prefix, commitment = HEADER.unpack(raw[:HEADER_SIZE])
+    if magic != MAGIC:
+        raise UnsupportedFormat(f"{object_key}: not a sealed object (bad magic)", object_key=object_key)
+    if version != FORMAT_VERSION or alg != ALG_AES256_GCM_HKDF_STREAM:
+        raise UnsupportedFormat(f"{object_key}: sealed format version {version} algorithm {alg} is not "
+                                "supported by this release", object_key=object_key)
+    if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
+        raise IntegrityError(f"{object_key}: header has an impossible segment size {segment_size}",
+                             object_key=object_key, segment="header")
+    return Header(segment_size, salt, prefix, commitment, bytes(raw[:HEADER_SIZE]))
+
+
+def _open_keys(raw_header: bytes, data_key: bytes, binding: Binding, object_key: str) -> tuple[Header, _Keys]:
+    header = parse_header(raw_header, object_key=object_key)
+    _, expected = _derive(data_key, header.salt, binding)
+    if not hmac.compare_digest(expected, header.commitment):
+        raise IntegrityError(
+            f"{object_key}: header key commitment does not match (wrong data key, wrong record id or part "
+            f"name {binding.record_id!r}/{binding.part!r}, or the header was altered)",
+            object_key=object_key, segment="header")
+    return header, _Keys(data_key, header, binding, object_key)
+
+
+def unseal_stream(source: BinaryIO, data_key: bytes, binding: Binding, *,
+                  object_key: str = "?") -> Iterator[bytes]:
+    """Yield the plaintext of a sealed object read sequentially from ``source``, one verified segment at
+    a time. Raises IntegrityError naming the object and segment at the first failure."""
+    header, keys = _open_keys(_read_full(source, HEADER_SIZE), data_key, binding, object_key)
+    size = header.segment_size + TAG_SIZE
+    index = 0
+    current = _read_full(source, size)
+    while True:
+        following = _read_full(source, size) if len(current) == size else b""
+        yield keys.open(index, current, last=not following)
+        if not following:
+            return
+        index += 1
+        current = following
+
+
+def unseal_range(read_at: Callable[[int, int], bytes], sealed_length: int, data_key: bytes,
+                 binding: Binding, start: int, end: int, *, object_key: str = "?") -> bytes:
+    """Return plaintext bytes [start, end) reading only the header and the covering segments through
+    ``read_at(offset, length)``. ``end`` is clamped to the plaintext length. Raises IntegrityError."""
+    header, keys = _open_keys(read_at(0, HEADER_SIZE), data_key, binding, object_key)
+    seg = header.segment_size
+    total = plaintext_size(sealed_length, seg, object_key=object_key)
+    count = _segment_count(sealed_length, seg, object_key)
+    end = min(end, total)
+    if start < 0 or start > end:
+        raise ValueError(f"invalid range [{start}, {end}) for {total} bytes")
+    if start == end:
+        return b""
+    first, last = start // seg, (end - 1) // seg
+    offset = HEADER_SIZE + first * (seg + TAG_SIZE)
+    length = min(sealed_length, HEADER_SIZE + (last + 1) * (seg + TAG_SIZE)) - offset
+    blob = read_at(offset, length)
+    if len(blob) != length:
+        raise IntegrityError(f"{object_key}: segment {first}…{last} read returned {len(blob)} of {length} "
+                             "bytes (object truncated)", object_key=object_key, segment=first)
+    view = memoryview(blob)
+    out = []
+    for i in range(first, last + 1):
+        lo = (i - first) * (seg + TAG_SIZE)
+        out.append(keys.open(i, view[lo:lo + seg + TAG_SIZE], last=(i == count - 1)))
+    plain = b"".join(out)
+    skip = start - first * seg
+    return plain[skip:skip + (end - start)]
