@@ -1,0 +1,124 @@
+"""The object-store contract: write-once objects under retention locks and legal holds.
+
+Semantics every backend gives (the contract suite in ``tests/store_contract.py`` checks them):
+
+* ``put`` writes an object once. A second put under the same key raises ObjectExists. A crash mid-put
+  leaves nothing visible.
+* Retention: an object may carry ``retain_until`` and a lock ``mode`` — COMPLIANCE (nobody can shorten
+  or delete before the date: SEC 17a-4(f)(2)(i) non-rewriteable, non-erasable) or GOVERNANCE (the same,
+  except for a caller allowed to bypass it). Retention can be extended, never shortened.
+* A legal hold blocks deletion regardless of dates until it is released.
+* ``delete`` is refused (ObjectLocked) while retention runs or a hold is on.
+
+Keys are ``/``-separated paths of safe components (letters, digits, ``. _ - = + @ , :``); anything that
+could escape a namespace (``..``, absolute paths, empty components, control characters) raises
+InvalidObjectKey.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import BinaryIO, Protocol
+
+from archive.errors import InvalidObjectKey, RetentionError
+
+MAX_KEY_BYTES = 1024
+_COMPONENT = re.compile(r"[A-Za-z0-9._=+@,:-]{1,255}")
+
+
+class LockMode(str, Enum):
+    """S3 Object Lock retention modes."""
+
+    COMPLIANCE = "COMPLIANCE"
+    GOVERNANCE = "GOVERNANCE"
+
+    @classmethod
+    def parse(cls, value: str | LockMode) -> LockMode:
+        try:
+            return cls(str(value.value if isinstance(value, LockMode) else value).upper())
+        except ValueError:
+            raise RetentionError(f"unknown lock mode {value!r}; use compliance or governance") from None
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What the store knows about one object."""
+
+    key: str
+    size: int
+    retain_until: datetime | None = None
+    mode: LockMode | None = None
+    legal_hold: bool = False
+    created: datetime | None = None
+    version_id: str | None = None
+    checksum_sha256: str | None = None  # as the store reports it (S3: base64, may be composite "…-N")
+
+    def locked(self, now: datetime | None = None) -> bool:
+        """True while retention runs or a legal hold is on."""
+        now = now or datetime.now(UTC)
+        return self.legal_hold or (self.retain_until is not None and self.retain_until > now)
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a safe object key, else raise InvalidObjectKey saying why."""
+    if not isinstance(key, str) or not key:
+        raise InvalidObjectKey("object key is empty")
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise InvalidObjectKey(f"object key is longer than {MAX_KEY_BYTES} bytes: {key[:60]!r}…")
+    for part in key.split("/"):
+        if part in (".", "..") or not _COMPONENT.fullmatch(part):
+            raise InvalidObjectKey(f"object key {key!r} has an unsafe component {part!r} (allowed: letters, "
+                                   "digits and . _ - = + @ , : between single slashes; no '.' or '..')")
+    return key
+
+
+def check_retain_until(retain_until: datetime | None) -> datetime | None:
+    """Normalise a retain-until date to aware UTC; naive datetimes are refused, not guessed."""
+    if retain_until is None:
+        return None
+    if retain_until.tzinfo is None:
+        raise ValueError("retain_until must be timezone-aware")
+    return retain_until.astimezone(UTC)
+
+
+class ObjectStore(Protocol):
+    """Write-once object storage with retention locks and legal holds."""
+
+    def put(self, key: str, source: BinaryIO, *, retain_until: datetime | None = None,
+            mode: LockMode = LockMode.COMPLIANCE, legal_hold: bool = False) -> ObjectInfo:
+        """Write ``source`` (read to its end) under ``key``. Raises ObjectExists, InvalidObjectKey,
+        RetentionError (retain_until in the past), StoreUnavailable."""
+        ...
+
+    def open(self, key: str) -> BinaryIO:
+        """A streaming reader over the whole object. Raises ObjectNotFound."""
+        ...
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset + length) (fewer at the end of the object). Raises ObjectNotFound."""
+        ...
+
+    def head(self, key: str) -> ObjectInfo:
+        """Size, retention and hold of an object. Raises ObjectNotFound."""
+        ...
+
+    def set_legal_hold(self, key: str, on: bool) -> None:
+        """Place or release a legal hold."""
+        ...
+
+    def extend_retention(self, key: str, retain_until: datetime, mode: LockMode | None = None) -> None:
+        """Move retain-until later. Raises RetentionError when that would shorten it."""
+        ...
+
+    def delete(self, key: str, *, bypass_governance: bool = False) -> None:
+        """Delete the object for good. Raises ObjectLocked while retention runs or a hold is on
+        (GOVERNANCE retention yields to ``bypass_governance``; COMPLIANCE and holds never do)."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys under ``prefix``, in lexicographic order."""
+        ...
