@@ -1,0 +1,257 @@
+"""The ``archive`` command: a thin edge over the library.
+
+Each command builds settings from the environment, opens the archive, calls one library function and
+turns an ArchiveError into a one-line message on stderr and its exit status. No stack traces for
+expected failures; ``ARCHIVE_DEBUG=1`` shows them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from archive.crypto.stream import Binding
+from archive.dates import parse_datetime, parse_duration
+from archive.errors import ArchiveError
+from archive.services import Archive, init_archive, open_archive
+from archive.settings import Settings
+
+
+def _out(doc: object) -> None:
+    print(json.dumps(doc, indent=1, default=str, ensure_ascii=False))
+
+
+def _retain_until(args: argparse.Namespace) -> datetime | None:
+    if getattr(args, "retain_until", None):
+        return parse_datetime(args.retain_until)
+    if getattr(args, "retain", None):
+        return parse_duration(args.retain).after(datetime.now(UTC))
+    return None
+
+
+def _info(info) -> dict:
+    return {"key": info.key, "size": info.size, "retain_until": info.retain_until,
+            "mode": info.mode.value if info.mode else None, "legal_hold": info.legal_hold,
+            "version_id": info.version_id}
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+
+def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
+    _, done = init_archive(settings, create_bucket=args.create_bucket)
+    for line in done:
+        print(line)
+    return 0
+
+
+def cmd_put(archive: Archive, args: argparse.Namespace) -> int:
+    src = Path(args.file)
+    name = args.name or src.name
+    with open(src, "rb") as f:
+        receipt = archive.vault.seal(name, f, Binding(args.record_id or name, args.part),
+                                     retain_until=_retain_until(args), mode=args.mode,
+                                     legal_hold=args.legal_hold)
+    doc = json.loads(receipt.to_bytes())
+    doc.pop("wrapped_key")
+    _out(doc)
+    return 0
+
+
+def cmd_get(archive: Archive, args: argparse.Namespace) -> int:
+    binding = Binding(args.record_id, args.part) if args.record_id and args.part else None
+    out = open(args.output, "wb") if args.output not in (None, "-") else sys.stdout.buffer
+    try:
+        if args.range:
+            start, _, end = args.range.partition("-")
+            out.write(archive.vault.read_range(args.name, int(start), int(end) if end else 2**63, binding))
+        else:
+            for chunk in archive.vault.open(args.name, binding, verify_digest=args.verify):
+                out.write(chunk)
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+    return 0
+
+
+def cmd_head(archive: Archive, args: argparse.Namespace) -> int:
+    receipt = archive.vault.receipt(args.name)
+    doc = json.loads(receipt.to_bytes())
+    doc["kek_id"] = doc.pop("wrapped_key")["kek_id"]
+    _out({"receipt": doc, "object": _info(archive.vault.head(args.name))})
+    return 0
+
+
+def cmd_ls(archive: Archive, args: argparse.Namespace) -> int:
+    for name in archive.vault.names(args.prefix):
+        print(name)
+    return 0
+
+
+def cmd_hold(archive: Archive, args: argparse.Namespace) -> int:
+    archive.vault.set_legal_hold(args.name, args.state == "on")
+    _out(_info(archive.vault.head(args.name)))
+    return 0
+
+
+def cmd_extend(archive: Archive, args: argparse.Namespace) -> int:
+    until = _retain_until(args)
+    if until is None:
+        raise SystemExit("archive object extend: give --retain-until DATE or --retain DURATION")
+    archive.vault.extend_retention(args.name, until, args.mode)
+    _out(_info(archive.vault.head(args.name)))
+    return 0
+
+
+def cmd_delete(archive: Archive, args: argparse.Namespace) -> int:
+    archive.vault.delete(args.name, bypass_governance=args.bypass_governance)
+    print(f"deleted {args.name}")
+    return 0
+
+
+def cmd_keys_status(archive: Archive, args: argparse.Namespace) -> int:
+    usage = archive.vault.kek_usage()
+    _out({"provider": archive.keys.name, "current": archive.keys.current_kek(),
+          "keks": [{"kek_id": k.kek_id, "state": k.state, "created": k.created, "objects": usage.pop(k.kek_id, 0)}
+                   for k in archive.keys.keks()],
+          **({"other_keks_in_use": usage} if usage else {})})
+    return 0
+
+
+def cmd_keys_rotate(archive: Archive, args: argparse.Namespace) -> int:
+    report = archive.vault.rotate(new_kek=not args.rewrap_only)
+    _out(report.__dict__)
+    return 1 if report.failed else 0
+
+
+def cmd_keys_destroy(archive: Archive, args: argparse.Namespace) -> int:
+    archive.vault.destroy_kek(args.kek_id)
+    print(f"destroyed {args.kek_id}")
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------------------
+
+
+def _retention_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--retain-until", metavar="DATE", help="lock until this ISO-8601 date/time (UTC)")
+    g.add_argument("--retain", metavar="DURATION", help="lock for an ISO-8601 duration from now, e.g. P7Y")
+    p.add_argument("--mode", choices=["compliance", "governance"], default=None,
+                   help="lock mode (default: ARCHIVE_LOCK_MODE, compliance)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="archive", description="Compliance recording and audit archive.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create the archive: home directory, keyring, object store",
+                       description="Create the archive under ARCHIVE_HOME (default ./.archive): the keyring "
+                                   "(mode 0600) and the object store. Safe to run again.")
+    p.add_argument("--create-bucket", action="store_true",
+                   help="for an s3:// store, create the bucket with Object Lock enabled")
+    p.set_defaults(run=cmd_init, needs_archive=False)
+
+    obj = sub.add_parser("object", help="sealed objects: put, get, head, ls, hold, extend, delete",
+                         description="Low-level access to sealed objects in the vault.")
+    osub = obj.add_subparsers(dest="object_command", required=True, metavar="ACTION")
+
+    p = osub.add_parser("put", help="seal a file into the store", description="Encrypt FILE into a sealed "
+                        "object (fresh data key, AES-256-GCM segments) and store it under NAME, locked.")
+    p.add_argument("file")
+    p.add_argument("--name", help="object name (default: the file name)")
+    p.add_argument("--record-id", help="record the object belongs to (default: the name)")
+    p.add_argument("--part", default="content", help="part name, e.g. audio, video, transcript")
+    p.add_argument("--legal-hold", action="store_true", help="place a legal hold at once")
+    _retention_args(p)
+    p.set_defaults(run=cmd_put)
+
+    p = osub.add_parser("get", help="unseal an object to a file or stdout",
+                        description="Decrypt and verify NAME. --range A-B returns plaintext bytes [A, B), "
+                                    "reading only the covering segments.")
+    p.add_argument("name")
+    p.add_argument("-o", "--output", help="output file (default: stdout)")
+    p.add_argument("--range", metavar="A-B", help="plaintext byte range [A, B); B may be omitted")
+    p.add_argument("--record-id", help="expected record id (checked cryptographically)")
+    p.add_argument("--part", help="expected part name (checked cryptographically)")
+    p.add_argument("--verify", action="store_true", help="also check the plaintext SHA-256 against the receipt")
+    p.set_defaults(run=cmd_get)
+
+    p = osub.add_parser("head", help="show an object's receipt, retention and hold",
+                        description="Show the seal receipt (sizes, SHA-256 digests, KEK) and lock state.")
+    p.add_argument("name")
+    p.set_defaults(run=cmd_head)
+
+    p = osub.add_parser("ls", help="list sealed object names", description="List sealed objects by name.")
+    p.add_argument("prefix", nargs="?", default="")
+    p.set_defaults(run=cmd_ls)
+
+    p = osub.add_parser("hold", help="place or release a legal hold",
+                        description="Place (on) or release (off) a legal hold on NAME and its receipts.")
+    p.add_argument("name")
+    p.add_argument("state", choices=["on", "off"])
+    p.set_defaults(run=cmd_hold)
+
+    p = osub.add_parser("extend", help="extend retention (never shortens)",
+                        description="Move retain-until of NAME later; shortening is refused.")
+    p.add_argument("name")
+    _retention_args(p)
+    p.set_defaults(run=cmd_extend)
+
+    p = osub.add_parser("delete", help="delete an object whose retention has passed",
+                        description="Delete NAME and its receipts (destroying its data key). Refused while "
+                                    "retention runs or a legal hold is on.")
+    p.add_argument("name")
+    p.add_argument("--bypass-governance", action="store_true", help="override GOVERNANCE-mode retention")
+    p.set_defaults(run=cmd_delete)
+
+    keys = sub.add_parser("keys", help="key-encryption keys: status, rotate, destroy",
+                          description="Manage the key-encryption keys that wrap every data key.")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    p = ksub.add_parser("status", help="KEKs and how many objects each wraps",
+                        description="List KEKs with their state and how many objects need each.")
+    p.set_defaults(run=cmd_keys_status)
+    p = ksub.add_parser("rotate", help="new KEK; rewrap every data key under it",
+                        description="Create a new KEK and rewrap every object's data key under it, writing "
+                                    "new receipts. Locked objects are not rewritten.")
+    p.add_argument("--rewrap-only", action="store_true",
+                   help="do not create a KEK; rewrap to the current one (finish an interrupted rotation, or "
+                        "move to a newly configured KMS key)")
+    p.set_defaults(run=cmd_keys_rotate)
+    p = ksub.add_parser("destroy", help="destroy a retired KEK nothing needs",
+                        description="Irreversibly destroy KEK_ID; refused while any object still needs it.")
+    p.add_argument("kek_id")
+    p.set_defaults(run=cmd_keys_destroy)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run: Callable = args.run
+    try:
+        settings = Settings.from_env()
+        if getattr(args, "needs_archive", True):
+            return run(open_archive(settings), args)
+        return run(settings, args)
+    except ArchiveError as e:
+        if os.environ.get("ARCHIVE_DEBUG"):
+            raise
+        print(f"archive: error [{e.code}]: {e}", file=sys.stderr)
+        return e.exit_status
+    except (OSError, ValueError) as e:
+        if os.environ.get("ARCHIVE_DEBUG"):
+            raise
+        print(f"archive: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Building the archive's services once from settings, and creating a new archive.
+
+No module-level clients: every edge (CLI, worker, API) calls :func:`open_archive` once and passes the
+result along.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from archive import __version__
+from archive.errors import ConfigError, NotInitialized
+from archive.keys import KeyProvider, open_keys
+from archive.settings import Settings
+from archive.store import ObjectStore, open_store
+from archive.store.base import LockMode
+from archive.vault import Vault
+
+MARKER = "archive.json"
+
+
+@dataclass(frozen=True)
+class Archive:
+    """The services of one archive."""
+
+    settings: Settings
+    store: ObjectStore
+    keys: KeyProvider
+    vault: Vault
+
+
+def open_archive(settings: Settings) -> Archive:
+    """Open an initialised archive. Raises NotInitialized, ConfigError, StorageError, CryptoError."""
+    if not (settings.home / MARKER).exists():
+        raise NotInitialized(f"no archive at {settings.home} (ARCHIVE_HOME); run 'archive init' first",
+                             home=str(settings.home))
+    store = open_store(settings)
+    keys = open_keys(settings)
+    vault = Vault(store, keys, segment_size=settings.segment_size, lock_mode=LockMode.parse(settings.lock_mode))
+    return Archive(settings, store, keys, vault)
+
+
+def init_archive(settings: Settings, *, create_bucket: bool = False) -> tuple[Archive, list[str]]:
+    """Create the archive home, the keyring (when the keyring is the key provider) and the store.
+    Idempotent: what exists is kept, never overwritten. Returns the archive and what was done."""
+    done: list[str] = []
+    home = settings.home
+    if home.exists() and not home.is_dir():
+        raise ConfigError(f"ARCHIVE_HOME={home} exists and is not a directory", variable="ARCHIVE_HOME")
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+    if settings.keys == "keyring":
+        from archive.keys.keyring import create_keyring
+
+        if settings.keyring_path.exists():
+            done.append(f"keyring kept: {settings.keyring_path}")
+        else:
+            create_keyring(settings.keyring_path)
+            done.append(f"keyring created: {settings.keyring_path} (mode 0600) — back it up; losing it loses "
+                        "every object")
+    open_store(settings, create=create_bucket or settings.store_url.startswith("file:"))
+    done.append(f"object store ready: {settings.store_url}")
+    marker = home / MARKER
+    if not marker.exists():
+        marker.write_text(json.dumps({"created": datetime.now(UTC).isoformat(timespec="seconds"),
+                                      "version": __version__, "store": settings.store_url,
+                                      "keys": settings.keys.split(":")[0]}, indent=1))
+        done.append(f"archive created: {home}")
+    else:
+        done.append(f"archive kept: {home}")
+    return open_archive(settings), done

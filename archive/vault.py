@@ -1,0 +1,325 @@
+"""The vault: envelope encryption over a WORM object store — seal, open, rotate, lock.
+
+The vault is where the object store, the key provider and the sealed format meet. For every object
+name it keeps, in the store::
+
+    objects/<name>                  the sealed bytes (format in archive/crypto/stream.py), locked
+    keys/<name>/<seq:06d>.json      seal receipts: the wrapped data key plus the object's sizes and
+                                    SHA-256 digests, locked like the object; the highest seq is current
+
+The wrapped key lives beside the object, never inside it: ``rotate()`` writes a new receipt with the data
+key rewrapped under the current KEK and leaves the locked object untouched. A KEK can be destroyed only
+when no current receipt needs it (``destroy_kek`` checks). Deleting an object deletes its receipts too,
+which destroys its data key (crypto-shredding) even where storage media keep remnants.
+
+Write order: the sealed object first, then its receipt. A crash between them leaves a sealed object with
+no key — unreadable, invisible to readers (they start from the receipt) and found by ``orphans()``.
+The encryption context bound to every wrapped key names the object, the record and the part, so a
+receipt moved to another object does not open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import BinaryIO
+
+from archive.crypto.stream import Binding, SealingReader, seal_stream, unseal_range, unseal_stream
+from archive.errors import IntegrityError, KeyInUse, ObjectNotFound, StorageError
+from archive.keys.base import KeyProvider, WrappedKey
+from archive.store.base import LockMode, ObjectInfo, ObjectStore, check_key
+
+RECEIPT_FORMAT = "archive-receipt/1"
+_RECEIPT_NAME = re.compile(r"(\d{6})\.json")
+
+
+@dataclass(frozen=True)
+class SealReceipt:
+    """What sealing produced: where, bound to what, how big, which digests, and the wrapped data key."""
+
+    name: str
+    seq: int
+    record_id: str
+    part: str
+    segment_size: int
+    plaintext_size: int
+    plaintext_sha256: str
+    sealed_size: int
+    sealed_sha256: str
+    sealed_at: str
+    wrapped_key: WrappedKey
+    format: str = RECEIPT_FORMAT
+
+    @property
+    def binding(self) -> Binding:
+        return Binding(self.record_id, self.part)
+
+    def to_bytes(self) -> bytes:
+        doc = asdict(self)
+        doc["wrapped_key"] = self.wrapped_key.to_json()
+        return json.dumps(doc, sort_keys=True, indent=1).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, key: str) -> SealReceipt:
+        try:
+            doc = json.loads(raw)
+            if doc.get("format") != RECEIPT_FORMAT:
+                raise ValueError(f"format {doc.get('format')!r}")
+            doc["wrapped_key"] = WrappedKey.from_json(doc["wrapped_key"])
+            return cls(**doc)
+        except (ValueError, TypeError, KeyError) as e:
+            raise IntegrityError(f"{key}: seal receipt is malformed ({e})", object_key=key,
+                                 segment="receipt") from e
+
+
+@dataclass
+class RotationReport:
+    """What ``rotate`` did."""
+
+    current_kek: str
+    scanned: int = 0
+    rewrapped: int = 0
+    already_current: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+class _BackgroundSha256:
+    """SHA-256 fed on a worker thread (hashlib releases the GIL for large buffers), so hashing overlaps
+    encryption and I/O on another core. At most ``depth`` buffers wait, so memory stays bounded."""
+
+    def __init__(self, depth: int = 4) -> None:
+        self._hash = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sha256")
+        self._slots = threading.BoundedSemaphore(depth)
+        self.size = 0
+
+    def update(self, data: bytes) -> None:
+        self._slots.acquire()
+        self.size += len(data)
+        self._pool.submit(self._hash.update, data).add_done_callback(lambda _: self._slots.release())
+
+    def hexdigest(self) -> str:
+        self._pool.shutdown(wait=True)
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _context(name: str, binding: Binding) -> dict[str, str]:
+    return {"archive:object": name, "archive:record": binding.record_id, "archive:part": binding.part}
+
+
+class Vault:
+    """Seals objects into a store under envelope encryption, and opens them again."""
+
+    def __init__(self, store: ObjectStore, keys: KeyProvider, *, segment_size: int = 1024 * 1024,
+                 lock_mode: LockMode = LockMode.COMPLIANCE) -> None:
+        self.store = store
+        self.keys = keys
+        self.segment_size = segment_size
+        self.lock_mode = LockMode.parse(lock_mode)
+
+    # --- writing -------------------------------------------------------------------------------------
+
+    def seal(self, name: str, source: BinaryIO, binding: Binding, *, retain_until: datetime | None = None,
+             mode: LockMode | None = None, legal_hold: bool = False) -> SealReceipt:
+        """Encrypt ``source`` (read to its end, in constant memory) and store it under ``name`` with a
+        fresh data key. Raises ObjectExists, InvalidObjectKey, RetentionError, StorageError, CryptoError."""
+        check_key(name)
+        mode = LockMode.parse(mode or self.lock_mode)
+        context = _context(name, binding)
+        data_key, wrapped = self.keys.generate_data_key(context)
+        plain, sealed = _BackgroundSha256(), _BackgroundSha256()
+
+        def segments() -> Iterator[bytes]:
+            for chunk in seal_stream(source, data_key, binding, segment_size=self.segment_size,
+                                     on_plaintext=plain.update):
+                sealed.update(chunk)
+                yield chunk
+
+        try:
+            self.store.put(f"objects/{name}", SealingReader(segments()), retain_until=retain_until,
+                           mode=mode, legal_hold=legal_hold)
+            receipt = SealReceipt(
+                name=name, seq=1, record_id=binding.record_id, part=binding.part,
+                segment_size=self.segment_size, plaintext_size=plain.size, plaintext_sha256=plain.hexdigest(),
+                sealed_size=sealed.size, sealed_sha256=sealed.hexdigest(),
+                sealed_at=datetime.now(UTC).isoformat(timespec="milliseconds"), wrapped_key=wrapped)
+        finally:
+            plain.close()
+            sealed.close()
+        self._put_receipt(receipt, retain_until=retain_until, mode=mode, legal_hold=legal_hold)
+        return receipt
+
+    def _put_receipt(self, receipt: SealReceipt, *, retain_until: datetime | None, mode: LockMode | None,
+                     legal_hold: bool) -> None:
+        self.store.put(f"keys/{receipt.name}/{receipt.seq:06d}.json", io.BytesIO(receipt.to_bytes()),
+                       retain_until=retain_until, mode=mode or self.lock_mode, legal_hold=legal_hold)
+
+    # --- reading -------------------------------------------------------------------------------------
+
+    def _receipt_keys(self, name: str) -> list[str]:
+        prefix = f"keys/{check_key(name)}/"
+        return [k for k in self.store.list(prefix) if _RECEIPT_NAME.fullmatch(k[len(prefix):])]
+
+    def receipt(self, name: str) -> SealReceipt:
+        """The current seal receipt of ``name``. Raises ObjectNotFound."""
+        keys = self._receipt_keys(name)
+        if not keys:
+            raise ObjectNotFound(f"no sealed object {name!r} (no seal receipt)", key=name)
+        return self._load_receipt(keys[-1], name)
+
+    def _load_receipt(self, key: str, name: str) -> SealReceipt:
+        with self.store.open(key) as f:
+            receipt = SealReceipt.from_bytes(f.read(), key)
+        if receipt.name != name:
+            raise IntegrityError(f"{key}: receipt names {receipt.name!r}, not {name!r}", object_key=name,
+                                 segment="receipt")
+        return receipt
+
+    def _data_key(self, receipt: SealReceipt, binding: Binding) -> bytes:
+        # The context comes from the name and the caller's binding, so a receipt copied from another
+        # object, or a caller asking for the wrong record or part, fails here or at the commitment check.
+        return self.keys.unwrap(receipt.wrapped_key, _context(receipt.name, binding))
+
+    def open(self, name: str, binding: Binding | None = None, *, verify_digest: bool = False) -> Iterator[bytes]:
+        """Yield the plaintext of ``name`` segment by segment, each verified before it is released.
+        ``binding`` is what the caller expects (default: what the receipt says). With ``verify_digest``
+        the plaintext SHA-256 is also checked against the receipt at the end. Raises IntegrityError."""
+        receipt = self.receipt(name)
+        binding = binding or receipt.binding
+        data_key = self._data_key(receipt, binding)
+        key = f"objects/{name}"
+        digest = hashlib.sha256() if verify_digest else None
+        size = 0
+        with self.store.open(key) as f:
+            for chunk in unseal_stream(f, data_key, binding, object_key=key):
+                size += len(chunk)
+                if digest is not None:
+                    digest.update(chunk)
+                yield chunk
+        if size != receipt.plaintext_size:
+            raise IntegrityError(f"{key}: {size} plaintext bytes, the receipt says {receipt.plaintext_size}",
+                                 object_key=key, segment="end")
+        if digest is not None and digest.hexdigest() != receipt.plaintext_sha256:
+            raise IntegrityError(f"{key}: plaintext SHA-256 differs from the receipt", object_key=key,
+                                 segment="end")
+
+    def read_range(self, name: str, start: int, end: int, binding: Binding | None = None) -> bytes:
+        """Plaintext bytes [start, end) of ``name``, reading only the header and the covering segments.
+        Raises IntegrityError, ObjectNotFound."""
+        receipt = self.receipt(name)
+        binding = binding or receipt.binding
+        key = f"objects/{name}"
+        return unseal_range(lambda off, n: self.store.read_range(key, off, n), receipt.sealed_size,
+                            self._data_key(receipt, binding), binding, start, end, object_key=key)
+
+    def head(self, name: str) -> ObjectInfo:
+        """Retention and hold state of the sealed object."""
+        return self.store.head(f"objects/{check_key(name)}")
+
+    def names(self, prefix: str = "") -> Iterator[str]:
+        """Names of sealed objects under ``prefix``."""
+        for key in self.store.list(f"objects/{prefix}"):
+            yield key[len("objects/"):]
+
+    # --- locks ---------------------------------------------------------------------------------------
+
+    def _all_keys(self, name: str) -> list[str]:
+        return [f"objects/{check_key(name)}", *self._receipt_keys(name)]
+
+    def set_legal_hold(self, name: str, on: bool) -> None:
+        """Place or release a legal hold on the object and its receipts."""
+        for key in self._all_keys(name):
+            self.store.set_legal_hold(key, on)
+
+    def extend_retention(self, name: str, retain_until: datetime, mode: LockMode | None = None) -> None:
+        """Extend retention of the object and its receipts. Raises RetentionError when shortening."""
+        for key in self._all_keys(name):
+            self.store.extend_retention(key, retain_until, mode)
+
+    def delete(self, name: str, *, bypass_governance: bool = False) -> None:
+        """Delete the sealed object, then its receipts (which destroys its data key). Raises
+        ObjectLocked while retention runs or a hold is on."""
+        keys = self._all_keys(name)
+        for key in keys:
+            self.store.delete(key, bypass_governance=bypass_governance)
+
+    # --- keys ----------------------------------------------------------------------------------------
+
+    def current_receipts(self) -> Iterator[tuple[str, str]]:
+        """(name, receipt key) of every object's current receipt."""
+        latest: dict[str, tuple[int, str]] = {}
+        for key in self.store.list("keys/"):
+            name, _, leaf = key[len("keys/"):].rpartition("/")
+            m = _RECEIPT_NAME.fullmatch(leaf)
+            if m and name and int(m.group(1)) > latest.get(name, (0, ""))[0]:
+                latest[name] = (int(m.group(1)), key)
+        for name in sorted(latest):
+            yield name, latest[name][1]
+
+    def kek_usage(self) -> dict[str, int]:
+        """How many objects' current receipts are wrapped under each KEK."""
+        usage: dict[str, int] = {}
+        for name, key in self.current_receipts():
+            kek = self._load_receipt(key, name).wrapped_key.kek_id
+            usage[kek] = usage.get(kek, 0) + 1
+        return usage
+
+    def rotate(self, *, new_kek: bool = True, workers: int = 8,
+               progress: Callable[[int], None] | None = None) -> RotationReport:
+        """Make a new KEK current (unless ``new_kek`` is false) and rewrap every data key not under it,
+        writing a new receipt beside each object. Locked objects are never rewritten."""
+        current = self.keys.rotate() if new_kek else self.keys.current_kek()
+        report = RotationReport(current_kek=current)
+        lock = threading.Lock()
+
+        def one(item: tuple[str, str]) -> None:
+            name, key = item
+            try:
+                receipt = self._load_receipt(key, name)
+                if receipt.wrapped_key.kek_id == current:
+                    with lock:
+                        report.already_current += 1
+                    return
+                context = _context(name, receipt.binding)
+                rewrapped = self.keys.rewrap(receipt.wrapped_key, context)
+                head = self.store.head(f"objects/{name}")
+                new = SealReceipt(**{**receipt.__dict__, "seq": receipt.seq + 1, "wrapped_key": rewrapped})
+                self._put_receipt(new, retain_until=head.retain_until if head.locked() else None,
+                                  mode=head.mode, legal_hold=head.legal_hold)
+                with lock:
+                    report.rewrapped += 1
+            except (StorageError, IntegrityError, Exception) as e:  # report every object, stop on none
+                with lock:
+                    report.failed[name] = f"{type(e).__name__}: {e}"
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="rewrap") as pool:
+            for item in pool.map(one, self.current_receipts()):
+                report.scanned += 1
+                if progress:
+                    progress(report.scanned)
+        return report
+
+    def destroy_kek(self, kek_id: str) -> None:
+        """Destroy a retired KEK after checking no object's current receipt needs it. Raises KeyInUse."""
+        usage = self.kek_usage().get(kek_id, 0)
+        if usage:
+            raise KeyInUse(f"{usage} object(s) still have data keys wrapped under {kek_id}; run "
+                           "'archive keys rotate' first", kek_id=kek_id, objects=usage)
+        self.keys.destroy(kek_id)
+
+    def orphans(self) -> Iterator[str]:
+        """Sealed objects that have no receipt (a crash between writing object and receipt)."""
+        with_receipt = {name for name, _ in self.current_receipts()}
+        for name in self.names():
+            if name not in with_receipt:
+                yield name
