@@ -19,9 +19,10 @@ Rogaway and Vizár, "Online Authenticated-Encryption and its Nonce-Reuse Misuse-
      53  32  key commitment   see below
 
     context  = b"archive-seal-v1" ‖ u16 len ‖ record id (UTF-8) ‖ u16 len ‖ part name (UTF-8)
-    okm      = HKDF-SHA256(ikm = data key, salt = salt, info = b"archive/seal/v1" ‖ context, L = 64)
+    okm      = HKDF-SHA256(ikm = data key, salt = salt,
+                           info = b"archive/seal/v1" ‖ header[0:53] ‖ context, L = 64)
     subkey   = okm[0:32]       the AES-256-GCM key for every segment of this object
-    commit   = okm[32:64]      stored in the header; checked in constant time before any segment
+    commit   = okm[32:64]      stored in header[53:85]; checked in constant time before any segment
 
     segment_i = AES-256-GCM(subkey, nonce_i, plaintext_i, aad)      = ciphertext_i ‖ tag_i (16 bytes)
     nonce_i   = nonce prefix (7) ‖ u32 i ‖ u8 last                  last = 1 only for the final segment
@@ -42,8 +43,9 @@ What each part defends against:
 * the nonce prefix, salt and header in every segment's nonce/aad: a segment or header spliced in from
   another object fails;
 * the key commitment: AES-GCM is not key-committing (one ciphertext can be made to decrypt under two
-  keys); the commitment binds the header to exactly one data key and context, so the wrong key, the wrong
-  record id or the wrong part name are rejected before any plaintext is released;
+  keys); the commitment covers every other header byte, the data key and the context, so the wrong key,
+  the wrong record id or part name, and any altered header byte are rejected at the header, before any
+  plaintext is released;
 * context in the HKDF info and in the aad: a sealed object only opens as the record and part it was
   sealed for.
 
@@ -72,6 +74,7 @@ FORMAT_VERSION = 1
 ALG_AES256_GCM_HKDF_STREAM = 1
 HEADER = struct.Struct(">8sBBI32s7s32s")
 HEADER_SIZE = HEADER.size  # 85
+_COMMITTED = HEADER_SIZE - 32  # header bytes covered by the key commitment
 TAG_SIZE = 16
 KEY_SIZE = 32
 SALT_SIZE = 32
@@ -143,8 +146,8 @@ class _Keys:
 
     __slots__ = ("aead", "aad", "prefix", "object_key")
 
-    def __init__(self, data_key: bytes, header: Header, binding: Binding, object_key: str) -> None:
-        self.aead = AESGCM(_derive(data_key, header.salt, binding)[0])
+    def __init__(self, subkey: bytes, header: Header, binding: Binding, object_key: str) -> None:
+        self.aead = AESGCM(subkey)
         self.aad = header.raw + binding.encode()
         self.prefix = header.nonce_prefix
         self.object_key = object_key
@@ -164,11 +167,13 @@ class _Keys:
                 "or spliced from another object)", object_key=self.object_key, segment=index) from None
 
 
-def _derive(data_key: bytes, salt: bytes, binding: Binding) -> tuple[bytes, bytes]:
+def _derive(data_key: bytes, header_fields: bytes, binding: Binding) -> tuple[bytes, bytes]:
+    """(subkey, commitment) from the data key, the header bytes before the commitment and the binding."""
     if len(data_key) != KEY_SIZE:
         raise ValueError(f"data key must be {KEY_SIZE} bytes")
+    salt = header_fields[14:14 + SALT_SIZE]
     okm = HKDF(algorithm=hashes.SHA256(), length=2 * KEY_SIZE, salt=salt,
-               info=_HKDF_INFO + binding.encode()).derive(data_key)
+               info=_HKDF_INFO + header_fields + binding.encode()).derive(data_key)
     return okm[:KEY_SIZE], okm[KEY_SIZE:]
 
 
@@ -202,9 +207,11 @@ def seal_stream(source: BinaryIO, data_key: bytes, binding: Binding, *,
     if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
         raise ValueError(f"segment size must be within [{MIN_SEGMENT_SIZE}, {MAX_SEGMENT_SIZE}]")
     salt, prefix = os.urandom(SALT_SIZE), os.urandom(PREFIX_SIZE)
-    _, commitment = _derive(data_key, salt, binding)
-    raw = HEADER.pack(MAGIC, FORMAT_VERSION, ALG_AES256_GCM_HKDF_STREAM, segment_size, salt, prefix, commitment)
-    keys = _Keys(data_key, Header(segment_size, salt, prefix, commitment, raw), binding, "(sealing)")
+    fields = HEADER.pack(MAGIC, FORMAT_VERSION, ALG_AES256_GCM_HKDF_STREAM, segment_size, salt, prefix,
+                         bytes(32))[:_COMMITTED]
+    subkey, commitment = _derive(data_key, fields, binding)
+    raw = fields + commitment
+    keys = _Keys(subkey, Header(segment_size, salt, prefix, commitment, raw), binding, "(sealing)")
     yield raw
 
     index = 0
@@ -296,13 +303,13 @@ def parse_header(raw: bytes, *, object_key: str = "?") -> Header:
 
 def _open_keys(raw_header: bytes, data_key: bytes, binding: Binding, object_key: str) -> tuple[Header, _Keys]:
     header = parse_header(raw_header, object_key=object_key)
-    _, expected = _derive(data_key, header.salt, binding)
+    subkey, expected = _derive(data_key, header.raw[:_COMMITTED], binding)
     if not hmac.compare_digest(expected, header.commitment):
         raise IntegrityError(
             f"{object_key}: header key commitment does not match (wrong data key, wrong record id or part "
             f"name {binding.record_id!r}/{binding.part!r}, or the header was altered)",
             object_key=object_key, segment="header")
-    return header, _Keys(data_key, header, binding, object_key)
+    return header, _Keys(subkey, header, binding, object_key)
 
 
 def unseal_stream(source: BinaryIO, data_key: bytes, binding: Binding, *,
