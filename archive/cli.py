@@ -65,17 +65,26 @@ def cmd_put(archive: Archive, args: argparse.Namespace) -> int:
 
 def cmd_get(archive: Archive, args: argparse.Namespace) -> int:
     binding = Binding(args.record_id, args.part) if args.record_id and args.part else None
-    out = open(args.output, "wb") if args.output not in (None, "-") else sys.stdout.buffer
+    if args.range:
+        start, _, end = args.range.partition("-")
+        chunks = iter([archive.vault.read_range(args.name, int(start), int(end) if end else 2**63, binding)])
+    else:
+        chunks = archive.vault.open(args.name, binding, verify_digest=args.verify)
+    if args.output in (None, "-"):
+        for chunk in chunks:
+            sys.stdout.buffer.write(chunk)
+        return 0
+    # Write beside the target and rename only when every segment verified: a tampered object never
+    # leaves a half-written output file behind.
+    final = Path(args.output)
+    partial = final.with_name(f".{final.name}.partial")
     try:
-        if args.range:
-            start, _, end = args.range.partition("-")
-            out.write(archive.vault.read_range(args.name, int(start), int(end) if end else 2**63, binding))
-        else:
-            for chunk in archive.vault.open(args.name, binding, verify_digest=args.verify):
+        with open(partial, "wb") as out:
+            for chunk in chunks:
                 out.write(chunk)
+        os.replace(partial, final)
     finally:
-        if out is not sys.stdout.buffer:
-            out.close()
+        partial.unlink(missing_ok=True)
     return 0
 
 

@@ -1,0 +1,7 @@
+"""``python -m archive`` runs the CLI."""
+
+import sys
+
+from archive.cli import main
+
+sys.exit(main())
