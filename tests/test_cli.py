@@ -1,0 +1,164 @@
+"""The ``archive`` command as a user runs it: real processes, real files, exit codes and messages.
+
+Covers init, put/get/range, refusals (locked, hostile names, missing files, bad settings, an open
+keyring, tampered objects) on the embedded default, and the issue's SeaweedFS check: rotate keys on an
+archive whose objects are under COMPLIANCE lock and read every object back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from archive.cli import build_parser
+
+
+def run(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "archive", *args], env=env, capture_output=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"archive {' '.join(args)} exited {proc.returncode}: {proc.stderr.decode()}")
+    return proc
+
+
+@pytest.fixture
+def env(tmp_path) -> dict:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVE_")}
+    return {**clean, "ARCHIVE_HOME": str(tmp_path / "home")}
+
+
+@pytest.fixture
+def recording(tmp_path) -> Path:
+    path = tmp_path / "call.wav"
+    path.write_bytes(os.urandom(3 * 1024 * 1024 + 99))
+    return path
+
+
+def test_init_creates_a_private_home_and_keyring_and_is_idempotent(env):
+    out = run(env, "init").stdout.decode()
+    home = Path(env["ARCHIVE_HOME"])
+    assert "keyring created" in out
+    assert stat.S_IMODE(os.stat(home).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(home / "keyring.json").st_mode) == 0o600
+    before = (home / "keyring.json").read_bytes()
+    assert "keyring kept" in run(env, "init").stdout.decode()
+    assert (home / "keyring.json").read_bytes() == before
+
+
+def test_put_get_range_and_locked_delete(env, recording, tmp_path):
+    run(env, "init")
+    receipt = json.loads(run(env, "object", "put", str(recording), "--name", "calls/1/audio",
+                             "--record-id", "CALL-1", "--part", "audio", "--retain", "P7Y").stdout)
+    assert receipt["plaintext_size"] == recording.stat().st_size and "wrapped_key" not in receipt
+    out = tmp_path / "back.wav"
+    run(env, "object", "get", "calls/1/audio", "-o", str(out), "--verify")
+    assert out.read_bytes() == recording.read_bytes()
+    middle = run(env, "object", "get", "calls/1/audio", "--range", "1500000-2548576").stdout
+    assert middle == recording.read_bytes()[1500000:2548576]
+    refused = run(env, "object", "delete", "calls/1/audio", check=False)
+    assert refused.returncode == 3 and b"object_locked" in refused.stderr and b"COMPLIANCE" in refused.stderr
+    head = json.loads(run(env, "object", "head", "calls/1/audio").stdout)
+    assert head["object"]["mode"] == "COMPLIANCE" and head["receipt"]["kek_id"] == "kr-v1"
+
+
+def test_uninitialised_archive_says_what_to_do(env):
+    proc = run(env, "object", "ls", check=False)
+    assert proc.returncode == 78 and b"archive init" in proc.stderr
+
+
+def test_invalid_setting_is_named(env):
+    proc = run({**env, "ARCHIVE_SEGMENT_SIZE": "lots"}, "init", check=False)
+    assert proc.returncode == 78 and b"ARCHIVE_SEGMENT_SIZE" in proc.stderr
+    proc = run({**env, "ARCHIVE_STORE": "ftp://x"}, "init", check=False)
+    assert proc.returncode == 78 and b"ARCHIVE_STORE" in proc.stderr
+    proc = run({**env, "ARCHIVE_S3_ACCESS_KEY_ID": "AKIA"}, "init", check=False)
+    assert proc.returncode == 78 and b"ARCHIVE_S3_SECRET_ACCESS_KEY" in proc.stderr
+
+
+def test_hostile_name_and_missing_file_are_refused_and_nothing_is_written(env, recording):
+    run(env, "init")
+    for name in ["../../etc/passwd", "/abs/path", "a/../b"]:
+        proc = run(env, "object", "put", str(recording), "--name", name, check=False)
+        assert proc.returncode == 2 and b"invalid_object_key" in proc.stderr, proc.stderr
+    proc = run(env, "object", "put", "/no/such/file.wav", check=False)
+    assert proc.returncode == 2 and b"/no/such/file.wav" in proc.stderr
+    assert run(env, "object", "ls").stdout == b""
+
+
+def test_keyring_readable_by_others_is_refused(env):
+    run(env, "init")
+    keyring = Path(env["ARCHIVE_HOME"]) / "keyring.json"
+    os.chmod(keyring, 0o644)
+    proc = run(env, "object", "ls", check=False)
+    assert proc.returncode == 4 and b"chmod 600" in proc.stderr
+
+
+def test_tampered_object_fails_naming_object_and_segment_and_leaves_no_output(env, recording, tmp_path):
+    run(env, "init")
+    run(env, "object", "put", str(recording), "--name", "t")
+    data = Path(env["ARCHIVE_HOME"]) / "store" / "objects" / "objects" / "t#data"
+    os.chmod(data, 0o644)
+    blob = bytearray(data.read_bytes())
+    blob[85 + 2 * (1024 * 1024 + 16) + 10] ^= 1  # a bit in segment 2
+    data.write_bytes(bytes(blob))
+    out = tmp_path / "out.wav"
+    proc = run(env, "object", "get", "t", "-o", str(out), check=False)
+    assert proc.returncode == 5
+    assert b"objects/t" in proc.stderr and b"segment 2" in proc.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out.wav*"))
+
+
+def test_rotation_and_kek_destruction(env, recording):
+    run(env, "init")
+    run(env, "object", "put", str(recording), "--name", "r", "--retain", "P1D")
+    proc = run(env, "keys", "destroy", "kr-v1", check=False)
+    assert proc.returncode == 4 and b"key_in_use" in proc.stderr
+    assert json.loads(run(env, "keys", "rotate").stdout)["rewrapped"] == 1
+    run(env, "keys", "destroy", "kr-v1")
+    assert run(env, "object", "get", "r").stdout == recording.read_bytes()
+    status = json.loads(run(env, "keys", "status").stdout)
+    assert [(k["kek_id"], k["state"], k["objects"]) for k in status["keks"]] == [
+        ("kr-v1", "destroyed", 0), ("kr-v2", "current", 1)]
+
+
+@pytest.mark.s3
+def test_seaweedfs_rotation_under_compliance_lock(env, seaweed, recording, tmp_path):
+    env = {**env, "ARCHIVE_STORE": "s3://cli-evidence/archive", "ARCHIVE_S3_ENDPOINT_URL": seaweed.endpoint_url,
+           "ARCHIVE_S3_ACCESS_KEY_ID": seaweed.access_key, "ARCHIVE_S3_SECRET_ACCESS_KEY": seaweed.secret_key}
+    init = run(env, "init", "--create-bucket")
+    assert seaweed.secret_key.encode() not in init.stdout + init.stderr
+    for i in range(3):
+        run(env, "object", "put", str(recording), "--name", f"calls/{i}", "--retain", "P1D")
+    locked = run(env, "object", "delete", "calls/0", check=False)
+    assert locked.returncode == 3 and seaweed.secret_key.encode() not in locked.stderr
+    report = json.loads(run(env, "keys", "rotate").stdout)
+    assert report["rewrapped"] == 3 and not report["failed"]
+    for i in range(3):
+        out = tmp_path / f"{i}.wav"
+        run(env, "object", "get", f"calls/{i}", "-o", str(out), "--verify")
+        assert out.read_bytes() == recording.read_bytes()
+    run(env, "keys", "destroy", "kr-v1")
+    assert run(env, "object", "get", "calls/2", "--range", "0-1000").stdout == recording.read_bytes()[:1000]
+
+
+def _commands(parser, prefix=()):
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from _commands(sub, (*prefix, name))
+
+
+def test_every_command_has_help_and_a_description():
+    commands = list(_commands(build_parser()))
+    assert len(commands) >= 10
+    for path, sub in commands:
+        assert sub.description, f"archive {' '.join(path)} has no description"
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"archive {' '.join(path)} {action.option_strings[0]} has no help"

@@ -1,0 +1,93 @@
+"""What each store backend promises beyond the shared contract.
+
+S3: the *server* enforces the locks (a raw client bypassing this library is refused), the bucket must
+have Object Lock, vendor errors keep their request id. Filesystem: crash leftovers stay invisible.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from botocore.exceptions import ClientError
+
+from archive.errors import ObjectExists, StoreMisconfigured
+from archive.store.filesystem import FilesystemStore
+from archive.store.s3 import S3Store
+
+
+def soon(seconds: float) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+@pytest.mark.s3
+def test_s3_server_itself_refuses_to_delete_or_shorten_a_locked_version(s3_store):
+    s3_store.put("evidence", io.BytesIO(b"call"), retain_until=soon(3600))
+    raw, bucket, key = s3_store.client, s3_store.bucket, "archive/evidence"
+    version = raw.head_object(Bucket=bucket, Key=key)["VersionId"]
+    with pytest.raises(ClientError) as e:
+        raw.delete_object(Bucket=bucket, Key=key, VersionId=version, BypassGovernanceRetention=True)
+    assert e.value.response["Error"]["Code"] == "AccessDenied"
+    with pytest.raises(ClientError):
+        raw.put_object_retention(Bucket=bucket, Key=key, VersionId=version,
+                                 Retention={"Mode": "COMPLIANCE", "RetainUntilDate": soon(60)})
+    assert s3_store.head("evidence").retain_until >= soon(3590)
+
+
+@pytest.mark.s3
+def test_s3_delete_removes_every_version_not_just_a_marker(s3_store):
+    s3_store.put("gone", io.BytesIO(b"x"))
+    s3_store.delete("gone")
+    versions = s3_store.client.list_object_versions(Bucket=s3_store.bucket, Prefix="archive/gone")
+    assert not versions.get("Versions") and not versions.get("DeleteMarkers")
+
+
+@pytest.mark.s3
+def test_s3_retain_until_is_never_rounded_down(s3_store):
+    wanted = soon(3600).replace(microsecond=999_000)
+    s3_store.put("rounded", io.BytesIO(b"x"), retain_until=wanted)
+    assert s3_store.head("rounded").retain_until >= wanted
+
+
+@pytest.mark.s3
+def test_s3_refuses_a_bucket_without_object_lock(seaweed):
+    client = seaweed.client()
+    client.create_bucket(Bucket="plain-bucket-no-lock")
+    with pytest.raises(StoreMisconfigured, match="Object Lock"):
+        S3Store("plain-bucket-no-lock", client=client)
+
+
+@pytest.mark.s3
+def test_s3_write_once_is_enforced_by_the_server(s3_store):
+    """Two writers racing for one key: the store's If-None-Match refuses the second."""
+    s3_store.put("race", io.BytesIO(b"winner"))
+    with pytest.raises(ClientError) as e:
+        s3_store.client.put_object(Bucket=s3_store.bucket, Key="archive/race", Body=b"loser", IfNoneMatch="*")
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+    with pytest.raises(ObjectExists) as err:
+        s3_store.put("race", io.BytesIO(b"loser"))
+    assert err.value.code == "object_exists"
+
+
+def test_filesystem_objects_are_read_only_files(fs_store):
+    fs_store.put("a/b", io.BytesIO(b"x"))
+    path = fs_store.root / "objects" / "a" / "b#data"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o444
+
+
+def test_filesystem_crash_leftovers_are_invisible(fs_store):
+    # What a crash leaves: a half-written temp file, and metadata whose data never got linked.
+    (fs_store.root / "tmp" / "deadbeef.part").write_bytes(b"half")
+    (fs_store.root / "objects" / "x").mkdir()
+    (fs_store.root / "objects" / "x" / "y#meta").write_text('{"size": 4}')
+    assert list(fs_store.list()) == []
+    fs_store.put("x/y", io.BytesIO(b"whole"))
+    assert fs_store.head("x/y").size == 5
+
+
+def test_filesystem_store_requires_init(tmp_path):
+    with pytest.raises(Exception, match="archive init"):
+        FilesystemStore(tmp_path / "nothing")
