@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import BinaryIO
 
-from archive.crypto.stream import Binding, SealingReader, seal_stream, unseal_range, unseal_stream
+from archive.crypto.stream import Binding, Sealer, unseal_range, unseal_stream
 from archive.errors import IntegrityError, KeyInUse, ObjectNotFound, StorageError
 from archive.keys.base import KeyProvider, WrappedKey
 from archive.store.base import LockMode, ObjectInfo, ObjectStore, check_key
@@ -52,7 +52,7 @@ class SealReceipt:
     plaintext_size: int
     plaintext_sha256: str
     sealed_size: int
-    sealed_sha256: str
+    tag_digest: str  # SHA-256(header ‖ every segment tag): identifies the sealed bytes
     sealed_at: str
     wrapped_key: WrappedKey
     format: str = RECEIPT_FORMAT
@@ -90,29 +90,6 @@ class RotationReport:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-class _BackgroundSha256:
-    """SHA-256 fed on a worker thread (hashlib releases the GIL for large buffers), so hashing overlaps
-    encryption and I/O on another core. At most ``depth`` buffers wait, so memory stays bounded."""
-
-    def __init__(self, depth: int = 4) -> None:
-        self._hash = hashlib.sha256()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sha256")
-        self._slots = threading.BoundedSemaphore(depth)
-        self.size = 0
-
-    def update(self, data: bytes) -> None:
-        self._slots.acquire()
-        self.size += len(data)
-        self._pool.submit(self._hash.update, data).add_done_callback(lambda _: self._slots.release())
-
-    def hexdigest(self) -> str:
-        self._pool.shutdown(wait=True)
-        return self._hash.hexdigest()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
 def _context(name: str, binding: Binding) -> dict[str, str]:
     return {"archive:object": name, "archive:record": binding.record_id, "archive:part": binding.part}
 
@@ -137,25 +114,17 @@ class Vault:
         mode = LockMode.parse(mode or self.lock_mode)
         context = _context(name, binding)
         data_key, wrapped = self.keys.generate_data_key(context)
-        plain, sealed = _BackgroundSha256(), _BackgroundSha256()
-
-        def segments() -> Iterator[bytes]:
-            for chunk in seal_stream(source, data_key, binding, segment_size=self.segment_size,
-                                     on_plaintext=plain.update):
-                sealed.update(chunk)
-                yield chunk
-
+        sealer = Sealer(source, data_key, binding, segment_size=self.segment_size)
         try:
-            self.store.put(f"objects/{name}", SealingReader(segments()), retain_until=retain_until,
-                           mode=mode, legal_hold=legal_hold)
+            self.store.put(f"objects/{name}", sealer, retain_until=retain_until, mode=mode, legal_hold=legal_hold)
             receipt = SealReceipt(
                 name=name, seq=1, record_id=binding.record_id, part=binding.part,
-                segment_size=self.segment_size, plaintext_size=plain.size, plaintext_sha256=plain.hexdigest(),
-                sealed_size=sealed.size, sealed_sha256=sealed.hexdigest(),
-                sealed_at=datetime.now(UTC).isoformat(timespec="milliseconds"), wrapped_key=wrapped)
+                segment_size=self.segment_size, plaintext_size=sealer.plaintext_size,
+                plaintext_sha256=sealer.plaintext_sha256, sealed_size=sealer.sealed_size,
+                tag_digest=sealer.tag_digest, sealed_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+                wrapped_key=wrapped)
         finally:
-            plain.close()
-            sealed.close()
+            sealer.close()
         self._put_receipt(receipt, retain_until=retain_until, mode=mode, legal_hold=legal_hold)
         return receipt
 

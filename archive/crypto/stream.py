@@ -55,10 +55,12 @@ earlier segments before a later one fails; callers that must be all-or-nothing v
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import struct
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -68,6 +70,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from archive.errors import IntegrityError, UnsupportedFormat
+from archive.streams import fill, filler
 
 MAGIC = b"ARCHSEAL"
 FORMAT_VERSION = 1
@@ -198,48 +201,51 @@ def _read_full(source: BinaryIO, n: int) -> bytes:
 # --- sealing ---------------------------------------------------------------------------------------
 
 
-def seal_stream(source: BinaryIO, data_key: bytes, binding: Binding, *,
-                segment_size: int = DEFAULT_SEGMENT_SIZE,
-                on_plaintext: Callable[[bytes], None] | None = None) -> Iterator[bytes]:
-    """Yield the sealed object for everything read from ``source``: the header, then one sealed segment
-    at a time. Memory stays at about two segments whatever the size. ``on_plaintext`` sees every
-    plaintext chunk in order (for hashing the original as it streams by)."""
-    if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
-        raise ValueError(f"segment size must be within [{MIN_SEGMENT_SIZE}, {MAX_SEGMENT_SIZE}]")
-    salt, prefix = os.urandom(SALT_SIZE), os.urandom(PREFIX_SIZE)
-    fields = HEADER.pack(MAGIC, FORMAT_VERSION, ALG_AES256_GCM_HKDF_STREAM, segment_size, salt, prefix,
-                         bytes(32))[:_COMMITTED]
-    subkey, commitment = _derive(data_key, fields, binding)
-    raw = fields + commitment
-    keys = _Keys(subkey, Header(segment_size, salt, prefix, commitment, raw), binding, "(sealing)")
-    yield raw
+class Sealer:
+    """A read-only file object producing the sealed object for everything read from ``source``.
 
-    index = 0
-    current = _read_full(source, segment_size)
-    while True:
-        following = _read_full(source, segment_size) if len(current) == segment_size else b""
-        last = not following
-        if on_plaintext is not None and current:
-            on_plaintext(current)
-        if index >= MAX_SEGMENTS:
-            raise ValueError("plaintext too long for the 32-bit segment counter; use a larger segment size")
-        yield keys.aead.encrypt(keys.nonce(index, last), current, keys.aad)
-        if last:
-            return
-        index += 1
-        current = following
+    ``read(n)`` / ``readinto(b)`` return the header first, then sealed segments (at most one per call,
+    fewer bytes than asked when a segment ends: raw-stream semantics). Segments are encrypted straight
+    into the caller's buffer when it is large enough, and plaintext is read into a small ring of reused
+    buffers, so sealing any size allocates nothing per segment and holds a few segments of memory.
 
+    As it goes it computes what a seal receipt records: ``plaintext_size``, ``plaintext_sha256`` (on a
+    background thread — hashlib releases the GIL — so hashing overlaps encryption and I/O),
+    ``sealed_size`` and ``tag_digest`` = SHA-256(header ‖ tag_0 ‖ … ‖ tag_{n-1}), which identifies the
+    sealed bytes exactly (each tag authenticates its segment under the committed key) at 16 bytes of
+    hashing per segment. Read the digests after the stream is exhausted.
+    """
 
-class SealingReader:
-    """A read-only file object over :func:`seal_stream`, for consumers that pull (boto3's transfer
-    manager). ``read(n)`` returns up to ``n`` sealed bytes; memory stays bounded by ``n`` plus a segment."""
+    _RING = 4
 
-    def __init__(self, segments: Iterator[bytes]) -> None:
-        self._segments = segments
-        self._buffer = b""
-        self._offset = 0
+    def __init__(self, source: BinaryIO, data_key: bytes, binding: Binding, *,
+                 segment_size: int = DEFAULT_SEGMENT_SIZE, hash_plaintext: bool = True) -> None:
+        if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
+            raise ValueError(f"segment size must be within [{MIN_SEGMENT_SIZE}, {MAX_SEGMENT_SIZE}]")
+        salt, prefix = os.urandom(SALT_SIZE), os.urandom(PREFIX_SIZE)
+        fields = HEADER.pack(MAGIC, FORMAT_VERSION, ALG_AES256_GCM_HKDF_STREAM, segment_size, salt, prefix,
+                             bytes(32))[:_COMMITTED]
+        subkey, commitment = _derive(data_key, fields, binding)
+        self.header = fields + commitment
+        self._keys = _Keys(subkey, Header(segment_size, salt, prefix, commitment, self.header), binding, "(sealing)")
+        self._read = filler(source)
+        self._segment = segment_size
+        self._ring = [bytearray(segment_size) for _ in range(self._RING)]
+        self._busy: list[Future | None] = [None] * self._RING
+        self._slot = 0
+        self._out: bytearray | None = None  # made on demand, for callers whose buffer is below a segment
+        self._out_view = memoryview(b"")
+        self._tags = hashlib.sha256(self.header)
+        self._plain = hashlib.sha256() if hash_plaintext else None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sha256") if hash_plaintext else None
+        self._pending_header = True
+        self._index = 0
+        self._current: tuple[int, int] | None = None  # (ring slot, length) of the segment to seal next
         self._done = False
-        self.position = 0
+        self.plaintext_size = 0
+        self.sealed_size = 0
+
+    # --- file object ---------------------------------------------------------------------------------
 
     def readable(self) -> bool:
         return True
@@ -247,35 +253,106 @@ class SealingReader:
     def seekable(self) -> bool:
         return False
 
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._out_view:  # leftovers of a segment sealed into our own buffer
+            n = min(len(view), len(self._out_view))
+            view[:n] = self._out_view[:n]
+            self._out_view = self._out_view[n:]
+            return n
+        if self._pending_header:
+            self._pending_header = False
+            n = min(len(view), HEADER_SIZE)
+            view[:n] = self.header[:n]
+            self._out_view = memoryview(self.header)[n:]
+            self.sealed_size += HEADER_SIZE
+            return n
+        if self._done:
+            return 0
+        size = self._next_segment_size()
+        if len(view) >= size:
+            return self._seal_into(view[:size])
+        if self._out is None:
+            self._out = bytearray(self._segment + TAG_SIZE)
+        self._seal_into(memoryview(self._out)[:size])
+        self._out_view = memoryview(self._out)[:size]
+        return self.readinto(view)
+
     def read(self, n: int = -1) -> bytes:
-        chunks: list[bytes] = []
-        want = n if n is not None and n >= 0 else float("inf")
-        got = 0
-        while got < want:
-            if self._offset >= len(self._buffer):
-                if self._done:
-                    break
-                nxt = next(self._segments, None)
-                if nxt is None:
-                    self._done = True
-                    break
-                self._buffer, self._offset = nxt, 0
-                if got == 0 and len(nxt) <= want:  # whole segment, no copy
-                    self._offset = len(nxt)
-                    chunks.append(nxt)
-                    got += len(nxt)
-                    continue
-            take = min(len(self._buffer) - self._offset, want - got)
-            chunks.append(self._buffer[self._offset:self._offset + int(take)])
-            self._offset += int(take)
-            got += int(take)
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self.position += len(data)
-        return data
+        if n is None or n < 0:
+            return b"".join(iter(lambda: self.read(self._segment + TAG_SIZE), b""))
+        buf = bytearray(n)
+        got = self.readinto(buf)
+        return bytes(buf) if got == n else bytes(memoryview(buf)[:got])
 
     def close(self) -> None:
         self._done = True
-        self._buffer = b""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(lambda: self.read(self._segment + TAG_SIZE), b"")
+
+    # --- digests -------------------------------------------------------------------------------------
+
+    @property
+    def plaintext_sha256(self) -> str:
+        if not self._done or self._plain is None:
+            raise RuntimeError("plaintext digest is known once the whole stream was read")
+        self._pool.shutdown(wait=True)
+        return self._plain.hexdigest()
+
+    @property
+    def tag_digest(self) -> str:
+        if not self._done:
+            raise RuntimeError("tag digest is known once the whole stream was read")
+        return self._tags.hexdigest()
+
+    # --- internals -----------------------------------------------------------------------------------
+
+    def _fill(self) -> tuple[int, int]:
+        """Read the next plaintext segment into a free ring slot: (slot, length)."""
+        slot = self._slot
+        self._slot = (slot + 1) % self._RING
+        if self._busy[slot] is not None:
+            self._busy[slot].result()  # the hash thread is done with this buffer
+            self._busy[slot] = None
+        return slot, fill(self._read, memoryview(self._ring[slot]))
+
+    def _next_segment_size(self) -> int:
+        if self._current is None:
+            self._current = self._fill()
+        return self._current[1] + TAG_SIZE
+
+    def _seal_into(self, out: memoryview) -> int:
+        slot, length = self._current
+        following = self._fill() if length == self._segment else None
+        if following is not None and following[1] == 0:
+            following = None
+        last = following is None
+        if self._index >= MAX_SEGMENTS:
+            raise ValueError("plaintext too long for the 32-bit segment counter; use a larger segment size")
+        plain = memoryview(self._ring[slot])[:length]
+        self._keys.aead.encrypt_into(self._keys.nonce(self._index, last), plain, self._keys.aad, out)
+        if self._plain is not None and length:
+            self._busy[slot] = self._pool.submit(self._plain.update, plain)
+        self._tags.update(out[length:])
+        self.plaintext_size += length
+        self.sealed_size += length + TAG_SIZE
+        self._index += 1
+        self._current = following
+        self._done = last
+        return length + TAG_SIZE
+
+
+def seal_stream(source: BinaryIO, data_key: bytes, binding: Binding, *,
+                segment_size: int = DEFAULT_SEGMENT_SIZE) -> Iterator[bytes]:
+    """Yield the sealed object for ``source``: the header, then one sealed segment at a time."""
+    sealer = Sealer(source, data_key, binding, segment_size=segment_size, hash_plaintext=False)
+    try:
+        yield from sealer
+    finally:
+        sealer.close()
 
 
 # --- opening ---------------------------------------------------------------------------------------

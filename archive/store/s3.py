@@ -29,6 +29,7 @@ from typing import BinaryIO
 from archive.errors import (ArchiveError, IntegrityError, ObjectExists, ObjectLocked, ObjectNotFound,
                             RetentionError, StorageError, StoreMisconfigured, StoreUnavailable)
 from archive.store.base import LockMode, ObjectInfo, check_key, check_retain_until
+from archive.streams import fill, filler
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
 _TRANSIENT = {"SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable",
@@ -68,18 +69,18 @@ def _ceil_second(when: datetime) -> datetime:
     return when.replace(microsecond=0) + timedelta(seconds=1) if when.microsecond else when
 
 
-def _read_full(source: BinaryIO, n: int) -> bytes:
-    parts, got = [], 0
-    while got < n:
-        chunk = source.read(n - got)
-        if not chunk:
-            break
-        parts.append(chunk)
-        got += len(chunk)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+def _read_part(read, n: int) -> bytearray:
+    """Up to ``n`` bytes in one new buffer, short only at the end of the stream (a sealer encrypts
+    straight into it)."""
+    buf = bytearray(n)
+    with memoryview(buf) as view:
+        got = fill(read, view)
+    if got < n:
+        del buf[got:]
+    return buf
 
 
-def _b64sha256(data: bytes) -> tuple[bytes, str]:
+def _b64sha256(data: bytes | bytearray) -> tuple[bytes, str]:
     digest = hashlib.sha256(data).digest()
     return digest, base64.b64encode(digest).decode()
 
@@ -140,11 +141,12 @@ class S3Store:
         lock: dict = {"ObjectLockLegalHoldStatus": "ON" if legal_hold else "OFF"}
         if retain_until is not None:
             lock.update(ObjectLockMode=mode.value, ObjectLockRetainUntilDate=_ceil_second(retain_until))
-        first = _read_full(source, self.part_size)
+        read = filler(source)
+        first = _read_part(read, self.part_size)
         if len(first) < self.part_size:
             _, checksum = _b64sha256(first)
             try:
-                out = self.client.put_object(Bucket=self.bucket, Key=s3key, Body=first, IfNoneMatch="*",
+                out = self.client.put_object(Bucket=self.bucket, Key=s3key, Body=bytes(first), IfNoneMatch="*",
                                              ChecksumSHA256=checksum, **lock)
             except Exception as e:
                 raise _translate(e, "PutObject", key) from e
@@ -154,12 +156,12 @@ class S3Store:
             size = len(first)
             version = out.get("VersionId")
         else:
-            size, version = self._multipart(key, s3key, first, source, lock)
+            size, version = self._multipart(key, s3key, first, read, lock)
         return ObjectInfo(key=key, size=size, retain_until=lock.get("ObjectLockRetainUntilDate"),
                           mode=mode if retain_until else None, legal_hold=legal_hold,
                           created=datetime.now(UTC), version_id=version)
 
-    def _multipart(self, key: str, s3key: str, first: bytes, source: BinaryIO, lock: dict) -> tuple[int, str | None]:
+    def _multipart(self, key: str, s3key: str, first: bytearray, read, lock: dict) -> tuple[int, str | None]:
         try:
             upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=s3key,
                                                             ChecksumAlgorithm="SHA256", **lock)["UploadId"]
@@ -191,7 +193,7 @@ class S3Store:
                     number += 1
                     if number > 10000:
                         raise StorageError(f"{key!r} needs more than 10000 parts; raise ARCHIVE_S3_PART_SIZE", key=key)
-                    body = _read_full(source, self.part_size)
+                    body = _read_part(read, self.part_size)
                 parts = [f.result() for f in futures]
             expected = base64.b64encode(hashlib.sha256(b"".join(p.pop("_digest") for p in parts)).digest()).decode()
             out = self.client.complete_multipart_upload(Bucket=self.bucket, Key=s3key, UploadId=upload_id,
