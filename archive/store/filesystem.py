@@ -30,8 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from archive.errors import ObjectExists, ObjectLocked, ObjectNotFound, RetentionError, StorageError
-from archive.store.base import LockMode, ObjectInfo, check_key, check_retain_until
+from archive.errors import ObjectExists, ObjectNotFound, StorageError
+from archive.store.base import (LockMode, ObjectInfo, check_deletable, check_extension, check_key,
+                                check_new_retention, check_retain_until)
 from archive.streams import filler
 
 _DATA = "#data"
@@ -168,10 +169,8 @@ class FilesystemStore:
             mode: LockMode = LockMode.COMPLIANCE, legal_hold: bool = False) -> ObjectInfo:
         final = self._path(key, _DATA)
         mode = LockMode.parse(mode)
-        retain_until = check_retain_until(retain_until)
+        retain_until = check_new_retention(key, retain_until)
         now = datetime.now(UTC)
-        if retain_until is not None and retain_until <= now:
-            raise RetentionError(f"retain-until {retain_until.isoformat()} for {key!r} is in the past", key=key)
         if final.exists():
             raise ObjectExists(f"object {key!r} already exists; sealed objects are written once", key=key)
         tmp = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
@@ -219,31 +218,14 @@ class FilesystemStore:
         retain_until = check_retain_until(retain_until)
         with self._locked():
             meta = self._read_meta(key)
-            current = datetime.fromisoformat(meta["retain_until"]) if meta.get("retain_until") else None
-            if current is not None and retain_until < current:
-                raise RetentionError(f"refusing to shorten retention of {key!r} from {current.isoformat()} to "
-                                     f"{retain_until.isoformat()}", key=key)
-            if current is None and retain_until <= datetime.now(UTC):
-                raise RetentionError(f"retain-until {retain_until.isoformat()} for {key!r} is in the past", key=key)
-            old_mode = LockMode(meta["mode"]) if meta.get("mode") else None
-            new_mode = LockMode.parse(mode) if mode else (old_mode or LockMode.COMPLIANCE)
-            if old_mode is LockMode.COMPLIANCE and new_mode is LockMode.GOVERNANCE and \
-                    current and current > datetime.now(UTC):
-                raise RetentionError(f"refusing to weaken {key!r} from COMPLIANCE to GOVERNANCE", key=key)
+            new_mode = check_extension(self._info(key, meta), retain_until, mode)
             meta["retain_until"] = retain_until.isoformat()
             meta["mode"] = new_mode.value
             self._write_meta(key, meta)
 
     def delete(self, key: str, *, bypass_governance: bool = False) -> None:
         with self._locked():
-            info = self._info(key, self._read_meta(key))
-            now = datetime.now(UTC)
-            if info.legal_hold:
-                raise ObjectLocked(f"object {key!r} is under legal hold", key=key)
-            if info.retain_until and info.retain_until > now and not (
-                    bypass_governance and info.mode is LockMode.GOVERNANCE):
-                raise ObjectLocked(f"object {key!r} is retained in {info.mode.value if info.mode else '?'} mode "
-                                   f"until {info.retain_until.isoformat()}", key=key)
+            check_deletable(self._info(key, self._read_meta(key)), bypass_governance=bypass_governance)
             data = self._path(key, _DATA)
             data.unlink()
             self._path(key, _META).unlink(missing_ok=True)

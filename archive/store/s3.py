@@ -28,7 +28,8 @@ from typing import BinaryIO
 
 from archive.errors import (ArchiveError, IntegrityError, ObjectExists, ObjectLocked, ObjectNotFound,
                             RetentionError, StorageError, StoreMisconfigured, StoreUnavailable)
-from archive.store.base import LockMode, ObjectInfo, check_key, check_retain_until
+from archive.store.base import (LockMode, ObjectInfo, check_deletable, check_extension, check_key,
+                                check_new_retention, check_retain_until)
 from archive.streams import fill, filler
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
@@ -135,9 +136,7 @@ class S3Store:
             mode: LockMode = LockMode.COMPLIANCE, legal_hold: bool = False) -> ObjectInfo:
         s3key = self._k(key)
         mode = LockMode.parse(mode)
-        retain_until = check_retain_until(retain_until)
-        if retain_until is not None and retain_until <= datetime.now(UTC):
-            raise RetentionError(f"retain-until {retain_until.isoformat()} for {key!r} is in the past", key=key)
+        retain_until = check_new_retention(key, retain_until)
         lock: dict = {"ObjectLockLegalHoldStatus": "ON" if legal_hold else "OFF"}
         if retain_until is not None:
             lock.update(ObjectLockMode=mode.value, ObjectLockRetainUntilDate=_ceil_second(retain_until))
@@ -262,14 +261,7 @@ class S3Store:
     def extend_retention(self, key: str, retain_until: datetime, mode: LockMode | None = None) -> None:
         info = self.head(key)
         retain_until = _ceil_second(check_retain_until(retain_until))
-        if info.retain_until is not None and retain_until < info.retain_until:
-            raise RetentionError(f"refusing to shorten retention of {key!r} from {info.retain_until.isoformat()} "
-                                 f"to {retain_until.isoformat()}", key=key)
-        if info.retain_until is None and retain_until <= datetime.now(UTC):
-            raise RetentionError(f"retain-until {retain_until.isoformat()} for {key!r} is in the past", key=key)
-        new_mode = LockMode.parse(mode) if mode else (info.mode or LockMode.COMPLIANCE)
-        if info.mode is LockMode.COMPLIANCE and new_mode is LockMode.GOVERNANCE and info.locked():
-            raise RetentionError(f"refusing to weaken {key!r} from COMPLIANCE to GOVERNANCE", key=key)
+        new_mode = check_extension(info, retain_until, mode)
         try:
             self.client.put_object_retention(
                 Bucket=self.bucket, Key=self._k(key),
@@ -283,14 +275,7 @@ class S3Store:
 
     def delete(self, key: str, *, bypass_governance: bool = False) -> None:
         """Delete every version of ``key`` (a plain DeleteObject would only hide it behind a delete marker)."""
-        info = self.head(key)
-        now = datetime.now(UTC)
-        if info.legal_hold:
-            raise ObjectLocked(f"object {key!r} is under legal hold", key=key)
-        if info.retain_until and info.retain_until > now and not (
-                bypass_governance and info.mode is LockMode.GOVERNANCE):
-            raise ObjectLocked(f"object {key!r} is retained in {info.mode.value if info.mode else '?'} mode until "
-                               f"{info.retain_until.isoformat()}", key=key)
+        check_deletable(self.head(key), bypass_governance=bypass_governance)
         s3key = self._k(key)
         try:
             pages = self.client.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=s3key)
