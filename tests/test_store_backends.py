@@ -91,3 +91,13 @@ def test_filesystem_crash_leftovers_are_invisible(fs_store):
 def test_filesystem_store_requires_init(tmp_path):
     with pytest.raises(Exception, match="archive init"):
         FilesystemStore(tmp_path / "nothing")
+
+
+@pytest.mark.s3
+def test_s3_errors_keep_the_vendor_request_id_and_status(s3_store):
+    from archive.errors import ObjectNotFound
+
+    with pytest.raises(ObjectNotFound) as e:
+        s3_store.open("never-written")
+    assert e.value.details["http_status"] == 404 and e.value.details["request_id"]
+    assert e.value.details["vendor_code"] == "NoSuchKey" and isinstance(e.value.__cause__, ClientError)
