@@ -4,8 +4,9 @@ The vault is where the object store, the key provider and the sealed format meet
 name it keeps, in the store::
 
     objects/<name>                  the sealed bytes (format in archive/crypto/stream.py), locked
-    keys/<name>/<seq:06d>.json      seal receipts: the wrapped data key plus the object's sizes and
-                                    SHA-256 digests, locked like the object; the highest seq is current
+    keys/<name>/<seq:06d>.json      seal receipts: the wrapped data key plus the object's sizes, the
+                                    plaintext SHA-256 and the sealed tag digest, locked like the object;
+                                    the highest seq is current
 
 The wrapped key lives beside the object, never inside it: ``rotate()`` writes a new receipt with the data
 key rewrapped under the current KEK and leaves the locked object untouched. A KEK can be destroyed only
