@@ -1,0 +1,1 @@
+"""Per-platform chat-transcript converters used by :mod:`archive.ingest.chats` (one module per format)."""
