@@ -19,6 +19,8 @@ accepted. Secrets (S3 secret key) are kept out of ``repr`` so they never reach a
 | ARCHIVE_S3_PART_SIZE         | 16777216                      | multipart upload part size in bytes (≥ 5 MiB) |
 | ARCHIVE_KMS_ENDPOINT_URL     | (AWS)                         | KMS endpoint (for a KMS-compatible service)   |
 | ARCHIVE_KMS_REGION           | ARCHIVE_S3_REGION             | KMS region                                    |
+| ARCHIVE_MAX_INPUT_BYTES      | 10737418240 (10 GiB)          | larger input files are rejected at ingest     |
+| ARCHIVE_DEFAULT_RETENTION    | P7Y                           | lock period from a record's start until retention policies apply |
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from archive.dates import parse_duration
 from archive.errors import ConfigError
 
 MIN_SEGMENT = 4 * 1024
@@ -54,6 +57,12 @@ class Settings:
     s3_part_size: int = 16 * 1024 * 1024
     kms_endpoint_url: str | None = None
     kms_region: str | None = None
+    max_input_bytes: int = 10 * 1024**3
+    default_retention: str = "P7Y"
+
+    @property
+    def index_path(self) -> Path:
+        return self.home / "index.sqlite"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, cwd: Path | None = None) -> Settings:
@@ -95,6 +104,11 @@ class Settings:
         if kms_endpoint:
             _check_http_url(kms_endpoint, "ARCHIVE_KMS_ENDPOINT_URL")
         region = env.get("ARCHIVE_S3_REGION") or "us-east-1"
+        retention = env.get("ARCHIVE_DEFAULT_RETENTION") or "P7Y"
+        try:
+            parse_duration(retention)
+        except ValueError as e:
+            raise ConfigError(f"ARCHIVE_DEFAULT_RETENTION: {e}", variable="ARCHIVE_DEFAULT_RETENTION") from None
 
         return cls(
             home=home,
@@ -110,6 +124,8 @@ class Settings:
             s3_part_size=_int(env, "ARCHIVE_S3_PART_SIZE", 16 * 1024 * 1024, MIN_PART, 5 * 1024**3),
             kms_endpoint_url=kms_endpoint,
             kms_region=env.get("ARCHIVE_KMS_REGION") or region,
+            max_input_bytes=_int(env, "ARCHIVE_MAX_INPUT_BYTES", 10 * 1024**3, 1, 2**50),
+            default_retention=retention,
         )
 
 

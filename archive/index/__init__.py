@@ -1,0 +1,1 @@
+"""Search indexes: the embedded SQLite index (default); Elasticsearch comes with the search issue."""

@@ -1,0 +1,133 @@
+"""Embedded SQLite index: a derived, rebuildable view of committed records for ``show`` and ``search``.
+
+The object store is the system of record; this index can be deleted and rebuilt from the manifests.
+Only committed records (manifest sealed and verified) are ever written here. Schema migrations are
+registered in ``MIGRATIONS``, applied in order inside a transaction on open and recorded in
+``schema_migrations``.
+
+Search here is deliberately small — FTS5 over participants, identifiers and message text, newest first —
+until the search issue brings the query language, facets and the Elasticsearch backend.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("0001_records", """
+        CREATE TABLE records (
+            record_id      TEXT PRIMARY KEY,
+            started_at     TEXT NOT NULL,
+            channel        TEXT NOT NULL,
+            source_system  TEXT NOT NULL,
+            interaction_id TEXT NOT NULL,
+            manifest       TEXT NOT NULL
+        );
+        CREATE INDEX records_started ON records (started_at);
+        CREATE INDEX records_source ON records (source_system, interaction_id);
+        CREATE VIRTUAL TABLE records_text USING fts5 (record_id UNINDEXED, text, tokenize = 'trigram');
+    """),
+]
+
+
+class SqliteIndex:
+    """Committed records, searchable. One connection per instance; not shared across threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = NORMAL")  # the store, not the index, is the system of record
+        self._migrate()
+
+    def _migrate(self) -> None:
+        self.db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+        done = {row[0] for row in self.db.execute("SELECT name FROM schema_migrations")}
+        for name, sql in MIGRATIONS:
+            if name in done:
+                continue
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, sql.split(";")):
+                    self.db.execute(statement)
+                self.db.execute("INSERT INTO schema_migrations VALUES (?, datetime('now'))", (name,))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        self.db.close()
+
+    def upsert(self, manifest: dict) -> None:
+        """Index a committed record (idempotent)."""
+        meta = manifest["metadata"]
+        rid = manifest["record_id"]
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?)",
+                            (rid, meta["started_at"], meta["channel"], meta["source"]["system"],
+                             meta["source"]["interaction_id"], json.dumps(manifest, ensure_ascii=False)))
+            self.db.execute("DELETE FROM records_text WHERE record_id = ?", (rid,))
+            self.db.execute("INSERT INTO records_text VALUES (?, ?)", (rid, searchable_text(manifest)))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def get(self, record_id: str) -> dict | None:
+        row = self.db.execute("SELECT manifest FROM records WHERE record_id = ?", (record_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def search(self, query: str, limit: int = 50) -> list[dict]:
+        """Records whose text contains every word of ``query`` (case-insensitive, any language),
+        newest first. An empty query lists the newest records."""
+        words = [w for w in query.split() if w]
+        if not words:
+            rows = self.db.execute("SELECT manifest FROM records ORDER BY started_at DESC LIMIT ?", (limit,))
+        else:
+            # The trigram index serves words of three or more characters; shorter ones (two-character
+            # Chinese names such as 王芳) need a scan.
+            clauses, params = [], []
+            for word in words:
+                if len(word) >= 3:
+                    clauses.append("text LIKE ? ESCAPE '\\'")
+                    params.append("%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+                else:
+                    clauses.append("instr(lower(text), lower(?)) > 0")
+                    params.append(word)
+            sql = ("SELECT r.manifest FROM records r WHERE " +
+                   " AND ".join(f"r.record_id IN (SELECT record_id FROM records_text WHERE {c})" for c in clauses) +
+                   " ORDER BY r.started_at DESC LIMIT ?")
+            rows = self.db.execute(sql, (*params, limit))
+        return [json.loads(r[0]) for r in rows]
+
+    def count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM records").fetchone()[0]
+
+    def record_ids(self) -> Iterator[str]:
+        with closing(self.db.execute("SELECT record_id FROM records ORDER BY record_id")) as cur:
+            for row in cur:
+                yield row[0]
+
+
+def searchable_text(manifest: dict) -> str:
+    """Identifiers, participants, subject and message text of a record, as one string."""
+    meta = manifest["metadata"]
+    bits = [manifest["record_id"], meta["source"]["system"], meta["source"]["interaction_id"], meta["channel"],
+            *(str(meta[k]) for k in ("business_line", "product", "product_type", "jurisdiction", "subject",
+                                     "contract_id") if meta.get(k)),
+            *meta.get("tags", [])]
+    for p in meta.get("participants", []):
+        bits += [str(p[k]) for k in ("role", "id", "name", "phone", "email", "account") if p.get(k)]
+    for m in meta.get("messages", []):
+        if m.get("text"):
+            bits.append(m["text"])
+    for part in manifest.get("parts", []):
+        bits += [part["name"], part.get("filename") or ""]
+    return "\n".join(b for b in bits if b)

@@ -1,0 +1,1 @@
+"""Ingest: the record model, importers (chat platforms, email, SIPREC), media probing and the pipeline."""

@@ -1,0 +1,176 @@
+"""The record model: one interaction (a call, a chat, an email thread, a dual-recording session).
+
+A record has metadata (who, when, which channel, what was sold, under which jurisdiction) and one or more
+parts (``audio``, ``video``, ``screen``, ``transcript``, ``attachment-1`` …). This module owns the
+metadata schema and its validation; every importer produces metadata in this shape, and every error names
+the field (``participants[1].phone: not an E.164 number``). ``docs/record-schema.md`` documents it for
+integrators.
+
+Metadata (JSON, ``schema: "archive-record/1"``)::
+
+    source         {system, interaction_id}        required: where it came from, and its id there
+    channel        phone | video | chat | messaging | email          required
+    direction      inbound | outbound | internal                     optional
+    started_at     ISO-8601 with offset                              required
+    ended_at       ISO-8601 with offset, not before started_at       optional
+    duration_s     number ≥ 0                                        optional (probed for media)
+    participants   [{role: agent|customer|other|bot, id, name, phone (E.164), email, account,
+                     age, attributes{}}]                             at least one
+    business_line, product, product_type, jurisdiction (ISO 3166 alpha-2, or with subdivision "CN-31"),
+    language (BCP 47), subject, contract_id, tags [str]              optional
+    messages       [{at, from, text, attachments[]}]                 chats and email: the thread
+    source_fields  {…}                                               the source's own fields, verbatim
+
+Unknown top-level fields are refused (a typo must not silently drop data); ``source_fields`` holds
+anything the source sends that the schema does not name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from archive.errors import ArchiveError
+
+SCHEMA = "archive-record/1"
+CHANNELS = ("phone", "video", "chat", "messaging", "email")
+DIRECTIONS = ("inbound", "outbound", "internal")
+ROLES = ("agent", "customer", "other", "bot", "system")
+PART_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+_E164 = re.compile(r"\+[1-9]\d{4,14}")
+_JURISDICTION = re.compile(r"[A-Z]{2}(-[A-Z0-9]{1,3})?")
+_LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*")
+_TOP = {"schema", "source", "channel", "direction", "started_at", "ended_at", "duration_s", "participants",
+        "business_line", "product", "product_type", "jurisdiction", "language", "subject", "contract_id", "tags",
+        "messages", "source_fields"}
+_PARTICIPANT = {"role", "id", "name", "phone", "email", "account", "age", "attributes"}
+_MESSAGE = {"at", "from", "text", "attachments", "id", "type"}
+
+
+class InvalidMetadata(ArchiveError):
+    """Raised when record metadata does not follow the schema; ``field`` names where."""
+
+    code = "invalid_metadata"
+    exit_status = 2
+    http_status = 400
+
+    def __init__(self, field: str, problem: str, **details: Any) -> None:
+        super().__init__(f"{field}: {problem}", field=field, **details)
+        self.field = field
+
+
+def _str(doc: Mapping, key: str, path: str, *, required: bool = False, max_len: int = 1000) -> str | None:
+    value = doc.get(key)
+    if value is None:
+        if required:
+            raise InvalidMetadata(f"{path}{key}", "is required")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidMetadata(f"{path}{key}", f"must be a non-empty string, not {value!r}"[:200])
+    if len(value) > max_len or any(ord(c) < 32 and c not in "\t\n\r" for c in value):
+        raise InvalidMetadata(f"{path}{key}", "is too long or contains control characters")
+    return value
+
+
+def _time(doc: Mapping, key: str, path: str, *, required: bool = False) -> datetime | None:
+    raw = _str(doc, key, path, required=required, max_len=64)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidMetadata(f"{path}{key}", f"{raw!r} is not an ISO-8601 date-time") from None
+    if value.tzinfo is None:
+        raise InvalidMetadata(f"{path}{key}", f"{raw!r} has no UTC offset; recordings need absolute times")
+    return value
+
+
+def _unknown(doc: Mapping, allowed: set[str], path: str) -> None:
+    extra = sorted(set(doc) - allowed)
+    if extra:
+        raise InvalidMetadata(f"{path}{extra[0]}", "is not a field of the record schema (put source-specific "
+                                                   "fields under source_fields)")
+
+
+def validate(doc: Any) -> dict:
+    """Check ``doc`` against the record schema; return it normalised (schema tag set, times as given).
+    Raises InvalidMetadata naming the first bad field."""
+    if not isinstance(doc, Mapping):
+        raise InvalidMetadata("(record)", "metadata must be a JSON object")
+    _unknown(doc, _TOP, "")
+    if doc.get("schema", SCHEMA) != SCHEMA:
+        raise InvalidMetadata("schema", f"unsupported schema {doc.get('schema')!r}; expected {SCHEMA!r}")
+    source = doc.get("source")
+    if not isinstance(source, Mapping):
+        raise InvalidMetadata("source", "is required: {system, interaction_id}")
+    _unknown(source, {"system", "interaction_id"}, "source.")
+    _str(source, "system", "source.", required=True, max_len=100)
+    _str(source, "interaction_id", "source.", required=True, max_len=500)
+    if doc.get("channel") not in CHANNELS:
+        raise InvalidMetadata("channel", f"must be one of {', '.join(CHANNELS)}, not {doc.get('channel')!r}")
+    if doc.get("direction") is not None and doc["direction"] not in DIRECTIONS:
+        raise InvalidMetadata("direction", f"must be one of {', '.join(DIRECTIONS)}, not {doc['direction']!r}")
+    started = _time(doc, "started_at", "", required=True)
+    ended = _time(doc, "ended_at", "")
+    if ended is not None and ended < started:
+        raise InvalidMetadata("ended_at", "is before started_at")
+    duration = doc.get("duration_s")
+    if duration is not None and (isinstance(duration, bool) or not isinstance(duration, int | float)
+                                 or duration < 0):
+        raise InvalidMetadata("duration_s", f"must be a number of seconds ≥ 0, not {duration!r}")
+    participants = doc.get("participants")
+    if not isinstance(participants, list) or not participants:
+        raise InvalidMetadata("participants", "needs at least one participant")
+    for i, p in enumerate(participants):
+        path = f"participants[{i}]."
+        if not isinstance(p, Mapping):
+            raise InvalidMetadata(f"participants[{i}]", "must be an object")
+        _unknown(p, _PARTICIPANT, path)
+        if p.get("role") not in ROLES:
+            raise InvalidMetadata(f"{path}role", f"must be one of {', '.join(ROLES)}, not {p.get('role')!r}")
+        for key in ("id", "name", "email", "account"):
+            _str(p, key, path)
+        phone = _str(p, "phone", path, max_len=16)
+        if phone is not None and not _E164.fullmatch(phone):
+            raise InvalidMetadata(f"{path}phone", f"{phone!r} is not an E.164 number (+ and 5-15 digits)")
+        age = p.get("age")
+        if age is not None and (isinstance(age, bool) or not isinstance(age, int) or not 0 <= age <= 150):
+            raise InvalidMetadata(f"{path}age", f"must be a whole number of years, not {age!r}")
+        if p.get("attributes") is not None and not isinstance(p["attributes"], Mapping):
+            raise InvalidMetadata(f"{path}attributes", "must be an object")
+    for key in ("business_line", "product", "product_type", "subject", "contract_id"):
+        _str(doc, key, "")
+    jurisdiction = _str(doc, "jurisdiction", "", max_len=6)
+    if jurisdiction is not None and not _JURISDICTION.fullmatch(jurisdiction):
+        raise InvalidMetadata("jurisdiction", f"{jurisdiction!r} is not an ISO 3166 code such as CN or US-NY")
+    language = _str(doc, "language", "", max_len=35)
+    if language is not None and not _LANGUAGE.fullmatch(language):
+        raise InvalidMetadata("language", f"{language!r} is not a BCP 47 language tag such as zh-CN")
+    tags = doc.get("tags")
+    if tags is not None and (not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags)):
+        raise InvalidMetadata("tags", "must be a list of non-empty strings")
+    messages = doc.get("messages")
+    if messages is not None:
+        if not isinstance(messages, list):
+            raise InvalidMetadata("messages", "must be a list")
+        for i, m in enumerate(messages):
+            path = f"messages[{i}]."
+            if not isinstance(m, Mapping):
+                raise InvalidMetadata(f"messages[{i}]", "must be an object")
+            _unknown(m, _MESSAGE, path)
+            _time(m, "at", path, required=True)
+            _str(m, "from", path, required=True)
+            if m.get("text") is not None and not isinstance(m["text"], str):
+                raise InvalidMetadata(f"{path}text", "must be a string")
+    if doc.get("source_fields") is not None and not isinstance(doc["source_fields"], Mapping):
+        raise InvalidMetadata("source_fields", "must be an object")
+    return {"schema": SCHEMA, **{k: v for k, v in doc.items() if k != "schema"}}
+
+
+def check_part_name(name: str) -> str:
+    """Part names are short lowercase identifiers (``audio``, ``video``, ``attachment-2``)."""
+    if not isinstance(name, str) or not PART_NAME.fullmatch(name):
+        raise InvalidMetadata("parts", f"part name {name!r} must be lowercase letters, digits, - or _")
+    return name
