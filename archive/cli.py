@@ -63,7 +63,7 @@ def cmd_put(archive: Archive, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_get(archive: Archive, args: argparse.Namespace) -> int:
+def cmd_object_get(archive: Archive, args: argparse.Namespace) -> int:
     binding = Binding(args.record_id, args.part) if args.record_id and args.part else None
     if args.range:
         start, _, end = args.range.partition("-")
@@ -144,6 +144,122 @@ def cmd_keys_destroy(archive: Archive, args: argparse.Namespace) -> int:
     return 0
 
 
+# --- records ---------------------------------------------------------------------------------------
+
+
+def _ingestor(archive: Archive):
+    from archive.index.sqlite import SqliteIndex
+    from archive.ingest.pipeline import Ingestor
+
+    return Ingestor(archive, SqliteIndex(archive.settings.index_path), retention=archive.settings.default_retention)
+
+
+def cmd_ingest(archive: Archive, args: argparse.Namespace) -> int:
+    from archive.ingest.discover import Limits
+    from archive.ingest.pipeline import as_json
+
+    ingestor = _ingestor(archive)
+    show_progress = sys.stderr.isatty() and not args.json
+
+    def progress(summary) -> None:
+        done = summary.archived + summary.duplicate + summary.rejected
+        print(f"\r{done} inputs: {summary.archived} archived, {summary.duplicate} duplicate, "
+              f"{summary.rejected} rejected", end="", file=sys.stderr, flush=True)
+
+    summary = ingestor.run([Path(p) for p in args.paths], limits=Limits(archive.settings.max_input_bytes),
+                           progress=progress if show_progress else None)
+    if show_progress:
+        print(file=sys.stderr)
+    if args.json:
+        _out(as_json(summary))
+    else:
+        for o in summary.outcomes:
+            if o.status == "rejected":
+                print(f"rejected   {o.origin}\n           [{o.code}] {o.reason}")
+            elif args.verbose or o.status == "duplicate":
+                word = "archived " if o.status == "archived" else "duplicate"
+                print(f"{word}  {o.origin} -> {', '.join(o.record_ids)}")
+        print(f"archived {summary.archived}, duplicate {summary.duplicate}, rejected {summary.rejected}")
+    return 1 if summary.rejected else 0
+
+
+def _record(archive: Archive, record_id: str) -> dict:
+    from archive.errors import ObjectNotFound
+
+    manifest = _ingestor(archive).committed(record_id) if record_id.startswith("r") else None
+    if manifest is None:
+        raise ObjectNotFound(f"no record {record_id!r}", record_id=record_id)
+    return manifest
+
+
+def _line(manifest: dict) -> str:
+    meta = manifest["metadata"]
+    who = ", ".join(p.get("name") or p.get("id") or p.get("phone") or p["role"] for p in meta["participants"])
+    parts = ",".join(p["name"] for p in manifest["parts"])
+    return f"{manifest['record_id']}  {meta['started_at'][:19]}  {meta['channel']:<9} {who}  [{parts}]"
+
+
+def cmd_show(archive: Archive, args: argparse.Namespace) -> int:
+    manifest = _record(archive, args.record_id)
+    if args.json:
+        _out(manifest)
+        return 0
+    meta = manifest["metadata"]
+    print(_line(manifest))
+    print(f"  source      {meta['source']['system']} {meta['source']['interaction_id']}")
+    for key in ("direction", "ended_at", "duration_s", "business_line", "product", "jurisdiction", "language",
+                "subject"):
+        if meta.get(key) is not None:
+            print(f"  {key:<11} {meta[key]}")
+    for p in meta["participants"]:
+        print("  participant " + " ".join(f"{k}={p[k]}" for k in ("role", "id", "name", "phone", "email", "account")
+                                          if p.get(k)))
+    for part in manifest["parts"]:
+        media = part.get("media") or {}
+        extra = " ".join(f"{k}={media[k]}" for k in ("codec", "duration_s", "channels", "sample_rate") if media.get(k))
+        print(f"  part        {part['name']:<12} {part['size']:>10} B  sha256={part['sha256'][:16]}…  {extra}")
+    print(f"  retained    until {manifest['retention']['retain_until']} ({manifest['retention']['basis']})")
+    for m in meta.get("messages", [])[: args.messages]:
+        print(f"  {m['at'][:19]}  {m['from']}: {(m.get('text') or '').strip()[:200]}")
+    return 0
+
+
+def cmd_get(archive: Archive, args: argparse.Namespace) -> int:
+    manifest = _record(archive, args.record_id)
+    parts = {p["name"]: p for p in manifest["parts"]}
+    if args.part not in parts:
+        raise SystemExit(f"archive get: record {args.record_id} has no part {args.part!r}; it has "
+                         f"{', '.join(parts)}")
+    part = parts[args.part]
+    return cmd_object_get(archive, argparse.Namespace(
+        name=part["object"], record_id=manifest["record_id"], part=part["name"], output=args.output,
+        range=args.range, verify=True))
+
+
+def cmd_search(archive: Archive, args: argparse.Namespace) -> int:
+    from archive.index.sqlite import SqliteIndex
+
+    results = SqliteIndex(archive.settings.index_path).search(" ".join(args.query), limit=args.limit)
+    if args.json:
+        _out(results)
+    else:
+        for manifest in results:
+            print(_line(manifest))
+        print(f"{len(results)} record(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_quarantine_list(archive: Archive, args: argparse.Namespace) -> int:
+    entries = list(_ingestor(archive).quarantine())
+    if args.json:
+        _out(entries)
+    else:
+        for e in entries:
+            print(f"{e['at']}  [{e['code']}] {e['reason']}")
+        print(f"{len(entries)} rejected input(s)", file=sys.stderr)
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------------
 
 
@@ -189,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record-id", help="expected record id (checked cryptographically)")
     p.add_argument("--part", help="expected part name (checked cryptographically)")
     p.add_argument("--verify", action="store_true", help="also check the plaintext SHA-256 against the receipt")
-    p.set_defaults(run=cmd_get)
+    p.set_defaults(run=cmd_object_get)
 
     p = osub.add_parser("head", help="show an object's receipt, retention and hold",
                         description="Show the seal receipt (sizes, SHA-256 digests, KEK) and lock state.")
@@ -218,6 +334,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--bypass-governance", action="store_true", help="override GOVERNANCE-mode retention")
     p.set_defaults(run=cmd_delete)
+
+    p = sub.add_parser("ingest", help="archive recordings, chat transcripts and emails",
+                       description="Archive every input under PATH… (files and directories, recursive): "
+                                   "recordings with a .json or SIPREC .xml sidecar, chat transcripts (.json: "
+                                   "archive, Amazon Connect, Twilio Conversations, Zendesk, Intercom) and .eml. "
+                                   "Sources are only read. Exits 1 when anything was rejected.")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every archived input too")
+    p.set_defaults(run=cmd_ingest)
+
+    p = sub.add_parser("show", help="a record's metadata, parts and retention",
+                       description="Show one record: source, participants, parts with digests, retention.")
+    p.add_argument("record_id")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.add_argument("--messages", type=int, default=20, help="how many chat/email messages to print")
+    p.set_defaults(run=cmd_show)
+
+    p = sub.add_parser("get", help="retrieve a part of a record (verified)",
+                       description="Decrypt and verify one part of a record to a file or stdout; --range A-B "
+                                   "reads only the covering segments.")
+    p.add_argument("record_id")
+    p.add_argument("--part", required=True, help="part name, e.g. audio, video, transcript, message")
+    p.add_argument("-o", "--output", help="output file (default: stdout)")
+    p.add_argument("--range", metavar="A-B", help="plaintext byte range [A, B)")
+    p.set_defaults(run=cmd_get)
+
+    p = sub.add_parser("search", help="find records by words, names, numbers, ids",
+                       description="Records whose participants, identifiers or message text contain every "
+                                   "word of QUERY, newest first.")
+    p.add_argument("query", nargs="*")
+    p.add_argument("--limit", type=int, default=50, help="at most this many records")
+    p.add_argument("--json", action="store_true", help="print manifests as JSON")
+    p.set_defaults(run=cmd_search)
+
+    q = sub.add_parser("quarantine", help="inputs ingest rejected, with reasons",
+                       description="Inputs that ingest refused, each with its reason. Sources are never moved.")
+    qsub = q.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
+    p = qsub.add_parser("list", help="list rejected inputs", description="List rejected inputs and reasons.")
+    p.add_argument("--json", action="store_true", help="print entries as JSON")
+    p.set_defaults(run=cmd_quarantine_list)
 
     keys = sub.add_parser("keys", help="key-encryption keys: status, rotate, destroy",
                           description="Manage the key-encryption keys that wrap every data key.")

@@ -8,6 +8,8 @@ Files, sockets, boto3 bodies and the sealer offer ``readinto``; some wrappers im
 from __future__ import annotations
 
 import io
+import os
+import stat
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -37,3 +39,16 @@ def fill(read: Callable[[memoryview], int], view: memoryview) -> int:
             break
         got += n
     return got
+
+
+def remaining_size(source: BinaryIO) -> int | None:
+    """How many bytes ``source`` still holds, when that is cheap to know (a regular file, BytesIO)."""
+    try:
+        if isinstance(source, io.BytesIO):
+            return source.getbuffer().nbytes - source.tell()
+        st = os.fstat(source.fileno())
+        if stat.S_ISREG(st.st_mode):
+            return max(0, st.st_size - source.tell())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        pass
+    return None

@@ -36,6 +36,7 @@ from archive.crypto.stream import Binding, Sealer, unseal_range, unseal_stream
 from archive.errors import IntegrityError, KeyInUse, ObjectNotFound, StorageError
 from archive.keys.base import KeyProvider, WrappedKey
 from archive.store.base import LockMode, ObjectInfo, ObjectStore, check_key
+from archive.streams import remaining_size
 
 RECEIPT_FORMAT = "archive-receipt/1"
 _RECEIPT_NAME = re.compile(r"(\d{6})\.json")
@@ -115,7 +116,7 @@ class Vault:
         mode = LockMode.parse(mode or self.lock_mode)
         context = _context(name, binding)
         data_key, wrapped = self.keys.generate_data_key(context)
-        sealer = Sealer(source, data_key, binding, segment_size=self.segment_size)
+        sealer = Sealer(source, data_key, binding, segment_size=self.segment_size, size_hint=remaining_size(source))
         try:
             self.store.put(f"objects/{name}", sealer, retain_until=retain_until, mode=mode, legal_hold=legal_hold)
             receipt = SealReceipt(

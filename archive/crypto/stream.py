@@ -219,7 +219,8 @@ class Sealer:
     _RING = 4
 
     def __init__(self, source: BinaryIO, data_key: bytes, binding: Binding, *,
-                 segment_size: int = DEFAULT_SEGMENT_SIZE, hash_plaintext: bool = True) -> None:
+                 segment_size: int = DEFAULT_SEGMENT_SIZE, hash_plaintext: bool = True,
+                 size_hint: int | None = None) -> None:
         if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
             raise ValueError(f"segment size must be within [{MIN_SEGMENT_SIZE}, {MAX_SEGMENT_SIZE}]")
         salt, prefix = os.urandom(SALT_SIZE), os.urandom(PREFIX_SIZE)
@@ -230,14 +231,17 @@ class Sealer:
         self._keys = _Keys(subkey, Header(segment_size, salt, prefix, commitment, self.header), binding, "(sealing)")
         self._read = filler(source)
         self._segment = segment_size
-        self._ring = [bytearray(segment_size) for _ in range(self._RING)]
+        # Buffers are made on first use and, for a source known to be small, only as large as it: a
+        # chat transcript must not pay for zeroing megabytes. A wrong hint only costs a regrowth.
+        self._first_size = segment_size if size_hint is None else max(1, min(segment_size, size_hint + 1))
+        self._ring: list[bytearray | None] = [None] * self._RING
         self._busy: list[Future | None] = [None] * self._RING
         self._slot = 0
         self._out: bytearray | None = None  # made on demand, for callers whose buffer is below a segment
         self._out_view = memoryview(b"")
         self._tags = hashlib.sha256(self.header)
         self._plain = hashlib.sha256() if hash_plaintext else None
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sha256") if hash_plaintext else None
+        self._pool: ThreadPoolExecutor | None = None  # started at the second segment: small objects hash inline
         self._pending_header = True
         self._index = 0
         self._current: tuple[int, int] | None = None  # (ring slot, length) of the segment to seal next
@@ -289,6 +293,7 @@ class Sealer:
         self._done = True
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        self._ring = [None] * self._RING
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(lambda: self.read(self._segment + TAG_SIZE), b"")
@@ -299,7 +304,8 @@ class Sealer:
     def plaintext_sha256(self) -> str:
         if not self._done or self._plain is None:
             raise RuntimeError("plaintext digest is known once the whole stream was read")
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         return self._plain.hexdigest()
 
     @property
@@ -317,7 +323,14 @@ class Sealer:
         if self._busy[slot] is not None:
             self._busy[slot].result()  # the hash thread is done with this buffer
             self._busy[slot] = None
-        return slot, fill(self._read, memoryview(self._ring[slot]))
+        buf = self._ring[slot]
+        if buf is None:
+            buf = self._ring[slot] = bytearray(self._first_size)
+        got = fill(self._read, memoryview(buf))
+        while got == len(buf) < self._segment:  # the source is larger than its hint said
+            buf.extend(bytes(min(self._segment, 2 * len(buf)) - len(buf)))
+            got += fill(self._read, memoryview(buf)[got:])
+        return slot, got
 
     def _next_segment_size(self) -> int:
         if self._current is None:
@@ -335,7 +348,12 @@ class Sealer:
         plain = memoryview(self._ring[slot])[:length]
         self._keys.aead.encrypt_into(self._keys.nonce(self._index, last), plain, self._keys.aad, out)
         if self._plain is not None and length:
-            self._busy[slot] = self._pool.submit(self._plain.update, plain)
+            if self._index == 0 and last:
+                self._plain.update(plain)
+            else:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(1, thread_name_prefix="sha256")
+                self._busy[slot] = self._pool.submit(self._plain.update, plain)
         self._tags.update(out[length:])
         self.plaintext_size += length
         self.sealed_size += length + TAG_SIZE

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -40,7 +41,9 @@ class SqliteIndex:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None)
+        # One connection shared by the ingest threads, serialised by a lock (SQLite writes one at a time).
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._lock = threading.RLock()
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = NORMAL")  # the store, not the index, is the system of record
         self._migrate()
@@ -68,6 +71,10 @@ class SqliteIndex:
         """Index a committed record (idempotent)."""
         meta = manifest["metadata"]
         rid = manifest["record_id"]
+        with self._lock:
+            self._upsert(rid, meta, manifest)
+
+    def _upsert(self, rid: str, meta: dict, manifest: dict) -> None:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?)",
@@ -81,7 +88,8 @@ class SqliteIndex:
             raise
 
     def get(self, record_id: str) -> dict | None:
-        row = self.db.execute("SELECT manifest FROM records WHERE record_id = ?", (record_id,)).fetchone()
+        with self._lock:
+            row = self.db.execute("SELECT manifest FROM records WHERE record_id = ?", (record_id,)).fetchone()
         return json.loads(row[0]) if row else None
 
     def search(self, query: str, limit: int = 50) -> list[dict]:
@@ -108,7 +116,8 @@ class SqliteIndex:
         return [json.loads(r[0]) for r in rows]
 
     def count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM records").fetchone()[0]
+        with self._lock:
+            return self.db.execute("SELECT count(*) FROM records").fetchone()[0]
 
     def record_ids(self) -> Iterator[str]:
         with closing(self.db.execute("SELECT record_id FROM records ORDER BY record_id")) as cur:

@@ -83,10 +83,15 @@ class _EarlyWriteback:
             self._thread.join()
 
 
+_buffers = threading.local()  # one write buffer per thread, reused: allocating 1 MiB per put costs more than small puts
+
+
 def _write_durably(path: Path, source: BinaryIO) -> int:
     """Stream ``source`` into a new file at ``path`` and fsync it; returns the size. Reads into one
     reused buffer (a sealer encrypts straight into it)."""
-    buf = memoryview(bytearray(_CHUNK))
+    buf = getattr(_buffers, "buf", None)
+    if buf is None:
+        buf = _buffers.buf = memoryview(bytearray(_CHUNK))
     read = filler(source)
     size = 0
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
