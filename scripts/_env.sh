@@ -1,8 +1,19 @@
-# Shared by scripts/demo and scripts/test: a project virtualenv in .venv with the package installed.
+# Shared by scripts/demo and scripts/test: Debian tools the project uses for real media, and a project
+# virtualenv in .venv with the package installed.
 # Usage: source scripts/_env.sh [EXTRAS]   (EXTRAS e.g. "test"; empty for the plain package)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
+
+missing=()
+for tool in espeak-ng sox ffmpeg; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} (Debian packages: speech and media tools for samples and tests) ..." >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends espeak-ng sox ffmpeg >/dev/null
+fi
+
 if [ ! -x "$ROOT/.venv/bin/python" ]; then
   "$PY" -m venv "$ROOT/.venv"
   "$ROOT/.venv/bin/python" -m pip install --quiet --upgrade pip
