@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from archive.cli import build_parser
+from archive.store.filesystem import FilesystemStore
 
 
 def run(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -101,10 +102,13 @@ def test_keyring_readable_by_others_is_refused(env):
 def test_tampered_object_fails_naming_object_and_segment_and_leaves_no_output(env, recording, tmp_path):
     run(env, "init")
     run(env, "object", "put", str(recording), "--name", "t")
+    store = FilesystemStore(Path(env["ARCHIVE_HOME"]) / "store")
+    with store.open("objects/t") as f:
+        start = f.tell()  # where the sealed object begins inside the store's file
     data = Path(env["ARCHIVE_HOME"]) / "store" / "objects" / "objects" / "t#data"
     os.chmod(data, 0o644)
     blob = bytearray(data.read_bytes())
-    blob[85 + 2 * (1024 * 1024 + 16) + 10] ^= 1  # a bit in segment 2
+    blob[start + 85 + 2 * (1024 * 1024 + 16) + 10] ^= 1  # a bit in segment 2
     data.write_bytes(bytes(blob))
     out = tmp_path / "out.wav"
     proc = run(env, "object", "get", "t", "-o", str(out), check=False)

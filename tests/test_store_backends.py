@@ -88,6 +88,17 @@ def test_filesystem_crash_leftovers_are_invisible(fs_store):
     assert fs_store.head("x/y").size == 5
 
 
+def test_filesystem_lock_state_left_by_a_deleted_object_does_not_apply_to_a_new_one(fs_store):
+    # A crash between deleting an object's data and its lock-state file leaves the state behind.
+    (fs_store.root / "objects" / "k#meta").write_text(
+        '{"object_id": "gone", "legal_hold": true, "retain_until": "2999-01-01T00:00:00+00:00", "mode": "COMPLIANCE"}')
+    fs_store.put("k", io.BytesIO(b"new"))
+    info = fs_store.head("k")
+    assert not info.legal_hold and info.retain_until is None
+    fs_store.set_legal_hold("k", True)
+    assert fs_store.head("k").legal_hold
+
+
 def test_filesystem_store_requires_init(tmp_path):
     with pytest.raises(Exception, match="archive init"):
         FilesystemStore(tmp_path / "nothing")

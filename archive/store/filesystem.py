@@ -2,13 +2,19 @@
 
 Layout under the root directory::
 
-    objects/<key>#data    the bytes, mode 0444, never rewritten
-    objects/<key>#meta    JSON: size, created, retain_until, mode, legal_hold (replaced atomically)
+    objects/<key>#data    header ‖ the bytes; mode 0444, never rewritten
+    objects/<key>#meta    the lock state after a change (hold placed or released, retention extended)
     tmp/                  writes in flight
-    .lock                 a store-wide lock held only while an object is committed or its lock changed
+    .lock                 a store-wide lock, held only while lock state changes or an object is deleted
 
-``#`` cannot appear in a key, so ``a/b`` and ``a/b/c`` never collide. A put streams into ``tmp/``, fsyncs,
-then under the lock writes the metadata and ``link()``s the data into place (``link`` refuses to replace)
+``#data`` starts with ``b"ARCFSv1\n"``, a u32 (big-endian) length and that many bytes of JSON — the
+object's id and its lock state at creation (created, retain_until, mode, legal_hold) — then the object's
+bytes. Lock changes are written to ``#meta`` (atomically replaced) carrying the same object id, so a
+``#meta`` left behind by a deleted object is never mistaken for a new object's. ``#`` cannot appear in a
+key, so ``a/b`` and ``a/b/c`` never collide.
+
+A put streams into ``tmp/``, fsyncs, creates (and fsyncs) any missing directories, then ``link()``s the
+file into place — ``link`` refuses to replace, so two writers of one key cannot both win, with no lock —
 and fsyncs the directory: a crash at any point leaves either no object or the whole object, never a
 visible partial one. An object is visible exactly when its ``#data`` file exists.
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import struct
 import threading
 import uuid
 from collections.abc import Iterator
@@ -37,7 +44,24 @@ from archive.streams import filler
 
 _DATA = "#data"
 _META = "#meta"
+_MAGIC = b"ARCFSv1\n"
+_LEN = struct.Struct(">I")
 _CHUNK = 1024 * 1024 + 64  # one default sealed segment (1 MiB + 16-byte tag) and change
+
+
+def _makedirs_durably(path: Path) -> None:
+    """Create ``path`` and any missing parents, fsyncing each parent whose entries changed: a new
+    object is only durable when every directory entry leading to it is."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            pass  # another writer made it, and may not have fsynced its parent yet: do it here too
+        _fsync_dir(directory.parent)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -86,9 +110,9 @@ class _EarlyWriteback:
 _buffers = threading.local()  # one write buffer per thread, reused: allocating 1 MiB per put costs more than small puts
 
 
-def _write_durably(path: Path, source: BinaryIO) -> int:
-    """Stream ``source`` into a new file at ``path`` and fsync it; returns the size. Reads into one
-    reused buffer (a sealer encrypts straight into it)."""
+def _write_durably(path: Path, source: BinaryIO, header: bytes = b"") -> int:
+    """Write ``header`` then stream ``source`` into a new file at ``path`` and fsync it; returns the
+    size of what came from ``source``. Reads into one reused buffer (a sealer encrypts straight into it)."""
     buf = getattr(_buffers, "buf", None)
     if buf is None:
         buf = _buffers.buf = memoryview(bytearray(_CHUNK))
@@ -97,6 +121,8 @@ def _write_durably(path: Path, source: BinaryIO) -> int:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     writeback = _EarlyWriteback(fd)
     try:
+        if header:
+            os.write(fd, header)
         while True:
             n = read(buf)
             if not n:
@@ -141,32 +167,55 @@ class FilesystemStore:
         finally:
             os.close(fd)
 
-    def _read_meta(self, key: str) -> dict:
-        if not self._path(key, _DATA).exists():
-            raise ObjectNotFound(f"no object {key!r}", key=key)
+    def _header(self, f) -> tuple[dict, int]:
+        """(creation state, data offset) from an open ``#data`` file."""
+        head = f.read(len(_MAGIC) + _LEN.size)
+        if len(head) < len(_MAGIC) + _LEN.size or not head.startswith(_MAGIC):
+            raise StorageError(f"{f.name}: not an object file of this store")
+        (length,) = _LEN.unpack_from(head, len(_MAGIC))
         try:
-            return json.loads(self._path(key, _META).read_text())
-        except (OSError, ValueError) as e:
-            raise StorageError(f"metadata of {key!r} is unreadable: {e}", key=key) from e
+            return json.loads(f.read(length)), len(head) + length
+        except ValueError as e:
+            raise StorageError(f"{f.name}: object header is unreadable: {e}") from e
 
-    def _write_meta(self, key: str, meta: dict) -> None:
+    def _state(self, key: str) -> tuple[dict, int, int]:
+        """(lock state, data offset, data size) of ``key``: the creation state, or the latest change."""
+        try:
+            with open(self._path(key, _DATA), "rb") as f:
+                state, offset = self._header(f)
+                size = os.fstat(f.fileno()).st_size - offset
+        except FileNotFoundError:
+            raise ObjectNotFound(f"no object {key!r}", key=key) from None
+        try:
+            changed = json.loads(self._path(key, _META).read_bytes())
+        except FileNotFoundError:
+            changed = None
+        except ValueError as e:
+            raise StorageError(f"lock state of {key!r} is unreadable: {e}", key=key) from e
+        if changed is not None and changed.get("object_id") == state["object_id"]:
+            state = changed
+        return state, offset, size
+
+    def _change(self, key: str, state: dict) -> None:
         final = self._path(key, _META)
         tmp = self.root / "tmp" / f"{uuid.uuid4().hex}.meta"
         with open(tmp, "w") as f:
-            json.dump(meta, f)
+            json.dump(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
+        _fsync_dir(final.parent)
 
     @staticmethod
-    def _info(key: str, meta: dict) -> ObjectInfo:
-        until = meta.get("retain_until")
+    def _info(key: str, state: dict, size: int) -> ObjectInfo:
+        until = state.get("retain_until")
         return ObjectInfo(
-            key=key, size=int(meta["size"]),
+            key=key, size=size,
             retain_until=datetime.fromisoformat(until) if until else None,
-            mode=LockMode(meta["mode"]) if meta.get("mode") else None,
-            legal_hold=bool(meta.get("legal_hold")),
-            created=datetime.fromisoformat(meta["created"]) if meta.get("created") else None)
+            mode=LockMode(state["mode"]) if state.get("mode") else None,
+            legal_hold=bool(state.get("legal_hold")),
+            created=datetime.fromisoformat(state["created"]) if state.get("created") else None,
+            version_id=state.get("object_id"))
 
     # --- ObjectStore ---------------------------------------------------------------------------------
 
@@ -175,62 +224,67 @@ class FilesystemStore:
         final = self._path(key, _DATA)
         mode = LockMode.parse(mode)
         retain_until = check_new_retention(key, retain_until)
-        now = datetime.now(UTC)
         if final.exists():
             raise ObjectExists(f"object {key!r} already exists; sealed objects are written once", key=key)
-        tmp = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
+        state = {"object_id": uuid.uuid4().hex, "created": datetime.now(UTC).isoformat(),
+                 "legal_hold": bool(legal_hold), "retain_until": retain_until.isoformat() if retain_until else None,
+                 "mode": mode.value if retain_until else None}
+        raw = json.dumps(state).encode()
+        tmp = self.root / "tmp" / f"{state['object_id']}.part"
         try:
-            size = _write_durably(tmp, source)
+            size = _write_durably(tmp, source, _MAGIC + _LEN.pack(len(raw)) + raw)
             os.chmod(tmp, 0o444)
-            meta = {"size": size, "created": now.isoformat(), "legal_hold": bool(legal_hold),
-                    "retain_until": retain_until.isoformat() if retain_until else None,
-                    "mode": mode.value if retain_until else None}
-            final.parent.mkdir(parents=True, exist_ok=True)
-            with self._locked():
-                if final.exists():
-                    raise ObjectExists(f"object {key!r} already exists; sealed objects are written once", key=key)
-                self._write_meta(key, meta)
-                os.link(tmp, final)
-                _fsync_dir(final.parent)
+            _makedirs_durably(final.parent)
+            try:
+                os.link(tmp, final)  # atomic, and never replaces: the first writer of a key wins
+            except FileExistsError:
+                raise ObjectExists(f"object {key!r} already exists; sealed objects are written once",
+                                   key=key) from None
+            _fsync_dir(final.parent)
         except NotADirectoryError as e:
             raise StorageError(f"object key {key!r} collides with an existing path: {e}", key=key) from e
         finally:
             tmp.unlink(missing_ok=True)
-        return self._info(key, meta)
+        return self._info(key, state, size)
 
     def open(self, key: str) -> BinaryIO:
         try:
-            return open(self._path(key, _DATA), "rb")
+            f = open(self._path(key, _DATA), "rb")
         except FileNotFoundError:
             raise ObjectNotFound(f"no object {key!r}", key=key) from None
+        try:
+            self._header(f)  # leaves the file positioned at the object's first byte
+        except BaseException:
+            f.close()
+            raise
+        return f
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0:
             raise ValueError("offset and length must be non-negative")
         with self.open(key) as f:
-            return os.pread(f.fileno(), length, offset)
+            return os.pread(f.fileno(), length, f.tell() + offset)
 
     def head(self, key: str) -> ObjectInfo:
-        return self._info(key, self._read_meta(key))
+        state, _, size = self._state(key)
+        return self._info(key, state, size)
 
     def set_legal_hold(self, key: str, on: bool) -> None:
         with self._locked():
-            meta = self._read_meta(key)
-            meta["legal_hold"] = bool(on)
-            self._write_meta(key, meta)
+            state, _, _ = self._state(key)
+            self._change(key, {**state, "legal_hold": bool(on)})
 
     def extend_retention(self, key: str, retain_until: datetime, mode: LockMode | None = None) -> None:
         retain_until = check_retain_until(retain_until)
         with self._locked():
-            meta = self._read_meta(key)
-            new_mode = check_extension(self._info(key, meta), retain_until, mode)
-            meta["retain_until"] = retain_until.isoformat()
-            meta["mode"] = new_mode.value
-            self._write_meta(key, meta)
+            state, _, size = self._state(key)
+            new_mode = check_extension(self._info(key, state, size), retain_until, mode)
+            self._change(key, {**state, "retain_until": retain_until.isoformat(), "mode": new_mode.value})
 
     def delete(self, key: str, *, bypass_governance: bool = False) -> None:
         with self._locked():
-            check_deletable(self._info(key, self._read_meta(key)), bypass_governance=bypass_governance)
+            state, _, size = self._state(key)
+            check_deletable(self._info(key, state, size), bypass_governance=bypass_governance)
             data = self._path(key, _DATA)
             data.unlink()
             self._path(key, _META).unlink(missing_ok=True)
