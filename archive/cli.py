@@ -210,7 +210,7 @@ def cmd_show(archive: Archive, args: argparse.Namespace) -> int:
     for key in ("direction", "ended_at", "duration_s", "business_line", "product", "jurisdiction", "language",
                 "subject"):
         if meta.get(key) is not None:
-            print(f"  {key:<11} {meta[key]}")
+            print(f"  {key:<13} {meta[key]}")
     for p in meta["participants"]:
         print("  participant " + " ".join(f"{k}={p[k]}" for k in ("role", "id", "name", "phone", "email", "account")
                                           if p.get(k)))
