@@ -211,3 +211,23 @@ def test_sigkill_mid_run_then_rerun_archives_every_input_exactly_once(tmp_path):
         assert manifest is not None
         for part in manifest["parts"]:  # every part of every visible record is whole and verifies
             assert b"".join(ingestor.vault.open(part["object"], verify_digest=True))
+
+
+@pytest.mark.s3
+def test_ingest_into_seaweedfs_object_lock(seaweed, inbox, tmp_path):
+    """The same pipeline on the production store: records land under COMPLIANCE lock in S3."""
+    env = {"ARCHIVE_HOME": str(tmp_path / "home"), "ARCHIVE_STORE": "s3://ingest-evidence/archive",
+           "ARCHIVE_S3_ENDPOINT_URL": seaweed.endpoint_url, "ARCHIVE_S3_ACCESS_KEY_ID": seaweed.access_key,
+           "ARCHIVE_S3_SECRET_ACCESS_KEY": seaweed.secret_key}
+    arch, _ = init_archive(Settings.from_env(env), create_bucket=True)
+    ingestor = Ingestor(arch, SqliteIndex(arch.settings.index_path))
+    summary = ingestor.run([inbox / "calls", inbox / "chats"], limits=Limits())
+    assert summary.rejected == 0 and summary.archived >= 3
+    call = next(o for o in summary.outcomes if o.origin.endswith("call-1.wav"))
+    manifest = ingestor.committed(call.record_ids[0])
+    part = manifest["parts"][0]
+    info = arch.store.head(f"objects/{part['object']}")
+    assert info.mode.value == "COMPLIANCE" and info.retain_until.year >= 2031
+    assert b"".join(arch.vault.open(part["object"])) == (inbox / "calls" / "call-1.wav").read_bytes()
+    again = ingestor.run([inbox / "calls", inbox / "chats"], limits=Limits())
+    assert again.archived == 0 and again.duplicate == summary.archived
