@@ -4,7 +4,7 @@ The vault is where the object store, the key provider and the sealed format meet
 name it keeps, in the store::
 
     objects/<name>                  the sealed bytes (format in archive/crypto/stream.py), locked
-    keys/<name>/<seq:06d>.json      seal receipts: the wrapped data key plus the object's sizes, the
+    keys/<name>.<seq:06d>.json      seal receipts: the wrapped data key plus the object's sizes, the
                                     plaintext SHA-256 and the sealed tag digest, locked like the object;
                                     the highest seq is current
 
@@ -39,7 +39,14 @@ from archive.store.base import LockMode, ObjectInfo, ObjectStore, check_key
 from archive.streams import remaining_size
 
 RECEIPT_FORMAT = "archive-receipt/1"
-_RECEIPT_NAME = re.compile(r"(\d{6})\.json")
+_RECEIPT_SUFFIX = re.compile(r"\d{6}\.json")
+_RECEIPT_KEY = re.compile(r"keys/(.+)\.(\d{6})\.json")
+
+
+def _receipt_key(name: str, seq: int) -> str:
+    # Beside the object's name rather than in a directory of its own: one fewer directory to create and
+    # fsync per object on the filesystem store.
+    return f"keys/{name}.{seq:06d}.json"
 
 
 @dataclass(frozen=True)
@@ -132,14 +139,14 @@ class Vault:
 
     def _put_receipt(self, receipt: SealReceipt, *, retain_until: datetime | None, mode: LockMode | None,
                      legal_hold: bool) -> None:
-        self.store.put(f"keys/{receipt.name}/{receipt.seq:06d}.json", io.BytesIO(receipt.to_bytes()),
+        self.store.put(_receipt_key(receipt.name, receipt.seq), io.BytesIO(receipt.to_bytes()),
                        retain_until=retain_until, mode=mode or self.lock_mode, legal_hold=legal_hold)
 
     # --- reading -------------------------------------------------------------------------------------
 
     def _receipt_keys(self, name: str) -> list[str]:
-        prefix = f"keys/{check_key(name)}/"
-        return [k for k in self.store.list(prefix) if _RECEIPT_NAME.fullmatch(k[len(prefix):])]
+        prefix = f"keys/{check_key(name)}."
+        return [k for k in self.store.list(prefix) if _RECEIPT_SUFFIX.fullmatch(k[len(prefix):])]
 
     def receipt(self, name: str) -> SealReceipt:
         """The current seal receipt of ``name``. Raises ObjectNotFound."""
@@ -230,10 +237,9 @@ class Vault:
         """(name, receipt key) of every object's current receipt."""
         latest: dict[str, tuple[int, str]] = {}
         for key in self.store.list("keys/"):
-            name, _, leaf = key[len("keys/"):].rpartition("/")
-            m = _RECEIPT_NAME.fullmatch(leaf)
-            if m and name and int(m.group(1)) > latest.get(name, (0, ""))[0]:
-                latest[name] = (int(m.group(1)), key)
+            m = _RECEIPT_KEY.fullmatch(key)
+            if m and int(m.group(2)) > latest.get(m.group(1), (0, ""))[0]:
+                latest[m.group(1)] = (int(m.group(2)), key)
         for name in sorted(latest):
             yield name, latest[name][1]
 

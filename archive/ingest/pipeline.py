@@ -6,7 +6,7 @@ found on disk (:mod:`archive.ingest.discover`) and each becomes zero or more rec
 * a **record id** is derived from what the record is — its source system and interaction id and the
   SHA-256 of every part — so the same input always maps to the same id, and a second delivery is
   reported as a duplicate of that record instead of being stored again;
-* parts are sealed under ``records/<id>/parts/<part>``, read back and verified (every segment
+* parts are sealed under ``records/<id>/part.<name>``, read back and verified (every segment
   authenticated, plaintext SHA-256 compared), then the **manifest** — metadata, parts, digests — is
   sealed under ``records/<id>/manifest`` and verified. The manifest is the commit: a record exists once
   its manifest does, and never before all of its parts are stored and verified;
@@ -190,7 +190,7 @@ class Ingestor:
 
     def _seal_part(self, rid: str, part: PartInput, retain_until: datetime) -> dict:
         binding = Binding(rid, part.name)
-        for candidate in _candidates(f"records/{rid}/parts/{part.name}"):
+        for candidate in _candidates(f"records/{rid}/part.{part.name}"):
             try:
                 receipt = self.vault.receipt(candidate)
             except ObjectNotFound:
@@ -208,7 +208,7 @@ class Ingestor:
             return {"name": part.name, "object": candidate, "filename": part.filename,
                     "media_type": part.media_type, "size": receipt.plaintext_size, "sha256": part.sha256,
                     "tag_digest": receipt.tag_digest, **({"media": part.media} if part.media else {})}
-        raise ArchiveError(f"records/{rid}/parts/{part.name}: too many interrupted attempts")
+        raise ArchiveError(f"records/{rid}/part.{part.name}: too many interrupted attempts")
 
     def _verify(self, name: str, binding: Binding, sha256: str) -> None:
         digest = hashlib.sha256()
