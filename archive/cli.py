@@ -63,20 +63,14 @@ def cmd_put(archive: Archive, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_object_get(archive: Archive, args: argparse.Namespace) -> int:
-    binding = Binding(args.record_id, args.part) if args.record_id and args.part else None
-    if args.range:
-        start, _, end = args.range.partition("-")
-        chunks = iter([archive.vault.read_range(args.name, int(start), int(end) if end else 2**63, binding)])
-    else:
-        chunks = archive.vault.open(args.name, binding, verify_digest=args.verify)
-    if args.output in (None, "-"):
+def _write_output(chunks, output: str | None) -> None:
+    """Write verified chunks to stdout, or to ``output`` through a temporary file renamed only when every
+    chunk verified: a tampered object never leaves a half-written file that looks like evidence."""
+    if output in (None, "-"):
         for chunk in chunks:
             sys.stdout.buffer.write(chunk)
-        return 0
-    # Write beside the target and rename only when every segment verified: a tampered object never
-    # leaves a half-written output file behind.
-    final = Path(args.output)
+        return
+    final = Path(output)
     partial = final.with_name(f".{final.name}.partial")
     try:
         with open(partial, "wb") as out:
@@ -85,6 +79,23 @@ def cmd_object_get(archive: Archive, args: argparse.Namespace) -> int:
         os.replace(partial, final)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _range(text: str | None) -> tuple[int | None, int | None]:
+    if not text:
+        return None, None
+    start, _, end = text.partition("-")
+    return int(start), int(end) if end else None
+
+
+def cmd_object_get(archive: Archive, args: argparse.Namespace) -> int:
+    binding = Binding(args.record_id, args.part) if args.record_id and args.part else None
+    start, end = _range(args.range)
+    if start is not None:
+        chunks = iter([archive.vault.read_range(args.name, start, end if end is not None else 2**63, binding)])
+    else:
+        chunks = archive.vault.open(args.name, binding, verify_digest=args.verify)
+    _write_output(chunks, args.output)
     return 0
 
 
@@ -226,14 +237,9 @@ def cmd_show(archive: Archive, args: argparse.Namespace) -> int:
 
 def cmd_get(archive: Archive, args: argparse.Namespace) -> int:
     manifest = _record(archive, args.record_id)
-    parts = {p["name"]: p for p in manifest["parts"]}
-    if args.part not in parts:
-        raise SystemExit(f"archive get: record {args.record_id} has no part {args.part!r}; it has "
-                         f"{', '.join(parts)}")
-    part = parts[args.part]
-    return cmd_object_get(archive, argparse.Namespace(
-        name=part["object"], record_id=manifest["record_id"], part=part["name"], output=args.output,
-        range=args.range, verify=True))
+    start, end = _range(args.range)
+    _write_output(_ingestor(archive).read_part(manifest, args.part, start, end), args.output)
+    return 0
 
 
 def cmd_search(archive: Archive, args: argparse.Namespace) -> int:
