@@ -36,7 +36,9 @@ MIGRATIONS: list[tuple[str, str]] = [
 
 
 class SqliteIndex:
-    """Committed records, searchable. One connection per instance; not shared across threads."""
+    """Committed records, searchable. One connection per instance, shared by threads under a lock."""
+
+    BATCH = 64
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -44,6 +46,7 @@ class SqliteIndex:
         # One connection shared by the ingest threads, serialised by a lock (SQLite writes one at a time).
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         self._lock = threading.RLock()
+        self._pending: dict[str, dict] = {}
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = NORMAL")  # the store, not the index, is the system of record
         self._migrate()
@@ -65,36 +68,49 @@ class SqliteIndex:
                 raise
 
     def close(self) -> None:
+        self.flush()
         self.db.close()
 
     def upsert(self, manifest: dict) -> None:
-        """Index a committed record (idempotent)."""
-        meta = manifest["metadata"]
-        rid = manifest["record_id"]
+        """Index a committed record (idempotent). Writes are batched — one transaction per ``BATCH``
+        records — and reach the index at the latest on :meth:`flush`; the store is the system of record,
+        so a crash loses only index entries that re-ingesting or reindexing restores."""
         with self._lock:
-            self._upsert(rid, meta, manifest)
+            self._pending[manifest["record_id"]] = manifest
+            if len(self._pending) >= self.BATCH:
+                self.flush()
 
-    def _upsert(self, rid: str, meta: dict, manifest: dict) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            self.db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?)",
-                            (rid, meta["started_at"], meta["channel"], meta["source"]["system"],
-                             meta["source"]["interaction_id"], json.dumps(manifest, ensure_ascii=False)))
-            self.db.execute("DELETE FROM records_text WHERE record_id = ?", (rid,))
-            self.db.execute("INSERT INTO records_text VALUES (?, ?)", (rid, searchable_text(manifest)))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+    def flush(self) -> None:
+        """Write every queued record to the index in one transaction."""
+        with self._lock:
+            if not self._pending:
+                return
+            pending, self._pending = self._pending, {}
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for rid, manifest in pending.items():
+                    meta = manifest["metadata"]
+                    self.db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?)",
+                                    (rid, meta["started_at"], meta["channel"], meta["source"]["system"],
+                                     meta["source"]["interaction_id"], json.dumps(manifest, ensure_ascii=False)))
+                    self.db.execute("DELETE FROM records_text WHERE record_id = ?", (rid,))
+                    self.db.execute("INSERT INTO records_text VALUES (?, ?)", (rid, searchable_text(manifest)))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                self._pending = {**pending, **self._pending}
+                raise
 
     def get(self, record_id: str) -> dict | None:
         with self._lock:
+            self.flush()
             row = self.db.execute("SELECT manifest FROM records WHERE record_id = ?", (record_id,)).fetchone()
         return json.loads(row[0]) if row else None
 
     def search(self, query: str, limit: int = 50) -> list[dict]:
         """Records whose text contains every word of ``query`` (case-insensitive, any language),
         newest first. An empty query lists the newest records."""
+        self.flush()
         words = [w for w in query.split() if w]
         if not words:
             rows = self.db.execute("SELECT manifest FROM records ORDER BY started_at DESC LIMIT ?", (limit,))
@@ -117,6 +133,7 @@ class SqliteIndex:
 
     def count(self) -> int:
         with self._lock:
+            self.flush()
             return self.db.execute("SELECT count(*) FROM records").fetchone()[0]
 
     def record_ids(self) -> Iterator[str]:

@@ -260,6 +260,13 @@ class Ingestor:
         in flight at once: a small record is mostly fsync latency, which threads overlap (the filesystem
         commits their journal entries together)."""
         summary = Summary()
+        try:
+            self._run(paths, limits, progress, workers, summary)
+        finally:
+            self.index.flush()
+        return summary
+
+    def _run(self, paths, limits, progress, workers: int, summary: Summary) -> None:
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix="ingest") as pool:
             pending: deque[Future] = deque()
             for found in discover(paths, limits=limits):
@@ -272,7 +279,6 @@ class Ingestor:
                 summary.add(pending.popleft().result())
                 if progress:
                     progress(summary)
-        return summary
 
     def _one(self, found: Found) -> Outcome:
         if found.rejection is not None:
