@@ -181,7 +181,15 @@ def _probe_open(av, container, fh: BinaryIO, size: int, name: str, ext: str, exp
 
     _STRUCTURE.get(found, lambda fh, size, name: None)(fh, size, name)
     primary_audio = audio[0] if audio else None
-    measured, tails, heads = _demux(av, container, name, primary_audio, video[0] if video else None)
+    # PCM-style WAV has fixed-size packets and its header sizes were just checked against the file, so
+    # demuxing its middle (thousands of packets per call, all Python overhead) proves nothing more: read
+    # the first packets and the last seconds.
+    skip_to = None
+    if found == "wav" and primary_audio is not None and not video and container.duration \
+            and container.duration / 1e6 > 10:
+        skip_to = int((container.duration / 1e6 - 2) / primary_audio.time_base)
+    measured, tails, heads = _demux(av, container, name, primary_audio, video[0] if video else None,
+                                    skip_to=skip_to)
     # The demuxer's own errors only: some FFmpeg builds' parsers log harmless ones (Opus in WebM).
     errors = [entry for entry in logs if entry[0] <= av.logging.ERROR and entry[1] == demuxer]
     if errors:
@@ -214,33 +222,46 @@ def _probe_open(av, container, fh: BinaryIO, size: int, name: str, ext: str, exp
     )
 
 
-def _demux(av, container, name: str, audio, video):
-    """Read every packet; return (seconds reached, last packets per stream, first packets per stream)."""
+def _demux(av, container, name: str, audio, video, *, skip_to: int | None = None):
+    """Read every packet — or, with ``skip_to`` (a timestamp in the audio stream's time base), the first
+    packets and then everything from ``skip_to`` on; return (seconds reached, last packets per stream,
+    first packets per stream)."""
     ends: dict[int, int] = {}  # in each stream's time base: plain ints in the loop, Fractions once at the end
     starts: dict[int, int] = {}
     keep = {s.index for s in (audio, video) if s is not None}
     tails: dict[int, deque] = {i: deque(maxlen=3) for i in keep}
     heads: dict[int, list] = {i: [] for i in keep}
     want_heads = {i: (2 if audio is not None and i == audio.index else 1) for i in keep}
+    def take(packet) -> None:
+        if packet.is_corrupt:
+            raise CorruptMedia(f"{name}: truncated or damaged — packet at byte {packet.pos} of "
+                               f"stream {packet.stream_index} is incomplete", file=name)
+        i = packet.stream_index
+        ts = packet.pts if packet.pts is not None else packet.dts
+        if ts is not None:
+            if i not in starts or ts < starts[i]:
+                starts[i] = ts
+            end = ts + (packet.duration or 0)
+            if end > ends.get(i, end - 1):
+                ends[i] = end
+        if i in keep:
+            tails[i].append(packet)
+            if len(heads[i]) < want_heads[i]:
+                heads[i].append(packet)
+
     try:
         for packet in container.demux():
-            if not packet.size:
-                continue
-            if packet.is_corrupt:
-                raise CorruptMedia(f"{name}: truncated or damaged — packet at byte {packet.pos} of "
-                                   f"stream {packet.stream_index} is incomplete", file=name)
-            i = packet.stream_index
-            ts = packet.pts if packet.pts is not None else packet.dts
-            if ts is not None:
-                if i not in starts or ts < starts[i]:
-                    starts[i] = ts
-                end = ts + (packet.duration or 0)
-                if end > ends.get(i, end - 1):
-                    ends[i] = end
-            if i in keep:
-                tails[i].append(packet)
-                if len(heads[i]) < want_heads[i]:
-                    heads[i].append(packet)
+            if packet.size:
+                take(packet)
+            if skip_to is not None and all(len(heads[i]) >= want_heads[i] for i in keep):
+                break
+        else:
+            skip_to = None
+        if skip_to is not None:
+            container.seek(skip_to, stream=audio, any_frame=True)
+            for packet in container.demux():
+                if packet.size:
+                    take(packet)
     except av.FFmpegError as e:
         raise CorruptMedia(f"{name}: cannot be read to the end ({_reason(e)})", file=name) from None
     bases = {s.index: s.time_base for s in container.streams}
