@@ -13,8 +13,8 @@ bytes. Lock changes are written to ``#meta`` (atomically replaced) carrying the 
 ``#meta`` left behind by a deleted object is never mistaken for a new object's. ``#`` cannot appear in a
 key, so ``a/b`` and ``a/b/c`` never collide.
 
-A put streams into ``tmp/``, fsyncs, creates (and fsyncs) any missing directories, then ``link()``s the
-file into place — ``link`` refuses to replace, so two writers of one key cannot both win, with no lock —
+A put creates (and fsyncs) any missing directories, streams into a file with no name yet (Linux
+``O_TMPFILE``; elsewhere a file in ``tmp/``), fsyncs it, then ``link()``s it into place — ``link`` refuses to replace, so two writers of one key cannot both win, with no lock —
 and fsyncs the directory: a crash at any point leaves either no object or the whole object, never a
 visible partial one. An object is visible exactly when its ``#data`` file exists.
 
@@ -110,15 +110,14 @@ class _EarlyWriteback:
 _buffers = threading.local()  # one write buffer per thread, reused: allocating 1 MiB per put costs more than small puts
 
 
-def _write_durably(path: Path, source: BinaryIO, header: bytes = b"") -> int:
-    """Write ``header`` then stream ``source`` into a new file at ``path`` and fsync it; returns the
+def _write_durably(fd: int, source: BinaryIO, header: bytes = b"") -> int:
+    """Write ``header`` then stream ``source`` into the new file open at ``fd`` and fsync it; returns the
     size of what came from ``source``. Reads into one reused buffer (a sealer encrypts straight into it)."""
     buf = getattr(_buffers, "buf", None)
     if buf is None:
         buf = _buffers.buf = memoryview(bytearray(_CHUNK))
     read = filler(source)
     size = 0
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     writeback = _EarlyWriteback(fd)
     try:
         if header:
@@ -136,8 +135,19 @@ def _write_durably(path: Path, source: BinaryIO, header: bytes = b"") -> int:
         os.fsync(fd)
     finally:
         writeback.close()
-        os.close(fd)
     return size
+
+
+def _open_unnamed(directory: Path) -> int | None:
+    """A new file with no name yet in ``directory`` (Linux O_TMPFILE), or None where that is unsupported:
+    nothing to clean up after a crash, and no temporary name to create and remove."""
+    flag = getattr(os, "O_TMPFILE", None)
+    if flag is None:
+        return None
+    try:
+        return os.open(directory, flag | os.O_WRONLY, 0o600)
+    except OSError:
+        return None
 
 
 class FilesystemStore:
@@ -230,22 +240,45 @@ class FilesystemStore:
                  "legal_hold": bool(legal_hold), "retain_until": retain_until.isoformat() if retain_until else None,
                  "mode": mode.value if retain_until else None}
         raw = json.dumps(state).encode()
-        tmp = self.root / "tmp" / f"{state['object_id']}.part"
+        header = _MAGIC + _LEN.pack(len(raw)) + raw
         try:
-            size = _write_durably(tmp, source, _MAGIC + _LEN.pack(len(raw)) + raw)
-            os.chmod(tmp, 0o444)
             _makedirs_durably(final.parent)
-            try:
-                os.link(tmp, final)  # atomic, and never replaces: the first writer of a key wins
-            except FileExistsError:
-                raise ObjectExists(f"object {key!r} already exists; sealed objects are written once",
-                                   key=key) from None
+            fd = _open_unnamed(final.parent)
+            if fd is not None:
+                try:
+                    size = _write_durably(fd, source, header)
+                    os.fchmod(fd, 0o444)
+                    self._link(f"/proc/self/fd/{fd}", final, key)
+                finally:
+                    os.close(fd)
+            else:
+                tmp = self.root / "tmp" / f"{state['object_id']}.part"
+                try:
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    try:
+                        size = _write_durably(fd, source, header)
+                        os.fchmod(fd, 0o444)
+                    finally:
+                        os.close(fd)
+                    self._link(tmp, final, key)
+                finally:
+                    tmp.unlink(missing_ok=True)
             _fsync_dir(final.parent)
         except NotADirectoryError as e:
             raise StorageError(f"object key {key!r} collides with an existing path: {e}", key=key) from e
-        finally:
-            tmp.unlink(missing_ok=True)
         return self._info(key, state, size)
+
+    @staticmethod
+    def _link(source: str | Path, final: Path, key: str) -> None:
+        # linkat() with AT_SYMLINK_FOLLOW (which /proc/self/fd needs) is only used by os.link when a
+        # directory fd is given. link is atomic and never replaces: the first writer of a key wins.
+        dirfd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.link(source, final.name, dst_dir_fd=dirfd, follow_symlinks=True)
+        except FileExistsError:
+            raise ObjectExists(f"object {key!r} already exists; sealed objects are written once", key=key) from None
+        finally:
+            os.close(dirfd)
 
     def open(self, key: str) -> BinaryIO:
         try:
