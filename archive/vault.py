@@ -28,7 +28,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import BinaryIO
 
@@ -71,7 +71,7 @@ class SealReceipt:
         return Binding(self.record_id, self.part)
 
     def to_bytes(self) -> bytes:
-        doc = asdict(self)
+        doc = {f.name: getattr(self, f.name) for f in fields(self)}  # shallow: asdict deep-copies, slowly
         doc["wrapped_key"] = self.wrapped_key.to_json()
         return json.dumps(doc, sort_keys=True, indent=1).encode()
 
