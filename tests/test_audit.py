@@ -1,0 +1,215 @@
+"""The audit log under attack, on the filesystem store and on SeaweedFS.
+
+An untouched log verifies; each way of tampering — an event modified, deleted, inserted or reordered, a
+batch deleted, a checkpoint forged or signed by an unknown key, the log rolled back or rewritten — is
+named at its first bad position. On S3 the log is written in GOVERNANCE mode so the test can play an
+insider holding the bypass permission; in COMPLIANCE mode the store itself refuses every one of these.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from archive.audit.log import AuditLog, Event, _canonical
+from archive.audit.verify import verify
+from archive.dates import parse_duration
+from archive.store.base import LockMode
+from archive.store.filesystem import FilesystemStore
+
+
+def event(i: int, **kw) -> Event:
+    return Event(actor=f"user-{i % 3}", role="auditor", action="view", target={"records": [f"r{i}"]},
+                 reason="QA sample", **kw)
+
+
+@pytest.fixture
+def log(any_store, keyring):
+    return AuditLog(any_store, retention=parse_duration("P1D"), signer=keyring.signer(),
+                    lock_mode=LockMode.GOVERNANCE)
+
+
+@pytest.fixture
+def trusted(keyring):
+    return keyring.signing_public_keys()
+
+
+def fill(log: AuditLog, batches: int = 4, per_batch: int = 5) -> None:
+    n = 0
+    for _ in range(batches):
+        log.append_many([event(n + i) for i in range(per_batch)])
+        n += per_batch
+        log.checkpoint()
+
+
+# --- tampering, as an insider with raw store access would --------------------------------------------
+
+
+def rewrite(store, key: str, data: bytes) -> None:
+    if isinstance(store, FilesystemStore):
+        path = store.root / "objects" / f"{key}#data"
+        with store.open(key) as f:
+            offset = f.tell()
+        header = path.read_bytes()[:offset]
+        path.chmod(0o644)
+        path.write_bytes(header + data)
+    else:
+        remove(store, key)
+        store.client.put_object(Bucket=store.bucket, Key=store.prefix + key, Body=data)
+
+
+def remove(store, key: str) -> None:
+    if isinstance(store, FilesystemStore):
+        (store.root / "objects" / f"{key}#data").unlink()
+    else:
+        full = store.prefix + key
+        for v in store.client.list_object_versions(Bucket=store.bucket, Prefix=full).get("Versions", []):
+            store.client.delete_object(Bucket=store.bucket, Key=full, VersionId=v["VersionId"],
+                                       BypassGovernanceRetention=True)
+
+
+def batch(log: AuditLog, number: int) -> dict:
+    return log._read_batch(number)
+
+
+def put_batch(log: AuditLog, number: int, doc: dict) -> None:
+    events = b",".join(_canonical(e) for e in doc["events"])
+    body = (f'{{"format":"{doc["format"]}","batch":{doc["batch"]},"first_seq":{doc["first_seq"]},"events":['
+            .encode() + events + b"]}")
+    rewrite(log.store, f"audit/log/{number:012d}.json", body)
+
+
+# --- tests -------------------------------------------------------------------------------------------
+
+
+def test_an_untouched_log_verifies(log, trusted):
+    fill(log)
+    report = verify(log, trusted)
+    assert report.ok, report.problems
+    assert (report.events, report.batches, report.checkpoints) == (20, 4, 4)
+    assert [e.seq for e in log.events()] == list(range(20))
+
+
+def test_a_modified_event_is_named(log, trusted):
+    fill(log)
+    doc = batch(log, 2)
+    doc["events"][2]["actor"] = "someone-else"  # event 7
+    put_batch(log, 2, doc)
+    report = verify(log, trusted)
+    assert report.first.position == 7 and report.first.kind == "modified", report.problems
+
+
+def test_the_last_event_modified_is_caught_by_the_signed_root(log, trusted):
+    fill(log)
+    doc = batch(log, 4)
+    doc["events"][-1]["outcome"] = "denied"  # event 19: no event after it to break the chain
+    put_batch(log, 4, doc)
+    report = verify(log, trusted)
+    assert report.first.position == 19 and report.first.kind == "modified", report.problems
+
+
+def test_a_deleted_event_is_named(log, trusted):
+    fill(log)
+    doc = batch(log, 3)
+    del doc["events"][1]  # event 11
+    put_batch(log, 3, doc)
+    report = verify(log, trusted)
+    assert report.first.position == 11 and report.first.kind == "deleted", report.problems
+
+
+def test_an_inserted_event_is_named(log, trusted):
+    fill(log)
+    doc = batch(log, 2)
+    doc["events"].insert(3, dict(doc["events"][0]))  # a copy of event 5 placed at position 8
+    put_batch(log, 2, doc)
+    report = verify(log, trusted)
+    assert report.first.position == 8, report.problems
+
+
+def test_reordered_events_are_named(log, trusted):
+    fill(log)
+    doc = batch(log, 1)
+    doc["events"][1], doc["events"][2] = doc["events"][2], doc["events"][1]  # events 1 and 2
+    put_batch(log, 1, doc)
+    report = verify(log, trusted)
+    assert report.first.position == 1, report.problems
+
+
+def test_a_deleted_batch_is_named(log, trusted):
+    fill(log)
+    remove(log.store, "audit/log/000000000002.json")  # events 5…9
+    report = verify(log, trusted)
+    assert report.first.position == 5 and report.first.kind == "deleted", report.problems
+
+
+def test_a_forged_checkpoint_is_named(log, trusted):
+    fill(log)
+    key = "audit/checkpoints/000000000010.json"
+    with log.store.open(key) as f:
+        cp = json.loads(f.read())
+    cp["root"] = "00" * 32
+    rewrite(log.store, key, _canonical(cp))
+    report = verify(log, trusted)
+    assert any(p.kind == "forged-checkpoint" and p.position == 10 for p in report.problems), report.problems
+
+
+def test_a_checkpoint_signed_by_an_unknown_key_is_forged(log, tmp_path):
+    from archive.keys.keyring import KeyringProvider, create_keyring
+
+    fill(log, batches=2)
+    create_keyring(tmp_path / "other.json")
+    report = verify(log, KeyringProvider(tmp_path / "other.json").signing_public_keys())
+    assert report.problems and all(p.kind == "forged-checkpoint" for p in report.problems)
+
+
+def test_a_rolled_back_log_is_named_against_the_witness(log, trusted, tmp_path):
+    fill(log)
+    witness = tmp_path / "witness.json"
+    assert verify(log, trusted, witness=witness).ok
+    remove(log.store, "audit/log/000000000004.json")
+    remove(log.store, "audit/checkpoints/000000000020.json")
+    report = verify(log, trusted, witness=witness)
+    assert report.first.kind == "rolled-back" and report.first.position == 15, report.problems
+
+
+def test_a_rewritten_and_re_signed_log_is_inconsistent_with_the_witness(log, trusted, tmp_path, keyring):
+    fill(log, batches=2)
+    witness = tmp_path / "witness.json"
+    assert verify(log, trusted, witness=witness).ok
+    # An insider with the signing key rewrites history: new events, re-chained, re-checkpointed.
+    for key in list(log.store.list("audit/")):
+        remove(log.store, key)
+    fresh = AuditLog(log.store, retention=parse_duration("P1D"), signer=keyring.signer(),
+                     lock_mode=LockMode.GOVERNANCE)
+    fresh.append_many([event(100 + i) for i in range(12)])
+    fresh.checkpoint()
+    report = verify(fresh, trusted, witness=witness)
+    assert report.first.kind == "inconsistent" and report.first.position == 9, report.problems
+
+
+def test_concurrent_writers_neither_fork_nor_reorder(log, trusted):
+    def writer(w: int) -> None:
+        mine = AuditLog(log.store, retention=parse_duration("P1D"), lock_mode=LockMode.GOVERNANCE)
+        for i in range(5):
+            mine.append_many([event(1000 * w + i * 10 + j) for j in range(3)])
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.checkpoint()
+    report = verify(log, trusted)
+    assert report.ok and report.events == 60 and report.batches == 20, report.problems
+
+
+def test_signing_key_rotation_keeps_old_checkpoints_verifiable(log, keyring):
+    fill(log, batches=2)
+    keyring.rotate_signing()
+    log.signer = keyring.signer()
+    log.append(event(99))
+    assert log.checkpoint()["key_id"] == "sig-v2"
+    report = verify(log, keyring.signing_public_keys())
+    assert report.ok and report.checkpoints == 3, report.problems
