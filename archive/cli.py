@@ -179,6 +179,9 @@ def cmd_ingest(archive: Archive, args: argparse.Namespace) -> int:
 
     summary = ingestor.run([Path(p) for p in args.paths], limits=Limits(archive.settings.max_input_bytes),
                            progress=progress if show_progress else None)
+    args.audit_target = {"records": sorted({r for o in summary.outcomes for r in o.record_ids}),
+                         "inputs": len(summary.outcomes), "archived": summary.archived,
+                         "duplicate": summary.duplicate, "rejected": summary.rejected}
     if show_progress:
         print(file=sys.stderr)
     if args.json:
@@ -246,6 +249,7 @@ def cmd_search(archive: Archive, args: argparse.Namespace) -> int:
     from archive.index.sqlite import SqliteIndex
 
     results = SqliteIndex(archive.settings.index_path).search(" ".join(args.query), limit=args.limit)
+    args.audit_target = {"query": " ".join(args.query), "results": len(results)}
     if args.json:
         _out(results)
     else:
@@ -266,7 +270,98 @@ def cmd_quarantine_list(archive: Archive, args: argparse.Namespace) -> int:
     return 0
 
 
+# --- audit ---------------------------------------------------------------------------------------
+
+
+def cmd_audit_checkpoint(archive: Archive, args: argparse.Namespace) -> int:
+    head = archive.audit.checkpoint()
+    _out({k: head[k] for k in ("size", "root", "time", "key_id")})
+    return 0
+
+
+def cmd_audit_verify(archive: Archive, args: argparse.Namespace) -> int:
+    from archive.audit.verify import verify
+
+    trusted = archive.keys.signing_public_keys() if hasattr(archive.keys, "signing_public_keys") else {}
+    report = verify(archive.audit, trusted, witness=archive.settings.audit_witness_path)
+    if args.json:
+        _out({"ok": report.ok, "events": report.events, "batches": report.batches,
+              "checkpoints": report.checkpoints, "problems": [p.__dict__ for p in report.problems]})
+    elif report.ok:
+        latest = report.latest_checkpoint
+        print(f"audit log verified: {report.events} events in {report.batches} batches, {report.checkpoints} "
+              f"signed checkpoint(s)" + (f", newest at {latest['size']} ({latest['time']})" if latest else
+                                         " (none yet: run 'archive audit checkpoint')"))
+    else:
+        first = report.first
+        print(f"audit log FAILED verification: first bad position {first.position} [{first.kind}] {first.message}")
+        for p in report.problems:
+            if p is not first:
+                print(f"  also at {p.position} [{p.kind}] {p.message}")
+    return 0 if report.ok else 5
+
+
+def cmd_audit_show(archive: Archive, args: argparse.Namespace) -> int:
+    from archive.audit.merkle import inclusion_proof
+
+    logged = list(archive.audit.events())
+    leaves = [e.leaf for e in logged]
+    checkpoints = [cp for _, cp in archive.audit.checkpoints()]
+    head = max(checkpoints, key=lambda c: c["size"], default=None)
+    rows = []
+    for i, e in enumerate(logged):
+        doc = e.event
+        if args.record_id not in doc.get("target", {}).get("records", []):
+            continue
+        row = {"seq": e.seq, "time": doc["time"], "actor": doc["actor"], "role": doc["role"],
+               "action": doc["action"], "outcome": doc["outcome"], "reason": doc.get("reason"),
+               "case": doc.get("case"), "leaf_hash": e.leaf.hex()}
+        if head is not None and i < head["size"]:
+            row["proof"] = {"tree_size": head["size"], "root": head["root"], "key_id": head["key_id"],
+                            "path": [h.hex() for h in inclusion_proof(i, leaves[: head["size"]])]}
+        rows.append(row)
+    if args.json:
+        _out(rows)
+    else:
+        for r in rows:
+            proof = f"proof: {len(r['proof']['path'])} hashes to root {r['proof']['root'][:16]}… of size " \
+                    f"{r['proof']['tree_size']}" if "proof" in r else "not yet in a checkpoint"
+            print(f"{r['seq']:>6}  {r['time'][:19]}  {r['actor']} ({r['role']})  {r['action']} {r['outcome']}"
+                  f"  reason: {r['reason'] or '-'}  [{proof}]")
+        print(f"{len(rows)} event(s) for {args.record_id}", file=sys.stderr)
+    return 0
+
+
+def _audit_event(archive: Archive, args: argparse.Namespace, outcome: str, error: str | None = None) -> None:
+    """Append the audit event of one CLI command, whatever its outcome."""
+    import getpass
+
+    from archive.audit.log import Event
+
+    target = dict(getattr(args, "audit_target", None) or {})
+    if getattr(args, "record_id", None) and "records" not in target:
+        target["records"] = [args.record_id]
+    if getattr(args, "name", None):
+        target.setdefault("object", args.name)
+    if getattr(args, "query", None) is not None and args.audit_action == "search":
+        target.setdefault("query", " ".join(args.query))
+    details = {"command": args.audit_action, **({"error": error} if error else {})}
+    if getattr(args, "part", None):
+        details["part"] = args.part
+    actor = getattr(args, "actor", None) or archive.settings.actor or getpass.getuser()
+    archive.audit.append(Event(actor=actor, role="unassigned", action=args.audit_action, outcome=outcome,
+                               target=target, reason=getattr(args, "reason", None),
+                               case=getattr(args, "case", None), details=details))
+
+
 # --- parser ----------------------------------------------------------------------------------------
+
+
+def _identity_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--actor", help="who is acting (default: ARCHIVE_ACTOR, else the OS user); recorded in the "
+                                   "audit log")
+    p.add_argument("--reason", help="why: recorded in the audit log with this access")
+    p.add_argument("--case", help="case or matter id this access is for; recorded in the audit log")
 
 
 def _retention_args(p: argparse.ArgumentParser) -> None:
@@ -300,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part", default="content", help="part name, e.g. audio, video, transcript")
     p.add_argument("--legal-hold", action="store_true", help="place a legal hold at once")
     _retention_args(p)
-    p.set_defaults(run=cmd_put)
+    _identity_args(p)
+    p.set_defaults(run=cmd_put, audit_action="object-put")
 
     p = osub.add_parser("get", help="unseal an object to a file or stdout",
                         description="Decrypt and verify NAME. --range A-B returns plaintext bytes [A, B), "
@@ -311,12 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record-id", help="expected record id (checked cryptographically)")
     p.add_argument("--part", help="expected part name (checked cryptographically)")
     p.add_argument("--verify", action="store_true", help="also check the plaintext SHA-256 against the receipt")
-    p.set_defaults(run=cmd_object_get)
+    _identity_args(p)
+    p.set_defaults(run=cmd_object_get, audit_action="object-retrieve")
 
     p = osub.add_parser("head", help="show an object's receipt, retention and hold",
                         description="Show the seal receipt (sizes, SHA-256 digests, KEK) and lock state.")
     p.add_argument("name")
-    p.set_defaults(run=cmd_head)
+    _identity_args(p)
+    p.set_defaults(run=cmd_head, audit_action="object-head")
 
     p = osub.add_parser("ls", help="list sealed object names", description="List sealed objects by name.")
     p.add_argument("prefix", nargs="?", default="")
@@ -326,20 +424,23 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Place (on) or release (off) a legal hold on NAME and its receipts.")
     p.add_argument("name")
     p.add_argument("state", choices=["on", "off"])
-    p.set_defaults(run=cmd_hold)
+    _identity_args(p)
+    p.set_defaults(run=cmd_hold, audit_action="hold")
 
     p = osub.add_parser("extend", help="extend retention (never shortens)",
                         description="Move retain-until of NAME later; shortening is refused.")
     p.add_argument("name")
     _retention_args(p)
-    p.set_defaults(run=cmd_extend)
+    _identity_args(p)
+    p.set_defaults(run=cmd_extend, audit_action="retention-extend")
 
     p = osub.add_parser("delete", help="delete an object whose retention has passed",
                         description="Delete NAME and its receipts (destroying its data key). Refused while "
                                     "retention runs or a legal hold is on.")
     p.add_argument("name")
     p.add_argument("--bypass-governance", action="store_true", help="override GOVERNANCE-mode retention")
-    p.set_defaults(run=cmd_delete)
+    _identity_args(p)
+    p.set_defaults(run=cmd_delete, audit_action="object-delete")
 
     p = sub.add_parser("ingest", help="archive recordings, chat transcripts and emails",
                        description="Archive every input under PATH… (files and directories, recursive): "
@@ -349,14 +450,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="list every archived input too")
-    p.set_defaults(run=cmd_ingest)
+    _identity_args(p)
+    p.set_defaults(run=cmd_ingest, audit_action="ingest")
 
     p = sub.add_parser("show", help="a record's metadata, parts and retention",
                        description="Show one record: source, participants, parts with digests, retention.")
     p.add_argument("record_id")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.add_argument("--messages", type=int, default=20, help="how many chat/email messages to print")
-    p.set_defaults(run=cmd_show)
+    _identity_args(p)
+    p.set_defaults(run=cmd_show, audit_action="view")
 
     p = sub.add_parser("get", help="retrieve a part of a record (verified)",
                        description="Decrypt and verify one part of a record to a file or stdout; --range A-B "
@@ -365,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part", required=True, help="part name, e.g. audio, video, transcript, message")
     p.add_argument("-o", "--output", help="output file (default: stdout)")
     p.add_argument("--range", metavar="A-B", help="plaintext byte range [A, B)")
-    p.set_defaults(run=cmd_get)
+    _identity_args(p)
+    p.set_defaults(run=cmd_get, audit_action="retrieve")
 
     p = sub.add_parser("search", help="find records by words, names, numbers, ids",
                        description="Records whose participants, identifiers or message text contain every "
@@ -373,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query", nargs="*")
     p.add_argument("--limit", type=int, default=50, help="at most this many records")
     p.add_argument("--json", action="store_true", help="print manifests as JSON")
-    p.set_defaults(run=cmd_search)
+    _identity_args(p)
+    p.set_defaults(run=cmd_search, audit_action="search")
 
     q = sub.add_parser("quarantine", help="inputs ingest rejected, with reasons",
                        description="Inputs that ingest refused, each with its reason. Sources are never moved.")
@@ -381,6 +486,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = qsub.add_parser("list", help="list rejected inputs", description="List rejected inputs and reasons.")
     p.add_argument("--json", action="store_true", help="print entries as JSON")
     p.set_defaults(run=cmd_quarantine_list)
+
+    audit = sub.add_parser("audit", help="the tamper-evident audit log: checkpoint, verify, show",
+                           description="Every access and change is an event in an append-only log in the store, "
+                                       "checkpointed as signed RFC 6962 Merkle tree heads.")
+    asub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    p = asub.add_parser("checkpoint", help="sign a tree head over every event so far",
+                        description="Compute the Merkle root of the whole log and store it signed (Ed25519).")
+    p.set_defaults(run=cmd_audit_checkpoint)
+    p = asub.add_parser("verify", help="recompute everything; name the first bad position",
+                        description="Check batch numbering, sequence, hash chain, every checkpoint's signature "
+                                    "and root, and the witness of the last verification. Exits 5 on failure.")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(run=cmd_audit_verify)
+    p = asub.add_parser("show", help="who accessed a record, when and why, with inclusion proofs",
+                        description="List the audit events that name a record, each with its Merkle inclusion "
+                                    "proof against the newest checkpoint.")
+    p.add_argument("--record", dest="record_id", required=True, help="record id")
+    p.add_argument("--json", action="store_true", help="print events and proofs as JSON")
+    p.set_defaults(run=cmd_audit_show)
 
     keys = sub.add_parser("keys", help="key-encryption keys: status, rotate, destroy",
                           description="Manage the key-encryption keys that wrap every data key.")
@@ -394,11 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rewrap-only", action="store_true",
                    help="do not create a KEK; rewrap to the current one (finish an interrupted rotation, or "
                         "move to a newly configured KMS key)")
-    p.set_defaults(run=cmd_keys_rotate)
+    _identity_args(p)
+    p.set_defaults(run=cmd_keys_rotate, audit_action="key-rotation")
     p = ksub.add_parser("destroy", help="destroy a retired KEK nothing needs",
                         description="Irreversibly destroy KEK_ID; refused while any object still needs it.")
     p.add_argument("kek_id")
-    p.set_defaults(run=cmd_keys_destroy)
+    _identity_args(p)
+    p.set_defaults(run=cmd_keys_destroy, audit_action="key-destroy")
     return parser
 
 
@@ -406,12 +532,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     run: Callable = args.run
+    archive = None
     try:
         settings = Settings.from_env()
-        if getattr(args, "needs_archive", True):
-            return run(open_archive(settings), args)
-        return run(settings, args)
+        if not getattr(args, "needs_archive", True):
+            return run(settings, args)
+        archive = open_archive(settings)
+        status = run(archive, args)
+        if getattr(args, "audit_action", None):
+            _audit_event(archive, args, "ok")
+        return status
     except ArchiveError as e:
+        if archive is not None and getattr(args, "audit_action", None):
+            _audit_event(archive, args, "error", e.code)
         if os.environ.get("ARCHIVE_DEBUG"):
             raise
         print(f"archive: error [{e.code}]: {e}", file=sys.stderr)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from archive import __version__
+from archive.audit.log import AuditLog
+from archive.dates import parse_duration
 from archive.errors import ConfigError, NotInitialized
 from archive.keys import KeyProvider, open_keys
 from archive.settings import Settings
@@ -30,6 +32,7 @@ class Archive:
     store: ObjectStore
     keys: KeyProvider
     vault: Vault
+    audit: AuditLog
 
 
 def open_archive(settings: Settings) -> Archive:
@@ -39,8 +42,11 @@ def open_archive(settings: Settings) -> Archive:
                              home=str(settings.home))
     store = open_store(settings)
     keys = open_keys(settings)
-    vault = Vault(store, keys, segment_size=settings.segment_size, lock_mode=LockMode.parse(settings.lock_mode))
-    return Archive(settings, store, keys, vault)
+    lock_mode = LockMode.parse(settings.lock_mode)
+    vault = Vault(store, keys, segment_size=settings.segment_size, lock_mode=lock_mode)
+    signer = keys.signer() if hasattr(keys, "signer") else None
+    audit = AuditLog(store, retention=parse_duration(settings.audit_retention), signer=signer, lock_mode=lock_mode)
+    return Archive(settings, store, keys, vault, audit)
 
 
 def init_archive(settings: Settings, *, create_bucket: bool = False) -> tuple[Archive, list[str]]:

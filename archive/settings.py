@@ -21,6 +21,8 @@ accepted. Secrets (S3 secret key) are kept out of ``repr`` so they never reach a
 | ARCHIVE_KMS_REGION           | ARCHIVE_S3_REGION             | KMS region                                    |
 | ARCHIVE_MAX_INPUT_BYTES      | 10737418240 (10 GiB)          | larger input files are rejected at ingest     |
 | ARCHIVE_DEFAULT_RETENTION    | P7Y                           | lock period from a record's start until retention policies apply |
+| ARCHIVE_AUDIT_RETENTION      | P10Y                          | lock period of audit-log batches and checkpoints |
+| ARCHIVE_ACTOR                | (the OS user)                 | who the CLI acts as, when --actor is not given |
 """
 
 from __future__ import annotations
@@ -59,10 +61,17 @@ class Settings:
     kms_region: str | None = None
     max_input_bytes: int = 10 * 1024**3
     default_retention: str = "P7Y"
+    audit_retention: str = "P10Y"
+    actor: str | None = None
 
     @property
     def index_path(self) -> Path:
         return self.home / "index.sqlite"
+
+    @property
+    def audit_witness_path(self) -> Path:
+        """The newest audit checkpoint this archive verified, kept outside the store (rollback check)."""
+        return self.home / "audit-witness.json"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, cwd: Path | None = None) -> Settings:
@@ -104,11 +113,8 @@ class Settings:
         if kms_endpoint:
             _check_http_url(kms_endpoint, "ARCHIVE_KMS_ENDPOINT_URL")
         region = env.get("ARCHIVE_S3_REGION") or "us-east-1"
-        retention = env.get("ARCHIVE_DEFAULT_RETENTION") or "P7Y"
-        try:
-            parse_duration(retention)
-        except ValueError as e:
-            raise ConfigError(f"ARCHIVE_DEFAULT_RETENTION: {e}", variable="ARCHIVE_DEFAULT_RETENTION") from None
+        retention = _duration(env, "ARCHIVE_DEFAULT_RETENTION", "P7Y")
+        audit_retention = _duration(env, "ARCHIVE_AUDIT_RETENTION", "P10Y")
 
         return cls(
             home=home,
@@ -126,6 +132,8 @@ class Settings:
             kms_region=env.get("ARCHIVE_KMS_REGION") or region,
             max_input_bytes=_int(env, "ARCHIVE_MAX_INPUT_BYTES", 10 * 1024**3, 1, 2**50),
             default_retention=retention,
+            audit_retention=audit_retention,
+            actor=env.get("ARCHIVE_ACTOR") or None,
         )
 
 
@@ -139,6 +147,15 @@ def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> i
         raise ConfigError(f"{name}={raw!r} is not an integer", variable=name) from None
     if not lo <= value <= hi:
         raise ConfigError(f"{name}={value} is out of range [{lo}, {hi}]", variable=name)
+    return value
+
+
+def _duration(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name) or default
+    try:
+        parse_duration(value)
+    except ValueError as e:
+        raise ConfigError(f"{name}: {e}", variable=name) from None
     return value
 
 

@@ -166,3 +166,38 @@ def test_every_command_has_help_and_a_description():
         for action in sub._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"archive {' '.join(path)} {action.option_strings[0]} has no help"
+
+
+def test_every_access_is_in_the_audit_log_with_a_verifiable_proof(env, tmp_path):
+    from archive.audit.merkle import leaf_hash, verify_inclusion
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "chat.json").write_text(json.dumps({
+        "schema": "archive-record/1", "source": {"system": "webchat", "interaction_id": "w-1"}, "channel": "chat",
+        "started_at": "2024-04-01T10:00:00Z", "participants": [{"role": "customer", "id": "u1"}],
+        "messages": [{"at": "2024-04-01T10:00:00Z", "from": "u1", "text": "hello"}]}))
+    run(env, "init")
+    summary = json.loads(run(env, "ingest", str(inbox), "--json", "--actor", "recorder-7").stdout)
+    rid = summary["outcomes"][0]["record_ids"][0]
+    run(env, "show", rid, "--actor", "alice", "--reason", "QA sample 2024-04")
+    run(env, "get", rid, "--part", "transcript", "--actor", "bob", "--reason", "complaint C-17", "--case", "C-17")
+    assert run(env, "get", rid, "--part", "nope", "--actor", "bob", check=False).returncode != 0
+    run(env, "audit", "checkpoint")
+    assert b"verified: 4 events" in run(env, "audit", "verify").stdout
+
+    history = json.loads(run(env, "audit", "show", "--record", rid, "--json").stdout)
+    assert [(h["actor"], h["action"], h["outcome"]) for h in history] == [
+        ("recorder-7", "ingest", "ok"), ("alice", "view", "ok"), ("bob", "retrieve", "ok"), ("bob", "retrieve", "error")]
+    assert history[2]["reason"] == "complaint C-17" and history[2]["case"] == "C-17"
+    for h in history:
+        proof = h["proof"]
+        assert verify_inclusion(bytes.fromhex(h["leaf_hash"]), h["seq"], proof["tree_size"],
+                                [bytes.fromhex(x) for x in proof["path"]], bytes.fromhex(proof["root"]))
+    assert leaf_hash(b"x") != bytes.fromhex(history[0]["leaf_hash"])
+
+    batch = Path(env["ARCHIVE_HOME"]) / "store" / "objects" / "audit" / "log" / "000000000002.json#data"
+    batch.chmod(0o644)
+    batch.write_bytes(batch.read_bytes().replace(b'"alice"', b'"mallory"'))
+    failed = run(env, "audit", "verify", check=False)
+    assert failed.returncode == 5 and b"first bad position 1" in failed.stdout, failed.stdout

@@ -6,7 +6,12 @@ File format (JSON, mode 0600, written atomically)::
      "current": 2,
      "keks": [{"version": 1, "state": "retired",   "created": "…", "key": "<base64 32 bytes>"},
               {"version": 2, "state": "current",   "created": "…", "key": "…"},
-              {"version": 0, "state": "destroyed", "created": "…", "destroyed": "…"}]}
+              {"version": 0, "state": "destroyed", "created": "…", "destroyed": "…"}],
+     "signing": [{"version": 1, "state": "current", "created": "…",
+                  "private": "<base64 Ed25519 seed>", "public": "<hex>"}]}
+
+``signing`` holds the Ed25519 keys that sign audit checkpoints (ids ``sig-v<version>``); rotated keys are
+kept, so old checkpoints stay verifiable. They are made on first use for keyrings that predate them.
 
 Wrapping: ``blob = nonce(12) ‖ AES-256-GCM(kek, nonce, data_key, aad)`` with
 ``aad = b"archive-keyring/1\\n" ‖ kek id ‖ b"\\n" ‖ canonical encryption context``, so a wrapped key only
@@ -42,6 +47,24 @@ _AAD_LABEL = b"archive-keyring/1\n"
 
 def _kek_id(version: int) -> str:
     return f"kr-v{version}"
+
+
+def _sig_id(version: int) -> str:
+    return f"sig-v{version}"
+
+
+class KeyringSigner:
+    """Signs checkpoints with one Ed25519 key of the keyring."""
+
+    def __init__(self, entry: dict) -> None:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        self.key_id = _sig_id(entry["version"])
+        self._private = Ed25519PrivateKey.from_private_bytes(base64.b64decode(entry["private"]))
+        self.public_key = bytes.fromhex(entry["public"])
+
+    def sign(self, data: bytes) -> bytes:
+        return self._private.sign(data)
 
 
 def _now() -> str:
@@ -195,6 +218,42 @@ class KeyringProvider:
     def keks(self) -> list[KekInfo]:
         return [KekInfo(_kek_id(e["version"]), e.get("state", "retired"), e.get("created"))
                 for e in self._load()["keks"]]
+
+    # --- checkpoint signing keys (Ed25519) ----------------------------------------------------------------
+
+    def signer(self) -> KeyringSigner:
+        """The current Ed25519 signing key, made on first use for keyrings that predate signing."""
+        current = [e for e in self._load().get("signing", []) if e.get("state") == "current"]
+        if not current:
+            self.rotate_signing()
+            current = [e for e in self._load()["signing"] if e.get("state") == "current"]
+        return KeyringSigner(current[0])
+
+    def signing_public_keys(self) -> dict[str, bytes]:
+        """Every signing key's public half, by key id: the verifier's trusted keys, including retired ones
+        (old checkpoints stay verifiable after rotation)."""
+        return {_sig_id(e["version"]): bytes.fromhex(e["public"]) for e in self._load().get("signing", [])}
+
+    def rotate_signing(self) -> str:
+        """Make a new Ed25519 signing key current; older ones are kept (public and private) as retired."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        def change(doc: dict) -> str:
+            keys = doc.setdefault("signing", [])
+            version = max((int(e["version"]) for e in keys), default=0) + 1
+            for entry in keys:
+                if entry.get("state") == "current":
+                    entry["state"] = "retired"
+            private = Ed25519PrivateKey.generate()
+            raw = private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                        serialization.NoEncryption())
+            public = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            keys.append({"version": version, "state": "current", "created": _now(),
+                         "private": base64.b64encode(raw).decode(), "public": public.hex()})
+            return _sig_id(version)
+
+        return self._update(change)
 
     def destroy(self, kek_id: str) -> None:
         def change(doc: dict) -> None:
