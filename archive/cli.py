@@ -17,6 +17,7 @@ from pathlib import Path
 
 from archive.crypto.stream import Binding
 from archive.dates import parse_datetime, parse_duration
+from archive.access import AccessDenied
 from archive.errors import ArchiveError
 from archive.services import Archive, init_archive, open_archive
 from archive.settings import Settings
@@ -270,6 +271,27 @@ def cmd_quarantine_list(archive: Archive, args: argparse.Namespace) -> int:
     return 0
 
 
+# --- identities ----------------------------------------------------------------------------------
+
+
+def cmd_identity_list(archive: Archive, args: argparse.Namespace) -> int:
+    from archive.access import Identities
+
+    _out(Identities(archive.settings.identities_path).all())
+    return 0
+
+
+def cmd_identity_set(archive: Archive, args: argparse.Namespace) -> int:
+    from archive.access import Identities
+
+    ids = Identities(archive.settings.identities_path)
+    roles = [] if args.identity_command == "remove" else sorted(set(args.role))
+    ids.set(args.identity, roles)
+    args.audit_target = {"identity": args.identity, "roles": roles}
+    print(f"{args.identity}: {', '.join(roles) or 'removed'}")
+    return 0
+
+
 # --- audit ---------------------------------------------------------------------------------------
 
 
@@ -332,34 +354,46 @@ def cmd_audit_show(archive: Archive, args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit_event(archive: Archive, args: argparse.Namespace, outcome: str, error: str | None = None) -> None:
-    """Append the audit event of one CLI command, whatever its outcome."""
-    import getpass
+# What each command does, in the audit trail's words, and the permission it needs (archive/access.py).
+ACTIONS: dict[Callable, tuple[str, str]] = {
+    cmd_put: ("object-put", "object-admin"), cmd_object_get: ("object-retrieve", "retrieve"),
+    cmd_head: ("object-head", "object-admin"), cmd_ls: ("object-list", "object-admin"),
+    cmd_hold: ("hold", "hold"), cmd_extend: ("retention-extend", "object-admin"),
+    cmd_delete: ("object-delete", "disposition"), cmd_ingest: ("ingest", "ingest"), cmd_show: ("view", "view"),
+    cmd_get: ("retrieve", "retrieve"), cmd_search: ("search", "search"),
+    cmd_quarantine_list: ("quarantine-list", "quarantine-read"), cmd_keys_status: ("key-status", "keys"),
+    cmd_keys_rotate: ("key-rotation", "keys"), cmd_keys_destroy: ("key-destroy", "keys"),
+    cmd_audit_checkpoint: ("audit-checkpoint", "audit-checkpoint"), cmd_audit_verify: ("audit-verify", "audit-read"),
+    cmd_audit_show: ("audit-show", "audit-read"),
+    cmd_identity_list: ("identity-list", "identity"), cmd_identity_set: ("identity-change", "identity"),
+}
 
-    from archive.audit.log import Event
 
-    target = dict(getattr(args, "audit_target", None) or {})
-    if getattr(args, "record_id", None) and "records" not in target:
+def _target(args: argparse.Namespace) -> dict:
+    """What a command acts on, for its audit event: record ids, an object, a query, input paths."""
+    target = {}
+    if getattr(args, "record_id", None):
         target["records"] = [args.record_id]
     if getattr(args, "name", None):
-        target.setdefault("object", args.name)
-    if getattr(args, "query", None) is not None and args.audit_action == "search":
-        target.setdefault("query", " ".join(args.query))
-    details = {"command": args.audit_action, **({"error": error} if error else {})}
+        target["object"] = args.name
+    if getattr(args, "query", None) is not None:
+        target["query"] = " ".join(args.query)
+    if getattr(args, "paths", None):
+        target["inputs"] = [str(p) for p in args.paths][:20]
+    if getattr(args, "kek_id", None):
+        target["kek"] = args.kek_id
+    if getattr(args, "identity", None):
+        target["identity"] = args.identity
     if getattr(args, "part", None):
-        details["part"] = args.part
-    actor = getattr(args, "actor", None) or archive.settings.actor or getpass.getuser()
-    archive.audit.append(Event(actor=actor, role="unassigned", action=args.audit_action, outcome=outcome,
-                               target=target, reason=getattr(args, "reason", None),
-                               case=getattr(args, "case", None), details=details))
+        target["part"] = args.part
+    return target
 
 
 # --- parser ----------------------------------------------------------------------------------------
 
 
 def _identity_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--actor", help="who is acting (default: ARCHIVE_ACTOR, else the OS user); recorded in the "
-                                   "audit log")
+    p.add_argument("--actor", help="who is acting (default: ARCHIVE_ACTOR); must be a known identity")
     p.add_argument("--reason", help="why: recorded in the audit log with this access")
     p.add_argument("--case", help="case or matter id this access is for; recorded in the audit log")
 
@@ -395,8 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part", default="content", help="part name, e.g. audio, video, transcript")
     p.add_argument("--legal-hold", action="store_true", help="place a legal hold at once")
     _retention_args(p)
-    _identity_args(p)
-    p.set_defaults(run=cmd_put, audit_action="object-put")
+    p.set_defaults(run=cmd_put)
 
     p = osub.add_parser("get", help="unseal an object to a file or stdout",
                         description="Decrypt and verify NAME. --range A-B returns plaintext bytes [A, B), "
@@ -407,14 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record-id", help="expected record id (checked cryptographically)")
     p.add_argument("--part", help="expected part name (checked cryptographically)")
     p.add_argument("--verify", action="store_true", help="also check the plaintext SHA-256 against the receipt")
-    _identity_args(p)
-    p.set_defaults(run=cmd_object_get, audit_action="object-retrieve")
+    p.set_defaults(run=cmd_object_get)
 
     p = osub.add_parser("head", help="show an object's receipt, retention and hold",
                         description="Show the seal receipt (sizes, SHA-256 digests, KEK) and lock state.")
     p.add_argument("name")
-    _identity_args(p)
-    p.set_defaults(run=cmd_head, audit_action="object-head")
+    p.set_defaults(run=cmd_head)
 
     p = osub.add_parser("ls", help="list sealed object names", description="List sealed objects by name.")
     p.add_argument("prefix", nargs="?", default="")
@@ -424,23 +455,20 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Place (on) or release (off) a legal hold on NAME and its receipts.")
     p.add_argument("name")
     p.add_argument("state", choices=["on", "off"])
-    _identity_args(p)
-    p.set_defaults(run=cmd_hold, audit_action="hold")
+    p.set_defaults(run=cmd_hold)
 
     p = osub.add_parser("extend", help="extend retention (never shortens)",
                         description="Move retain-until of NAME later; shortening is refused.")
     p.add_argument("name")
     _retention_args(p)
-    _identity_args(p)
-    p.set_defaults(run=cmd_extend, audit_action="retention-extend")
+    p.set_defaults(run=cmd_extend)
 
     p = osub.add_parser("delete", help="delete an object whose retention has passed",
                         description="Delete NAME and its receipts (destroying its data key). Refused while "
                                     "retention runs or a legal hold is on.")
     p.add_argument("name")
     p.add_argument("--bypass-governance", action="store_true", help="override GOVERNANCE-mode retention")
-    _identity_args(p)
-    p.set_defaults(run=cmd_delete, audit_action="object-delete")
+    p.set_defaults(run=cmd_delete)
 
     p = sub.add_parser("ingest", help="archive recordings, chat transcripts and emails",
                        description="Archive every input under PATH… (files and directories, recursive): "
@@ -450,16 +478,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="list every archived input too")
-    _identity_args(p)
-    p.set_defaults(run=cmd_ingest, audit_action="ingest")
+    p.set_defaults(run=cmd_ingest)
 
     p = sub.add_parser("show", help="a record's metadata, parts and retention",
                        description="Show one record: source, participants, parts with digests, retention.")
     p.add_argument("record_id")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.add_argument("--messages", type=int, default=20, help="how many chat/email messages to print")
-    _identity_args(p)
-    p.set_defaults(run=cmd_show, audit_action="view")
+    p.set_defaults(run=cmd_show)
 
     p = sub.add_parser("get", help="retrieve a part of a record (verified)",
                        description="Decrypt and verify one part of a record to a file or stdout; --range A-B "
@@ -468,8 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part", required=True, help="part name, e.g. audio, video, transcript, message")
     p.add_argument("-o", "--output", help="output file (default: stdout)")
     p.add_argument("--range", metavar="A-B", help="plaintext byte range [A, B)")
-    _identity_args(p)
-    p.set_defaults(run=cmd_get, audit_action="retrieve")
+    p.set_defaults(run=cmd_get)
 
     p = sub.add_parser("search", help="find records by words, names, numbers, ids",
                        description="Records whose participants, identifiers or message text contain every "
@@ -477,8 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query", nargs="*")
     p.add_argument("--limit", type=int, default=50, help="at most this many records")
     p.add_argument("--json", action="store_true", help="print manifests as JSON")
-    _identity_args(p)
-    p.set_defaults(run=cmd_search, audit_action="search")
+    p.set_defaults(run=cmd_search)
 
     q = sub.add_parser("quarantine", help="inputs ingest rejected, with reasons",
                        description="Inputs that ingest refused, each with its reason. Sources are never moved.")
@@ -506,6 +530,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print events and proofs as JSON")
     p.set_defaults(run=cmd_audit_show)
 
+    ident = sub.add_parser("identity", help="who may act, with which roles",
+                           description="Identities and their roles: ingest, auditor, legal, admin (see "
+                                       "archive/access.py). Changing them is an admin action, recorded.")
+    isub = ident.add_subparsers(dest="identity_command", required=True, metavar="ACTION")
+    p = isub.add_parser("list", help="every identity and its roles", description="List identities and roles.")
+    p.set_defaults(run=cmd_identity_list)
+    p = isub.add_parser("add", help="give an identity roles", description="Give IDENTITY exactly these roles.")
+    p.add_argument("identity")
+    p.add_argument("--role", action="append", required=True, choices=["ingest", "auditor", "legal", "admin"],
+                   help="a role (repeat for several)")
+    p.set_defaults(run=cmd_identity_set)
+    p = isub.add_parser("remove", help="remove an identity", description="Remove IDENTITY and its roles.")
+    p.add_argument("identity")
+    p.set_defaults(run=cmd_identity_set)
+
     keys = sub.add_parser("keys", help="key-encryption keys: status, rotate, destroy",
                           description="Manage the key-encryption keys that wrap every data key.")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
@@ -518,33 +557,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rewrap-only", action="store_true",
                    help="do not create a KEK; rewrap to the current one (finish an interrupted rotation, or "
                         "move to a newly configured KMS key)")
-    _identity_args(p)
-    p.set_defaults(run=cmd_keys_rotate, audit_action="key-rotation")
+    p.set_defaults(run=cmd_keys_rotate)
     p = ksub.add_parser("destroy", help="destroy a retired KEK nothing needs",
                         description="Irreversibly destroy KEK_ID; refused while any object still needs it.")
     p.add_argument("kek_id")
-    _identity_args(p)
-    p.set_defaults(run=cmd_keys_destroy, audit_action="key-destroy")
+    p.set_defaults(run=cmd_keys_destroy)
+    for _path, command in _commands(parser):
+        if command.get_default("run") is not None and command.get_default("needs_archive") is not False:
+            _identity_args(command)
     return parser
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: tuple = ()):
+    """Every (sub)command parser, with its path of names."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from _commands(sub, (*prefix, name))
+
+
+def _authorize(archive: Archive, args: argparse.Namespace):
+    """The caller's Access and the role that allows this command; every refusal is recorded first."""
+    from archive.access import Access, Identities, denied_without_identity
+
+    action, permission = ACTIONS[args.run]
+    actor = args.actor or archive.settings.actor
+    try:
+        identity = Identities(archive.settings.identities_path).get(actor)
+    except AccessDenied as e:
+        denied_without_identity(archive.audit, actor, action, _target(args), e)
+        raise
+    access = Access(archive.audit, identity)
+    return access, access.authorize(action, target=_target(args), reason=args.reason, case=args.case,
+                                    permission=permission)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     run: Callable = args.run
-    archive = None
+    archive = access = None
     try:
         settings = Settings.from_env()
         if not getattr(args, "needs_archive", True):
             return run(settings, args)
         archive = open_archive(settings)
+        access, role = _authorize(archive, args)
         status = run(archive, args)
-        if getattr(args, "audit_action", None):
-            _audit_event(archive, args, "ok")
+        access.record(ACTIONS[run][0], target={**_target(args), **getattr(args, "audit_target", {})}, role=role,
+                      reason=args.reason, case=args.case)
         return status
     except ArchiveError as e:
-        if archive is not None and getattr(args, "audit_action", None):
-            _audit_event(archive, args, "error", e.code)
+        if access is not None and not isinstance(e, AccessDenied):
+            access.record(ACTIONS[run][0], target=_target(args), outcome="error", reason=args.reason,
+                          case=args.case, details={"error": e.code})
         if os.environ.get("ARCHIVE_DEBUG"):
             raise
         print(f"archive: error [{e.code}]: {e}", file=sys.stderr)

@@ -69,6 +69,17 @@ def init_archive(settings: Settings, *, create_bucket: bool = False) -> tuple[Ar
                         "every object")
     open_store(settings, create=create_bucket or settings.store_url.startswith("file:"))
     done.append(f"object store ready: {settings.store_url}")
+    from archive.access import ROLES, Identities
+
+    identities = Identities(settings.identities_path)
+    if not identities.all():
+        import getpass
+
+        first = settings.actor or getpass.getuser()
+        identities.set(first, list(ROLES))
+        done.append(f"identity {first!r} created with every role ({', '.join(ROLES)}); act as it with "
+                    f"ARCHIVE_ACTOR={first} or --actor {first}, and add narrower identities with "
+                    "'archive identity add NAME --role ROLE'")
     marker = home / MARKER
     if not marker.exists():
         marker.write_text(json.dumps({"created": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -69,6 +69,11 @@ class Settings:
         return self.home / "index.sqlite"
 
     @property
+    def identities_path(self) -> Path:
+        """Who may act on this archive, with which roles (archive/access.py)."""
+        return self.home / "identities.json"
+
+    @property
     def audit_witness_path(self) -> Path:
         """The newest audit checkpoint this archive verified, kept outside the store (rollback check)."""
         return self.home / "audit-witness.json"

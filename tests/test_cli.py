@@ -30,7 +30,8 @@ def run(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProces
 @pytest.fixture
 def env(tmp_path) -> dict:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVE_")}
-    return {**clean, "ARCHIVE_HOME": str(tmp_path / "home")}
+    # init registers ARCHIVE_ACTOR as the first identity, with every role
+    return {**clean, "ARCHIVE_HOME": str(tmp_path / "home"), "ARCHIVE_ACTOR": "tester"}
 
 
 @pytest.fixture
@@ -57,9 +58,9 @@ def test_put_get_range_and_locked_delete(env, recording, tmp_path):
                              "--record-id", "CALL-1", "--part", "audio", "--retain", "P7Y").stdout)
     assert receipt["plaintext_size"] == recording.stat().st_size and "wrapped_key" not in receipt
     out = tmp_path / "back.wav"
-    run(env, "object", "get", "calls/1/audio", "-o", str(out), "--verify")
+    run(env, "object", "get", "--reason", "test", "calls/1/audio", "-o", str(out), "--verify")
     assert out.read_bytes() == recording.read_bytes()
-    middle = run(env, "object", "get", "calls/1/audio", "--range", "1500000-2548576").stdout
+    middle = run(env, "object", "get", "--reason", "test", "calls/1/audio", "--range", "1500000-2548576").stdout
     assert middle == recording.read_bytes()[1500000:2548576]
     refused = run(env, "object", "delete", "calls/1/audio", check=False)
     assert refused.returncode == 3 and b"object_locked" in refused.stderr and b"COMPLIANCE" in refused.stderr
@@ -111,7 +112,7 @@ def test_tampered_object_fails_naming_object_and_segment_and_leaves_no_output(en
     blob[start + 85 + 2 * (1024 * 1024 + 16) + 10] ^= 1  # a bit in segment 2
     data.write_bytes(bytes(blob))
     out = tmp_path / "out.wav"
-    proc = run(env, "object", "get", "t", "-o", str(out), check=False)
+    proc = run(env, "object", "get", "--reason", "test", "t", "-o", str(out), check=False)
     assert proc.returncode == 5
     assert b"objects/t" in proc.stderr and b"segment 2" in proc.stderr
     assert not out.exists() and not list(tmp_path.glob(".out.wav*"))
@@ -124,7 +125,7 @@ def test_rotation_and_kek_destruction(env, recording):
     assert proc.returncode == 4 and b"key_in_use" in proc.stderr
     assert json.loads(run(env, "keys", "rotate").stdout)["rewrapped"] == 1
     run(env, "keys", "destroy", "kr-v1")
-    assert run(env, "object", "get", "r").stdout == recording.read_bytes()
+    assert run(env, "object", "get", "--reason", "test", "r").stdout == recording.read_bytes()
     status = json.loads(run(env, "keys", "status").stdout)
     assert [(k["kek_id"], k["state"], k["objects"]) for k in status["keks"]] == [
         ("kr-v1", "destroyed", 0), ("kr-v2", "current", 1)]
@@ -144,10 +145,10 @@ def test_seaweedfs_rotation_under_compliance_lock(env, seaweed, recording, tmp_p
     assert report["rewrapped"] == 3 and not report["failed"]
     for i in range(3):
         out = tmp_path / f"{i}.wav"
-        run(env, "object", "get", f"calls/{i}", "-o", str(out), "--verify")
+        run(env, "object", "get", "--reason", "test", f"calls/{i}", "-o", str(out), "--verify")
         assert out.read_bytes() == recording.read_bytes()
     run(env, "keys", "destroy", "kr-v1")
-    assert run(env, "object", "get", "calls/2", "--range", "0-1000").stdout == recording.read_bytes()[:1000]
+    assert run(env, "object", "get", "--reason", "test", "calls/2", "--range", "0-1000").stdout == recording.read_bytes()[:1000]
 
 
 def _commands(parser, prefix=()):
@@ -178,17 +179,24 @@ def test_every_access_is_in_the_audit_log_with_a_verifiable_proof(env, tmp_path)
         "started_at": "2024-04-01T10:00:00Z", "participants": [{"role": "customer", "id": "u1"}],
         "messages": [{"at": "2024-04-01T10:00:00Z", "from": "u1", "text": "hello"}]}))
     run(env, "init")
+    run(env, "identity", "add", "recorder-7", "--role", "ingest")
+    run(env, "identity", "add", "alice", "--role", "auditor")
+    run(env, "identity", "add", "bob", "--role", "legal")
     summary = json.loads(run(env, "ingest", str(inbox), "--json", "--actor", "recorder-7").stdout)
     rid = summary["outcomes"][0]["record_ids"][0]
     run(env, "show", rid, "--actor", "alice", "--reason", "QA sample 2024-04")
     run(env, "get", rid, "--part", "transcript", "--actor", "bob", "--reason", "complaint C-17", "--case", "C-17")
-    assert run(env, "get", rid, "--part", "nope", "--actor", "bob", check=False).returncode != 0
+    assert run(env, "get", rid, "--part", "nope", "--actor", "bob", "--reason", "x", check=False).returncode != 0
+    assert run(env, "get", rid, "--part", "transcript", "--actor", "bob", check=False).returncode == 77
+    assert run(env, "show", rid, "--actor", "recorder-7", "--reason", "curious", check=False).returncode == 77
     run(env, "audit", "checkpoint")
-    assert b"verified: 4 events" in run(env, "audit", "verify").stdout
+    assert b"verified: " in run(env, "audit", "verify").stdout
 
     history = json.loads(run(env, "audit", "show", "--record", rid, "--json").stdout)
-    assert [(h["actor"], h["action"], h["outcome"]) for h in history] == [
-        ("recorder-7", "ingest", "ok"), ("alice", "view", "ok"), ("bob", "retrieve", "ok"), ("bob", "retrieve", "error")]
+    assert [(h["actor"], h["role"], h["action"], h["outcome"]) for h in history] == [
+        ("recorder-7", "ingest", "ingest", "ok"), ("alice", "auditor", "view", "ok"),
+        ("bob", "legal", "retrieve", "ok"), ("bob", "legal", "retrieve", "error"),
+        ("bob", "legal", "retrieve", "denied"), ("recorder-7", "none", "view", "denied")]
     assert history[2]["reason"] == "complaint C-17" and history[2]["case"] == "C-17"
     for h in history:
         proof = h["proof"]
@@ -196,8 +204,44 @@ def test_every_access_is_in_the_audit_log_with_a_verifiable_proof(env, tmp_path)
                                 [bytes.fromhex(x) for x in proof["path"]], bytes.fromhex(proof["root"]))
     assert leaf_hash(b"x") != bytes.fromhex(history[0]["leaf_hash"])
 
-    batch = Path(env["ARCHIVE_HOME"]) / "store" / "objects" / "audit" / "log" / "000000000002.json#data"
+    batch = Path(env["ARCHIVE_HOME"]) / "store" / "objects" / "audit" / "log" / "000000000005.json#data"
     batch.chmod(0o644)
     batch.write_bytes(batch.read_bytes().replace(b'"alice"', b'"mallory"'))
     failed = run(env, "audit", "verify", check=False)
-    assert failed.returncode == 5 and b"first bad position 1" in failed.stdout, failed.stdout
+    assert failed.returncode == 5 and b"first bad position 4" in failed.stdout, failed.stdout
+
+
+# Every command that acts on the archive, with arguments enough to reach the access check.
+SAMPLES = {
+    ("object", "put"): ["{file}"], ("object", "get"): ["x"], ("object", "head"): ["x"], ("object", "ls"): [],
+    ("object", "hold"): ["x", "on"], ("object", "extend"): ["x", "--retain", "P1D"], ("object", "delete"): ["x"],
+    ("ingest",): ["{dir}"], ("show",): ["rx"], ("get",): ["rx", "--part", "audio"], ("search",): ["refund"],
+    ("quarantine", "list"): [], ("identity", "list"): [], ("identity", "add"): ["zed", "--role", "auditor"],
+    ("identity", "remove"): ["zed"], ("audit", "checkpoint"): [], ("audit", "verify"): [],
+    ("audit", "show"): ["--record", "rx"], ("keys", "status"): [], ("keys", "rotate"): [],
+    ("keys", "destroy"): ["kr-v9"],
+}
+
+
+def test_the_whole_cli_refuses_anyone_unidentified_and_records_every_attempt(env, recording, tmp_path):
+    from archive.services import open_archive
+    from archive.settings import Settings
+
+    acting = [path for path, sub in _commands(build_parser())
+              if sub.get_default("run") is not None and sub.get_default("needs_archive") is not False]
+    assert sorted(acting) == sorted(SAMPLES), "a new command needs a SAMPLES entry (and an access rule)"
+    run(env, "init")
+    anonymous = {k: v for k, v in env.items() if k != "ARCHIVE_ACTOR"}
+    for path, sample in SAMPLES.items():
+        args = [a.format(file=recording, dir=tmp_path) for a in sample]
+        proc = run(anonymous, *path, *args, check=False)
+        assert proc.returncode == 77 and b"no identity" in proc.stderr, (path, proc.stderr)
+    # content without a reason is refused too, for someone who may otherwise see it
+    for path in [("show",), ("get",), ("object", "get")]:
+        proc = run(env, *path, *SAMPLES[path], check=False)
+        assert proc.returncode == 77 and b"reason" in proc.stderr, (path, proc.stderr)
+
+    events = [e.event for e in open_archive(Settings.from_env(env)).audit.events()]
+    denied = [e for e in events if e["outcome"] == "denied"]
+    assert len(denied) == len(SAMPLES) + 3
+    assert {e["actor"] for e in denied[:len(SAMPLES)]} == {"(none)"}

@@ -191,7 +191,7 @@ def test_sigkill_mid_run_then_rerun_archives_every_input_exactly_once(tmp_path):
     for i in range(n):
         (inbox / f"chat-{i:03d}.json").write_text(json.dumps(chat_doc(i)))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("ARCHIVE_")},
-           "ARCHIVE_HOME": str(tmp_path / "home")}
+           "ARCHIVE_HOME": str(tmp_path / "home"), "ARCHIVE_ACTOR": "recorder"}
     subprocess.run([sys.executable, "-m", "archive", "init"], env=env, check=True, capture_output=True)
     index_path = tmp_path / "home" / "index.sqlite"
 

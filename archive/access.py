@@ -1,0 +1,140 @@
+"""Access control: identities with roles, stated reasons, and an audit event for every attempt.
+
+Roles (least privilege; an identity may hold several):
+
+| role    | may                                                                        |
+|---------|----------------------------------------------------------------------------|
+| ingest  | ingest (write only: nothing it archives can be read back through this role) |
+| auditor | search, view, retrieve (play back), read the quarantine and the audit trail |
+| legal   | what an auditor may, plus holds and exports                                |
+| admin   | keys, identities, checkpoints, low-level object administration, disposition |
+
+Viewing or retrieving content needs a stated reason (``--reason``), recorded with the access. Every
+attempt — allowed, denied or failed — is an audit event; a denied one is recorded *before* the error is
+raised, so the trail shows who tried. Identities are kept in ``$ARCHIVE_HOME/identities.json``; the CLI
+acts as ``--actor`` or ``ARCHIVE_ACTOR``, never silently as the OS user. (The HTTP API will bind tokens
+to identities the same way; OIDC can slot in as another source of :class:`Identity`.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from archive.audit.log import AuditLog, Event
+from archive.errors import ArchiveError
+
+ROLES = ("ingest", "auditor", "legal", "admin")
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "ingest": frozenset({"ingest"}),
+    "auditor": frozenset({"search", "view", "retrieve", "quarantine-read", "audit-read"}),
+    "legal": frozenset({"search", "view", "retrieve", "quarantine-read", "audit-read", "hold", "export"}),
+    "admin": frozenset({"keys", "identity", "audit-checkpoint", "audit-read", "object-admin", "disposition",
+                        "quarantine-read"}),
+}
+NEEDS_REASON = frozenset({"view", "retrieve", "export"})
+
+
+class AccessDenied(ArchiveError):
+    """Raised when an identity lacks the role for an action, gives no reason for content, or is unknown."""
+
+    code = "access_denied"
+    exit_status = 77  # EX_NOPERM
+    http_status = 403
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Someone acting on the archive, and the roles they hold."""
+
+    actor: str
+    roles: frozenset[str]
+
+    def role_for(self, action: str) -> str | None:
+        """The first of this identity's roles that permits ``action``."""
+        return next((r for r in ROLES if r in self.roles and action in PERMISSIONS[r]), None)
+
+
+class Identities:
+    """The identity file: actor → roles. Changing it is an admin action, recorded like any other."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def _load(self) -> dict[str, list[str]]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as e:
+            raise ArchiveError(f"{self.path} is not valid JSON: {e}") from e
+        return doc.get("identities", {})
+
+    def get(self, actor: str | None) -> Identity:
+        """The identity of ``actor``. Raises AccessDenied when none is given or it is unknown."""
+        if not actor:
+            raise AccessDenied("no identity: pass --actor NAME or set ARCHIVE_ACTOR")
+        roles = self._load().get(actor)
+        if roles is None:
+            raise AccessDenied(f"unknown identity {actor!r}; an admin adds it with "
+                               f"'archive identity add {actor} --role ROLE'", actor=actor)
+        return Identity(actor, frozenset(roles))
+
+    def all(self) -> dict[str, list[str]]:
+        return dict(sorted(self._load().items()))
+
+    def set(self, actor: str, roles: list[str]) -> None:
+        """Give ``actor`` exactly ``roles`` (an empty list removes the identity)."""
+        unknown = sorted(set(roles) - set(ROLES))
+        if unknown:
+            raise ArchiveError(f"unknown role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}")
+        doc = {"format": "archive-identities/1", "identities": self._load()}
+        if roles:
+            doc["identities"][actor] = sorted(set(roles))
+        else:
+            doc["identities"].pop(actor, None)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
+
+
+class Access:
+    """Authorises one identity's actions and records each of them in the audit log."""
+
+    def __init__(self, audit: AuditLog, identity: Identity) -> None:
+        self.audit = audit
+        self.identity = identity
+
+    def authorize(self, action: str, *, target: dict, reason: str | None = None, case: str | None = None,
+                  permission: str | None = None) -> str:
+        """Return the role that allows ``action``; else record a denied event and raise AccessDenied."""
+        needed = permission or action
+        role = self.identity.role_for(needed)
+        why = None
+        if role is None:
+            why = (f"{self.identity.actor} (roles: {', '.join(sorted(self.identity.roles)) or 'none'}) may not "
+                   f"{action}")
+        elif needed in NEEDS_REASON and not (reason and reason.strip()):
+            why = f"{action} shows content: state a reason with --reason"
+        if why is not None:
+            self.record(action, target=target, outcome="denied", reason=reason, case=case,
+                        role=role or "none", details={"denied": why})
+            raise AccessDenied(why, actor=self.identity.actor, action=action)
+        return role
+
+    def record(self, action: str, *, target: dict, outcome: str = "ok", reason: str | None = None,
+               case: str | None = None, role: str | None = None, details: dict | None = None) -> int:
+        """Append the audit event of one action by this identity."""
+        return self.audit.append(Event(actor=self.identity.actor,
+                                       role=role or self.identity.role_for(action) or "none", action=action,
+                                       outcome=outcome, target=target, reason=reason, case=case,
+                                       details=details or {}))
+
+
+def denied_without_identity(audit: AuditLog, actor: str | None, action: str, target: dict,
+                            error: AccessDenied) -> None:
+    """Record an attempt by no one, or by someone unknown: the trail must show it too."""
+    audit.append(Event(actor=actor or "(none)", role="none", action=action, outcome="denied", target=target,
+                       details={"denied": str(error)}))
