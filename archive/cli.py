@@ -145,6 +145,14 @@ def cmd_keys_status(archive: Archive, args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate(archive: Archive, args: argparse.Namespace) -> int:
+    if args.signing:
+        if not hasattr(archive.keys, "rotate_signing"):
+            raise ArchiveError(f"the {archive.keys.name} key provider has no checkpoint signing keys")
+        key_id = archive.keys.rotate_signing()
+        archive.audit.signer = archive.keys.signer()
+        archive.audit.publish_key()
+        _out({"signing_key": key_id, "note": "older checkpoints stay verifiable with the retired keys"})
+        return 0
     report = archive.vault.rotate(new_kek=not args.rewrap_only)
     _out(report.__dict__)
     return 1 if report.failed else 0
@@ -557,6 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rewrap-only", action="store_true",
                    help="do not create a KEK; rewrap to the current one (finish an interrupted rotation, or "
                         "move to a newly configured KMS key)")
+    p.add_argument("--signing", action="store_true",
+                   help="rotate the audit checkpoint signing key (Ed25519) instead of the KEK")
     p.set_defaults(run=cmd_keys_rotate)
     p = ksub.add_parser("destroy", help="destroy a retired KEK nothing needs",
                         description="Irreversibly destroy KEK_ID; refused while any object still needs it.")

@@ -208,6 +208,7 @@ def test_every_access_is_in_the_audit_log_with_a_verifiable_proof(env, tmp_path)
     batch.chmod(0o644)
     batch.write_bytes(batch.read_bytes().replace(b'"alice"', b'"mallory"'))
     failed = run(env, "audit", "verify", check=False)
+    assert json.loads(run(env, "keys", "rotate", "--signing").stdout)["signing_key"] == "sig-v2"
     assert failed.returncode == 5 and b"first bad position 4" in failed.stdout, failed.stdout
 
 
