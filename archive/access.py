@@ -138,3 +138,49 @@ def denied_without_identity(audit: AuditLog, actor: str | None, action: str, tar
     """Record an attempt by no one, or by someone unknown: the trail must show it too."""
     audit.append(Event(actor=actor or "(none)", role="none", action=action, outcome="denied", target=target,
                        details={"denied": str(error)}))
+
+
+# Every operation on the archive, in the audit trail's words, and the permission it needs. The CLI, the
+# workers and the API name operations from this table; nothing reaches records except through Session.run.
+OPERATIONS: dict[str, str] = {
+    "ingest": "ingest", "view": "view", "retrieve": "retrieve", "search": "search",
+    "quarantine-list": "quarantine-read", "hold": "hold", "export": "export",
+    "object-put": "object-admin", "object-retrieve": "retrieve", "object-head": "object-admin",
+    "object-list": "object-admin", "retention-extend": "object-admin", "object-delete": "disposition",
+    "key-status": "keys", "key-rotation": "keys", "key-destroy": "keys",
+    "audit-checkpoint": "audit-checkpoint", "audit-verify": "audit-read", "audit-show": "audit-read",
+    "identity-list": "identity", "identity-change": "identity",
+}
+
+
+class Session:
+    """One identity's way into the archive: every operation is authorised, performed and recorded.
+
+    ``run(operation, do, target=…)`` refuses (recording the refusal) unless the identity may perform the
+    operation with the reason given; then calls ``do()``; then records the outcome — ``ok``, or ``error``
+    with the error's code when ``do`` raises. ``target`` may be extended by ``do`` (e.g. with the record
+    ids an ingest produced) before it is recorded.
+    """
+
+    def __init__(self, audit: AuditLog, identities: Identities, actor: str | None) -> None:
+        self.audit = audit
+        self.actor = actor
+        self._identities = identities
+
+    def run(self, operation: str, do, *, target: dict, reason: str | None = None, case: str | None = None):
+        permission = OPERATIONS[operation]
+        try:
+            access = Access(self.audit, self._identities.get(self.actor))
+        except AccessDenied as e:
+            denied_without_identity(self.audit, self.actor, operation, target, e)
+            raise
+        role = access.authorize(operation, target=target, reason=reason, case=case, permission=permission)
+        try:
+            result = do()
+        except ArchiveError as e:
+            if not isinstance(e, AccessDenied):
+                access.record(operation, target=target, outcome="error", reason=reason, case=case, role=role,
+                              details={"error": e.code})
+            raise
+        access.record(operation, target=target, role=role, reason=reason, case=case)
+        return result

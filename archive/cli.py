@@ -17,7 +17,7 @@ from pathlib import Path
 
 from archive.crypto.stream import Binding
 from archive.dates import parse_datetime, parse_duration
-from archive.access import AccessDenied
+from archive.access import Identities, Session
 from archive.errors import ArchiveError
 from archive.services import Archive, init_archive, open_archive
 from archive.settings import Settings
@@ -188,9 +188,9 @@ def cmd_ingest(archive: Archive, args: argparse.Namespace) -> int:
 
     summary = ingestor.run([Path(p) for p in args.paths], limits=Limits(archive.settings.max_input_bytes),
                            progress=progress if show_progress else None)
-    args.audit_target = {"records": sorted({r for o in summary.outcomes for r in o.record_ids}),
-                         "inputs": len(summary.outcomes), "archived": summary.archived,
-                         "duplicate": summary.duplicate, "rejected": summary.rejected}
+    args.audit_target.update({"records": sorted({r for o in summary.outcomes for r in o.record_ids}),
+                              "inputs": len(summary.outcomes), "archived": summary.archived,
+                              "duplicate": summary.duplicate, "rejected": summary.rejected})
     if show_progress:
         print(file=sys.stderr)
     if args.json:
@@ -258,7 +258,7 @@ def cmd_search(archive: Archive, args: argparse.Namespace) -> int:
     from archive.index.sqlite import SqliteIndex
 
     results = SqliteIndex(archive.settings.index_path).search(" ".join(args.query), limit=args.limit)
-    args.audit_target = {"query": " ".join(args.query), "results": len(results)}
+    args.audit_target["results"] = len(results)
     if args.json:
         _out(results)
     else:
@@ -295,7 +295,7 @@ def cmd_identity_set(archive: Archive, args: argparse.Namespace) -> int:
     ids = Identities(archive.settings.identities_path)
     roles = [] if args.identity_command == "remove" else sorted(set(args.role))
     ids.set(args.identity, roles)
-    args.audit_target = {"identity": args.identity, "roles": roles}
+    args.audit_target["roles"] = roles
     print(f"{args.identity}: {', '.join(roles) or 'removed'}")
     return 0
 
@@ -363,17 +363,13 @@ def cmd_audit_show(archive: Archive, args: argparse.Namespace) -> int:
 
 
 # What each command does, in the audit trail's words, and the permission it needs (archive/access.py).
-ACTIONS: dict[Callable, tuple[str, str]] = {
-    cmd_put: ("object-put", "object-admin"), cmd_object_get: ("object-retrieve", "retrieve"),
-    cmd_head: ("object-head", "object-admin"), cmd_ls: ("object-list", "object-admin"),
-    cmd_hold: ("hold", "hold"), cmd_extend: ("retention-extend", "object-admin"),
-    cmd_delete: ("object-delete", "disposition"), cmd_ingest: ("ingest", "ingest"), cmd_show: ("view", "view"),
-    cmd_get: ("retrieve", "retrieve"), cmd_search: ("search", "search"),
-    cmd_quarantine_list: ("quarantine-list", "quarantine-read"), cmd_keys_status: ("key-status", "keys"),
-    cmd_keys_rotate: ("key-rotation", "keys"), cmd_keys_destroy: ("key-destroy", "keys"),
-    cmd_audit_checkpoint: ("audit-checkpoint", "audit-checkpoint"), cmd_audit_verify: ("audit-verify", "audit-read"),
-    cmd_audit_show: ("audit-show", "audit-read"),
-    cmd_identity_list: ("identity-list", "identity"), cmd_identity_set: ("identity-change", "identity"),
+OPERATION_OF: dict[Callable, str] = {  # which library operation (archive/access.py OPERATIONS) each command is
+    cmd_put: "object-put", cmd_object_get: "object-retrieve", cmd_head: "object-head", cmd_ls: "object-list",
+    cmd_hold: "hold", cmd_extend: "retention-extend", cmd_delete: "object-delete", cmd_ingest: "ingest",
+    cmd_show: "view", cmd_get: "retrieve", cmd_search: "search", cmd_quarantine_list: "quarantine-list",
+    cmd_keys_status: "key-status", cmd_keys_rotate: "key-rotation", cmd_keys_destroy: "key-destroy",
+    cmd_audit_checkpoint: "audit-checkpoint", cmd_audit_verify: "audit-verify", cmd_audit_show: "audit-show",
+    cmd_identity_list: "identity-list", cmd_identity_set: "identity-change",
 }
 
 
@@ -587,41 +583,21 @@ def _commands(parser: argparse.ArgumentParser, prefix: tuple = ()):
                 yield from _commands(sub, (*prefix, name))
 
 
-def _authorize(archive: Archive, args: argparse.Namespace):
-    """The caller's Access and the role that allows this command; every refusal is recorded first."""
-    from archive.access import Access, Identities, denied_without_identity
-
-    action, permission = ACTIONS[args.run]
-    actor = args.actor or archive.settings.actor
-    try:
-        identity = Identities(archive.settings.identities_path).get(actor)
-    except AccessDenied as e:
-        denied_without_identity(archive.audit, actor, action, _target(args), e)
-        raise
-    access = Access(archive.audit, identity)
-    return access, access.authorize(action, target=_target(args), reason=args.reason, case=args.case,
-                                    permission=permission)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     run: Callable = args.run
-    archive = access = None
     try:
         settings = Settings.from_env()
         if not getattr(args, "needs_archive", True):
             return run(settings, args)
         archive = open_archive(settings)
-        access, role = _authorize(archive, args)
-        status = run(archive, args)
-        access.record(ACTIONS[run][0], target={**_target(args), **getattr(args, "audit_target", {})}, role=role,
-                      reason=args.reason, case=args.case)
-        return status
+        session = Session(archive.audit, Identities(settings.identities_path), args.actor or settings.actor)
+        target = _target(args)
+        args.audit_target = target  # commands add what they learn (record ids ingested, result counts)
+        return session.run(OPERATION_OF[run], lambda: run(archive, args), target=target, reason=args.reason,
+                           case=args.case)
     except ArchiveError as e:
-        if access is not None and not isinstance(e, AccessDenied):
-            access.record(ACTIONS[run][0], target=_target(args), outcome="error", reason=args.reason,
-                          case=args.case, details={"error": e.code})
         if os.environ.get("ARCHIVE_DEBUG"):
             raise
         print(f"archive: error [{e.code}]: {e}", file=sys.stderr)
