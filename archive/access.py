@@ -145,6 +145,9 @@ def denied_without_identity(audit: AuditLog, actor: str | None, action: str, tar
 OPERATIONS: dict[str, str] = {
     "ingest": "ingest", "view": "view", "retrieve": "retrieve", "search": "search",
     "quarantine-list": "quarantine-read", "hold": "hold", "export": "export",
+    # four-eyes (archive/approvals.py): releasing a hold is requested by one legal identity and approved
+    # by another; approving needs the permission of the action approved — "hold" for the only one so far
+    "hold-release-request": "hold", "approve": "hold",
     "object-put": "object-admin", "object-retrieve": "retrieve", "object-head": "object-admin",
     "object-list": "object-admin", "retention-extend": "object-admin", "object-delete": "disposition",
     "key-status": "keys", "key-rotation": "keys", "key-destroy": "keys",
@@ -177,10 +180,13 @@ class Session:
         role = access.authorize(operation, target=target, reason=reason, case=case, permission=permission)
         try:
             result = do()
+        except AccessDenied as e:  # refused by the operation itself (e.g. approving one's own request)
+            access.record(operation, target=target, outcome="denied", reason=reason, case=case, role=role,
+                          details={"denied": str(e)})
+            raise
         except ArchiveError as e:
-            if not isinstance(e, AccessDenied):
-                access.record(operation, target=target, outcome="error", reason=reason, case=case, role=role,
-                              details={"error": e.code})
+            access.record(operation, target=target, outcome="error", reason=reason, case=case, role=role,
+                          details={"error": e.code})
             raise
         access.record(operation, target=target, role=role, reason=reason, case=case)
         return result

@@ -115,8 +115,33 @@ def cmd_ls(archive: Archive, args: argparse.Namespace) -> int:
 
 
 def cmd_hold(archive: Archive, args: argparse.Namespace) -> int:
-    archive.vault.set_legal_hold(args.name, args.state == "on")
-    _out(_info(archive.vault.head(args.name)))
+    if args.state == "on":
+        archive.vault.set_legal_hold(args.name, True)
+        _out(_info(archive.vault.head(args.name)))
+        return 0
+    # Releasing a hold takes two people: this records the request; a second legal identity approves it.
+    from archive.approvals import Approvals
+
+    archive.vault.head(args.name)  # the object must exist
+    request_id = Approvals(archive.store).request("hold-release", {"object": args.name},
+                                                  requested_by=args.actor or archive.settings.actor,
+                                                  reason=args.reason)
+    args.audit_target["request"] = request_id
+    print(f"release of the hold on {args.name} requested: {request_id}\n"
+          f"a second, different legal identity must run: archive approve {request_id} --reason ...")
+    return 0
+
+
+def cmd_approve(archive: Archive, args: argparse.Namespace) -> int:
+    from archive.approvals import Approvals
+
+    request = Approvals(archive.store).approve(args.request_id, approved_by=args.actor or archive.settings.actor,
+                                               reason=args.reason)
+    args.audit_target.update({"request": args.request_id, **request["target"]})
+    if request["action"] == "hold-release":
+        archive.vault.set_legal_hold(request["target"]["object"], False)
+        _out({"approved": args.request_id, "requested_by": request["requested_by"],
+              **_info(archive.vault.head(request["target"]["object"]))})
     return 0
 
 
@@ -363,9 +388,11 @@ def cmd_audit_show(archive: Archive, args: argparse.Namespace) -> int:
 
 
 # What each command does, in the audit trail's words, and the permission it needs (archive/access.py).
-OPERATION_OF: dict[Callable, str] = {  # which library operation (archive/access.py OPERATIONS) each command is
+# Which library operation (OPERATIONS in archive/access.py) each command performs.
+OPERATION_OF: dict[Callable, str | Callable] = {
     cmd_put: "object-put", cmd_object_get: "object-retrieve", cmd_head: "object-head", cmd_ls: "object-list",
-    cmd_hold: "hold", cmd_extend: "retention-extend", cmd_delete: "object-delete", cmd_ingest: "ingest",
+    cmd_hold: lambda archive, args: "hold" if args.state == "on" else "hold-release-request",
+    cmd_approve: "approve", cmd_extend: "retention-extend", cmd_delete: "object-delete", cmd_ingest: "ingest",
     cmd_show: "view", cmd_get: "retrieve", cmd_search: "search", cmd_quarantine_list: "quarantine-list",
     cmd_keys_status: "key-status", cmd_keys_rotate: "key-rotation", cmd_keys_destroy: "key-destroy",
     cmd_audit_checkpoint: "audit-checkpoint", cmd_audit_verify: "audit-verify", cmd_audit_show: "audit-show",
@@ -455,8 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prefix", nargs="?", default="")
     p.set_defaults(run=cmd_ls)
 
-    p = osub.add_parser("hold", help="place or release a legal hold",
-                        description="Place (on) or release (off) a legal hold on NAME and its receipts.")
+    p = osub.add_parser("hold", help="place or request the release of a legal hold",
+                        description="Place (on) a legal hold on NAME and its receipts, or request its release "
+                                    "(off): a second, different legal identity approves with 'archive approve'.")
     p.add_argument("name")
     p.add_argument("state", choices=["on", "off"])
     p.set_defaults(run=cmd_hold)
@@ -534,6 +562,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print events and proofs as JSON")
     p.set_defaults(run=cmd_audit_show)
 
+    p = sub.add_parser("approve", help="approve another person's four-eyes request",
+                       description="Approve a request made by someone else (releasing a legal hold); the "
+                                   "approver must be a different identity holding the needed role.")
+    p.add_argument("request_id")
+    p.set_defaults(run=cmd_approve)
+
     ident = sub.add_parser("identity", help="who may act, with which roles",
                            description="Identities and their roles: ingest, auditor, legal, admin (see "
                                        "archive/access.py). Changing them is an admin action, recorded.")
@@ -595,7 +629,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         session = Session(archive.audit, Identities(settings.identities_path), args.actor or settings.actor)
         target = _target(args)
         args.audit_target = target  # commands add what they learn (record ids ingested, result counts)
-        return session.run(OPERATION_OF[run], lambda: run(archive, args), target=target, reason=args.reason,
+        operation = OPERATION_OF[run]
+        if callable(operation):  # the operation depends on the arguments (hold on/off, what is approved)
+            operation = operation(archive, args)
+        return session.run(operation, lambda: run(archive, args), target=target, reason=args.reason,
                            case=args.case)
     except ArchiveError as e:
         if os.environ.get("ARCHIVE_DEBUG"):

@@ -220,7 +220,7 @@ SAMPLES = {
     ("quarantine", "list"): [], ("identity", "list"): [], ("identity", "add"): ["zed", "--role", "auditor"],
     ("identity", "remove"): ["zed"], ("audit", "checkpoint"): [], ("audit", "verify"): [],
     ("audit", "show"): ["--record", "rx"], ("keys", "status"): [], ("keys", "rotate"): [],
-    ("keys", "destroy"): ["kr-v9"],
+    ("keys", "destroy"): ["kr-v9"], ("approve",): ["ap-x"],
 }
 
 
@@ -246,3 +246,32 @@ def test_the_whole_cli_refuses_anyone_unidentified_and_records_every_attempt(env
     denied = [e for e in events if e["outcome"] == "denied"]
     assert len(denied) == len(SAMPLES) + 3
     assert {e["actor"] for e in denied[:len(SAMPLES)]} == {"(none)"}
+
+
+def test_releasing_a_legal_hold_takes_two_different_people(env, recording):
+    run(env, "init")
+    run(env, "identity", "add", "lee", "--role", "legal")
+    run(env, "identity", "add", "kim", "--role", "legal")
+    run(env, "identity", "add", "ann", "--role", "auditor")
+    run(env, "object", "put", str(recording), "--name", "held")
+    run(env, "object", "hold", "held", "on", "--actor", "lee", "--reason", "case C-9")
+    out = run(env, "object", "hold", "held", "off", "--actor", "lee", "--reason", "case C-9 settled").stdout
+    request_id = out.split(b"requested: ")[1].split()[0].decode()
+    assert json.loads(run(env, "object", "head", "held").stdout)["object"]["legal_hold"]  # not yet released
+    same = run(env, "approve", request_id, "--actor", "lee", "--reason", "me again", check=False)
+    assert same.returncode == 77 and b"second, different person" in same.stderr
+    auditor = run(env, "approve", request_id, "--actor", "ann", "--reason", "ok", check=False)
+    assert auditor.returncode == 77
+    run(env, "approve", request_id, "--actor", "kim", "--reason", "settlement checked")
+    assert not json.loads(run(env, "object", "head", "held").stdout)["object"]["legal_hold"]
+    again = run(env, "approve", request_id, "--actor", "kim", "--reason", "twice", check=False)
+    assert again.returncode == 77 and b"approved already" in again.stderr
+
+    from archive.services import open_archive
+    from archive.settings import Settings
+
+    trail = [(e.event["actor"], e.event["action"], e.event["outcome"])
+             for e in open_archive(Settings.from_env(env)).audit.events() if e.event["action"] in
+             ("hold", "hold-release-request", "approve")]
+    assert trail == [("lee", "hold", "ok"), ("lee", "hold-release-request", "ok"), ("lee", "approve", "denied"),
+                     ("ann", "approve", "denied"), ("kim", "approve", "ok"), ("kim", "approve", "error")]
