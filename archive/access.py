@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from archive.audit.log import AuditLog, Event
-from archive.errors import ArchiveError
+from archive.errors import AccessDenied, ArchiveError
 
 ROLES = ("ingest", "auditor", "legal", "admin")
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -35,14 +35,6 @@ PERMISSIONS: dict[str, frozenset[str]] = {
                         "quarantine-read"}),
 }
 NEEDS_REASON = frozenset({"view", "retrieve", "export"})
-
-
-class AccessDenied(ArchiveError):
-    """Raised when an identity lacks the role for an action, gives no reason for content, or is unknown."""
-
-    code = "access_denied"
-    exit_status = 77  # EX_NOPERM
-    http_status = 403
 
 
 @dataclass(frozen=True)

@@ -18,19 +18,11 @@ import secrets
 from datetime import UTC, datetime
 
 from archive.access import AccessDenied
-from archive.errors import ArchiveError, ObjectExists, ObjectNotFound
+from archive.errors import ApprovalError, ObjectExists, ObjectNotFound
 from archive.store.base import ObjectStore
 
 # What each four-eyes action needs of its approver (a permission in archive.access.PERMISSIONS).
 FOUR_EYES = {"hold-release": "hold"}
-
-
-class ApprovalError(ArchiveError):
-    """Raised when an approval request is unknown, already approved, or approved by its requester."""
-
-    code = "approval_refused"
-    exit_status = 77
-    http_status = 409
 
 
 class Approvals:

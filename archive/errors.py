@@ -170,3 +170,99 @@ class KeyServiceUnavailable(CryptoError):
     code = "key_service_unavailable"
     http_status = 503
     transient = True
+
+
+# --- input (ingest) --------------------------------------------------------------------------------
+
+
+class InputError(ArchiveError):
+    """Raised when an input cannot be archived as it is; the source is left untouched."""
+
+    code = "input_error"
+    exit_status = 2
+    http_status = 422
+
+
+class InvalidMetadata(InputError):
+    """Raised when record metadata does not follow the schema; ``field`` names where."""
+
+    code = "invalid_metadata"
+    exit_status = 2
+    http_status = 400
+
+    def __init__(self, field: str, problem: str, **details: Any) -> None:
+        super().__init__(f"{field}: {problem}", field=field, **details)
+        self.field = field
+
+
+class RejectedInput(InputError):
+    """Raised when an input cannot be archived as it is: unsupported, too large, hostile name, no metadata."""
+
+    code = "rejected_input"
+    exit_status = 2
+    http_status = 422
+
+    def __init__(self, code: str, message: str, **details) -> None:
+        super().__init__(message, **details)
+        self.code = code
+
+
+class MediaError(InputError):
+    """Raised when a recording cannot be archived as the media it claims to be."""
+
+    code = "media_error"
+    exit_status = 2
+    http_status = 422
+
+
+class CorruptMedia(MediaError):
+    """Raised when a file is truncated, undecodable, or not the container/codec its extension claims."""
+
+    code = "corrupt_media"
+
+
+class UnsupportedMedia(MediaError):
+    """Raised when a file is real media, but of a container, codec or extension the archive does not take."""
+
+    code = "unsupported_media"
+    http_status = 415
+
+
+class SourceChanged(InputError):
+    """Raised when an input file changed while it was being archived (hash before ≠ hash while sealing)."""
+
+    code = "source_changed"
+    exit_status = 2
+    transient = True
+
+
+class MediaLibraryMissing(ConfigError):
+    """Raised when PyAV (FFmpeg) is not installed, so media cannot be probed."""
+
+    code = "media_library_missing"
+    exit_status = 69  # EX_UNAVAILABLE
+
+
+# --- access and audit ------------------------------------------------------------------------------
+
+
+class AccessDenied(ArchiveError):
+    """Raised when an identity lacks the role for an action, gives no reason for content, or is unknown."""
+
+    code = "access_denied"
+    exit_status = 77  # EX_NOPERM
+    http_status = 403
+
+
+class ApprovalError(ArchiveError):
+    """Raised when an approval request is unknown, already approved, or approved by its requester."""
+
+    code = "approval_refused"
+    exit_status = 77
+    http_status = 409
+
+
+class AuditError(ArchiveError):
+    """Raised when the audit log cannot be written or read."""
+
+    code = "audit_error"

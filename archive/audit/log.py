@@ -36,19 +36,13 @@ from typing import Any
 
 from archive.audit.merkle import MerkleAccumulator, leaf_hash
 from archive.dates import Duration
-from archive.errors import ArchiveError, ObjectExists, ObjectNotFound
+from archive.errors import AuditError, ObjectExists, ObjectNotFound
 from archive.store.base import LockMode, ObjectStore
 
 BATCH_FORMAT = "archive-audit-batch/1"
 CHECKPOINT_FORMAT = "archive-checkpoint/1"
 ZERO = "0" * 64
 OUTCOMES = ("ok", "denied", "error")
-
-
-class AuditError(ArchiveError):
-    """Raised when the audit log cannot be written or read."""
-
-    code = "audit_error"
 
 
 def _canonical(doc: dict) -> bytes:

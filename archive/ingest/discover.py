@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from archive.errors import ArchiveError
+from archive.errors import ArchiveError, RejectedInput
 from archive.ingest.record import InvalidMetadata
 
 MEDIA_TYPES = {
@@ -32,18 +32,6 @@ MEDIA_TYPES = {
     ".m4a": "audio/mp4", ".aac": "audio/aac", ".mp4": "video/mp4", ".webm": "video/webm",
 }
 SIDECARS = (".json", ".xml")
-
-
-class RejectedInput(ArchiveError):
-    """Raised when an input cannot be archived as it is: unsupported, too large, hostile name, no metadata."""
-
-    code = "rejected_input"
-    exit_status = 2
-    http_status = 422
-
-    def __init__(self, code: str, message: str, **details) -> None:
-        super().__init__(message, **details)
-        self.code = code
 
 
 @dataclass(frozen=True)

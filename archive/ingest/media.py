@@ -40,37 +40,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from archive.errors import ArchiveError
+from archive.errors import CorruptMedia, MediaLibraryMissing, UnsupportedMedia
 
 INSTALL_HINT = 'pip install "av>=15"'
-
-
-class MediaError(ArchiveError):
-    """Raised when a recording cannot be archived as the media it claims to be."""
-
-    code = "media_error"
-    exit_status = 2
-    http_status = 422
-
-
-class CorruptMedia(MediaError):
-    """Raised when a file is truncated, undecodable, or not the container/codec its extension claims."""
-
-    code = "corrupt_media"
-
-
-class UnsupportedMedia(MediaError):
-    """Raised when a file is real media, but of a container, codec or extension the archive does not take."""
-
-    code = "unsupported_media"
-    http_status = 415
-
-
-class MediaLibraryMissing(ArchiveError):
-    """Raised when PyAV (FFmpeg) is not installed, so media cannot be probed."""
-
-    code = "media_library_missing"
-    exit_status = 69  # EX_UNAVAILABLE
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from archive.crypto.stream import Binding
 from archive.dates import parse_duration
-from archive.errors import ArchiveError, ObjectExists, ObjectNotFound
+from archive.errors import ArchiveError, ObjectExists, ObjectNotFound, SourceChanged
 from archive.ingest.discover import Found, discover
 from archive.ingest.record import validate
 from archive.services import Archive
@@ -47,14 +47,6 @@ MANIFEST_FORMAT = "archive-manifest/1"
 # Parts up to this size (chat transcripts, email bodies) are sealed inside the manifest instead of as
 # objects of their own: half the writes for a typical chat, and the record is still one sealed commit.
 INLINE_LIMIT = 64 * 1024
-
-
-class SourceChanged(ArchiveError):
-    """Raised when an input file changed while it was being archived (hash before ≠ hash while sealing)."""
-
-    code = "source_changed"
-    exit_status = 2
-    transient = True
 
 
 @dataclass

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from archive.errors import ArchiveError
+from archive.errors import InvalidMetadata
 
 SCHEMA = "archive-record/1"
 CHANNELS = ("phone", "video", "chat", "messaging", "email")
@@ -47,18 +47,6 @@ _TOP = {"schema", "source", "channel", "direction", "started_at", "ended_at", "d
         "messages", "source_fields"}
 _PARTICIPANT = {"role", "id", "name", "phone", "email", "account", "age", "attributes"}
 _MESSAGE = {"at", "from", "text", "attachments", "id", "type"}
-
-
-class InvalidMetadata(ArchiveError):
-    """Raised when record metadata does not follow the schema; ``field`` names where."""
-
-    code = "invalid_metadata"
-    exit_status = 2
-    http_status = 400
-
-    def __init__(self, field: str, problem: str, **details: Any) -> None:
-        super().__init__(f"{field}: {problem}", field=field, **details)
-        self.field = field
 
 
 def _str(doc: Mapping, key: str, path: str, *, required: bool = False, max_len: int = 1000) -> str | None:
