@@ -3,10 +3,13 @@
 The vault is where the object store, the key provider and the sealed format meet. For every object
 name it keeps, in the store::
 
-    objects/<name>                  the sealed bytes (format in archive/crypto/stream.py), locked
-    keys/<name>.<seq:06d>.json      seal receipts: the wrapped data key plus the object's sizes, the
-                                    plaintext SHA-256 and the sealed tag digest, locked like the object;
-                                    the highest seq is current
+    objects/<name>                      the sealed bytes (format in archive/crypto/stream.py), locked
+    objects/<name>.receipt-<seq:06d>    seal receipts: the wrapped data key plus the object's sizes, the
+                                        plaintext SHA-256 and the sealed tag digest, locked like the
+                                        object; the highest seq is current
+
+Receipts sit in the object's own directory: on the filesystem store a new object then creates (and
+fsyncs) one directory, not two.
 
 The wrapped key lives beside the object, never inside it: ``rotate()`` writes a new receipt with the data
 key rewrapped under the current KEK and leaves the locked object untouched. A KEK can be destroyed only
@@ -33,20 +36,17 @@ from datetime import UTC, datetime
 from typing import BinaryIO
 
 from archive.crypto.stream import Binding, Sealer, unseal_range, unseal_stream
-from archive.errors import IntegrityError, KeyInUse, ObjectNotFound, StorageError
+from archive.errors import IntegrityError, InvalidObjectKey, KeyInUse, ObjectNotFound, StorageError
 from archive.keys.base import KeyProvider, WrappedKey
 from archive.store.base import LockMode, ObjectInfo, ObjectStore, check_key
 from archive.streams import remaining_size
 
 RECEIPT_FORMAT = "archive-receipt/1"
-_RECEIPT_SUFFIX = re.compile(r"\d{6}\.json")
-_RECEIPT_KEY = re.compile(r"keys/(.+)\.(\d{6})\.json")
+_RECEIPT_KEY = re.compile(r"objects/(.+)\.receipt-(\d{6})")
 
 
 def _receipt_key(name: str, seq: int) -> str:
-    # Beside the object's name rather than in a directory of its own: one fewer directory to create and
-    # fsync per object on the filesystem store.
-    return f"keys/{name}.{seq:06d}.json"
+    return f"objects/{name}.receipt-{seq:06d}"
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,8 @@ class Vault:
              mode: LockMode | None = None, legal_hold: bool = False) -> SealReceipt:
         """Encrypt ``source`` (read to its end, in constant memory) and store it under ``name`` with a
         fresh data key. Raises ObjectExists, InvalidObjectKey, RetentionError, StorageError, CryptoError."""
-        check_key(name)
+        if _RECEIPT_KEY.fullmatch(f"objects/{check_key(name)}"):
+            raise InvalidObjectKey(f"{name!r} is named like a seal receipt; choose another name")
         mode = LockMode.parse(mode or self.lock_mode)
         context = _context(name, binding)
         data_key, wrapped = self.keys.generate_data_key(context)
@@ -145,8 +146,8 @@ class Vault:
     # --- reading -------------------------------------------------------------------------------------
 
     def _receipt_keys(self, name: str) -> list[str]:
-        prefix = f"keys/{check_key(name)}."
-        return [k for k in self.store.list(prefix) if _RECEIPT_SUFFIX.fullmatch(k[len(prefix):])]
+        prefix = f"objects/{check_key(name)}.receipt-"
+        return [k for k in self.store.list(prefix) if k[len(prefix):].isdigit() and len(k) - len(prefix) == 6]
 
     def receipt(self, name: str) -> SealReceipt:
         """The current seal receipt of ``name``. Raises ObjectNotFound."""
@@ -207,7 +208,8 @@ class Vault:
     def names(self, prefix: str = "") -> Iterator[str]:
         """Names of sealed objects under ``prefix``."""
         for key in self.store.list(f"objects/{prefix}"):
-            yield key[len("objects/"):]
+            if not _RECEIPT_KEY.fullmatch(key):
+                yield key[len("objects/"):]
 
     # --- locks ---------------------------------------------------------------------------------------
 
@@ -236,7 +238,7 @@ class Vault:
     def current_receipts(self) -> Iterator[tuple[str, str]]:
         """(name, receipt key) of every object's current receipt."""
         latest: dict[str, tuple[int, str]] = {}
-        for key in self.store.list("keys/"):
+        for key in self.store.list("objects/"):
             m = _RECEIPT_KEY.fullmatch(key)
             if m and int(m.group(2)) > latest.get(m.group(1), (0, ""))[0]:
                 latest[m.group(1)] = (int(m.group(2)), key)

@@ -74,7 +74,7 @@ def indexed(path: Path) -> int:
 def committed_manifests(home: Path) -> int:
     """Records committed in the embedded store — a manifest with its receipt (the store is the system
     of record; the index lags by a batch)."""
-    return len(list((home / "store" / "objects" / "keys" / "records").glob("*/manifest*.000001.json#data")))
+    return len(list((home / "store" / "objects" / "objects" / "records").glob("*/manifest*.receipt-000001#data")))
 
 
 def tree_hashes(root: Path) -> dict[str, str]:

@@ -51,7 +51,7 @@ def test_the_store_never_sees_plaintext(vault):
     with vault.store.open("objects/secret") as f:
         sealed = f.read()
     assert b"4111 1111" not in sealed and b"6222021234567890" not in sealed
-    with vault.store.open(next(vault.store.list("keys/secret."))) as f:
+    with vault.store.open(next(vault.store.list("objects/secret.receipt-"))) as f:
         assert b"4111" not in f.read()
 
 
@@ -70,7 +70,7 @@ def test_a_receipt_moved_to_another_object_does_not_open(vault):
     forged = type(receipt_b)(**{**receipt_b.__dict__, "name": "c"})
     with vault.store.open("objects/b") as f:
         vault.store.put("objects/c", f)
-    vault.store.put("keys/c.000001.json", io.BytesIO(forged.to_bytes()))
+    vault.store.put("objects/c.receipt-000001", io.BytesIO(forged.to_bytes()))
     with pytest.raises(IntegrityError):
         b"".join(vault.open("c"))
 
@@ -88,7 +88,7 @@ def test_hold_extend_and_delete_cover_object_and_receipts(vault):
     vault.extend_retention("case", soon(3600))
     with pytest.raises(RetentionError):
         vault.extend_retention("case", soon(10))
-    for key in ["objects/case", "keys/case.000001.json"]:
+    for key in ["objects/case", "objects/case.receipt-000001"]:
         assert vault.store.head(key).legal_hold
         assert vault.store.head(key).retain_until >= soon(3590)
     with pytest.raises(ObjectLocked):
@@ -113,7 +113,7 @@ def test_rotation_rewraps_without_touching_locked_objects(vault):
         after = vault.store.head(f"objects/{name}")
         assert (after.size, after.version_id) == (sealed_before[name].size, sealed_before[name].version_id)
         assert vault.receipt(name).seq == 2
-        assert vault.store.head(f"keys/{name}.000002.json").retain_until >= soon(3590)
+        assert vault.store.head(f"objects/{name}.receipt-000002").retain_until >= soon(3590)
         assert b"".join(vault.open(name)) == blob
 
     seal(vault, "after-rotation", b"new")
@@ -121,7 +121,7 @@ def test_rotation_rewraps_without_touching_locked_objects(vault):
     assert all(b"".join(vault.open(n)) == blob for n, blob in data.items())
     assert b"".join(vault.open("after-rotation")) == b"new"
     # The superseded receipts are now useless: their KEK is gone.
-    with vault.store.open("keys/obj-0.000001.json") as f:
+    with vault.store.open("objects/obj-0.receipt-000001") as f:
         stale = type(vault.receipt("obj-0")).from_bytes(f.read(), "stale")
     with pytest.raises(KeyUnavailable):
         vault.keys.unwrap(stale.wrapped_key, {"archive:object": "obj-0"})
