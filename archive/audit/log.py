@@ -138,21 +138,29 @@ class AuditLog:
     def _retain_until(self) -> datetime:
         return self.retention.after(datetime.now(UTC))
 
+    def _exists(self, number: int) -> bool:
+        try:
+            self.store.head(_batch_key(number))
+            return True
+        except ObjectNotFound:
+            return False
+
     def _find_head(self) -> tuple[int, int, str]:
-        """The newest batch: (number, next sequence number, leaf hash of the last event)."""
-        keys = list(self.store.list("audit/log/"))
-        batch = int(keys[-1].rsplit("/", 1)[1].split(".")[0]) if keys else 0
-        while True:  # a writer may have added batches since the listing
-            try:
-                self._read_batch(batch + 1)
-                batch += 1
-            except ObjectNotFound:
-                break
-        if batch == 0:
+        """The newest batch: (number, next sequence number, leaf hash of the last event).
+
+        Batches are numbered 1…n without gaps, so n is found with O(log n) existence checks (doubling,
+        then bisecting) instead of listing the whole log on every command. A gap made by tampering only
+        makes a writer append into it, where verification still reports the break."""
+        if not self._exists(1):
             return 0, 0, ZERO
-        doc = self._read_batch(batch)
-        last = doc["events"][-1]
-        return batch, last["seq"] + 1, leaf_hash(_canonical(last)).hex()
+        low, high = 1, 2  # batch ``low`` exists; find a ``high`` that does not
+        while self._exists(high):
+            low, high = high, high * 2
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if self._exists(middle) else (low, middle)
+        last = self._read_batch(low)["events"][-1]
+        return low, last["seq"] + 1, leaf_hash(_canonical(last)).hex()
 
     def _read_batch(self, number: int) -> dict:
         with self.store.open(_batch_key(number)) as f:
