@@ -88,34 +88,35 @@ def check_retain_until(retain_until: datetime | None) -> datetime | None:
 # --- the WORM rules, in one place for every backend (S3 enforces them again server-side) -----------
 
 
-def check_new_retention(key: str, retain_until: datetime | None) -> datetime | None:
+def check_new_retention(key: str, retain_until: datetime | None, now: datetime | None = None) -> datetime | None:
     """The retain-until for a new object, in UTC; raises RetentionError when it is already past."""
     retain_until = check_retain_until(retain_until)
-    if retain_until is not None and retain_until <= datetime.now(UTC):
+    if retain_until is not None and retain_until <= (now or datetime.now(UTC)):
         raise RetentionError(f"retain-until {retain_until.isoformat()} for {key!r} is in the past", key=key)
     return retain_until
 
 
-def check_extension(info: ObjectInfo, retain_until: datetime, mode: LockMode | str | None) -> LockMode:
+def check_extension(info: ObjectInfo, retain_until: datetime, mode: LockMode | str | None,
+                    now: datetime | None = None) -> LockMode:
     """The lock mode after moving ``info``'s retention to ``retain_until``. Raises RetentionError when that
     would shorten retention or weaken COMPLIANCE to GOVERNANCE while locked (SEC 17a-4(f)(2)(i))."""
     if info.retain_until is not None and retain_until < info.retain_until:
         raise RetentionError(f"refusing to shorten retention of {info.key!r} from {info.retain_until.isoformat()} "
                              f"to {retain_until.isoformat()}", key=info.key)
     if info.retain_until is None:
-        check_new_retention(info.key, retain_until)
+        check_new_retention(info.key, retain_until, now)
     new_mode = LockMode.parse(mode) if mode else (info.mode or LockMode.COMPLIANCE)
-    if info.mode is LockMode.COMPLIANCE and new_mode is LockMode.GOVERNANCE and info.locked():
+    if info.mode is LockMode.COMPLIANCE and new_mode is LockMode.GOVERNANCE and info.locked(now):
         raise RetentionError(f"refusing to weaken {info.key!r} from COMPLIANCE to GOVERNANCE", key=info.key)
     return new_mode
 
 
-def check_deletable(info: ObjectInfo, *, bypass_governance: bool = False) -> None:
+def check_deletable(info: ObjectInfo, *, bypass_governance: bool = False, now: datetime | None = None) -> None:
     """Raise ObjectLocked unless ``info`` may be deleted now: no legal hold, and retention has passed
     (or is GOVERNANCE and the caller bypasses it)."""
     if info.legal_hold:
         raise ObjectLocked(f"object {info.key!r} is under legal hold", key=info.key)
-    if info.retain_until and info.retain_until > datetime.now(UTC) and not (
+    if info.retain_until and info.retain_until > (now or datetime.now(UTC)) and not (
             bypass_governance and info.mode is LockMode.GOVERNANCE):
         raise ObjectLocked(f"object {info.key!r} is retained in {info.mode.value if info.mode else '?'} mode until "
                            f"{info.retain_until.isoformat()}", key=info.key)

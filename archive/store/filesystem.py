@@ -18,7 +18,8 @@ A put creates (and fsyncs) any missing directories, streams into a file with no 
 and fsyncs the directory: a crash at any point leaves either no object or the whole object, never a
 visible partial one. An object is visible exactly when its ``#data`` file exists.
 
-The WORM rules are enforced by this library. A user with shell access to the directory can still delete
+The WORM rules are enforced by this library, against the store's own clock (``clock``, the system clock
+unless a test injects one) — the archive's clock deciding that a record is due never unlocks an object. A user with shell access to the directory can still delete
 files, so this store is for single-machine use and tests; for SEC 17a-4(f) compliant non-rewriteable,
 non-erasable storage, use the S3 store on a bucket with Object Lock in COMPLIANCE mode.
 """
@@ -33,7 +34,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -153,8 +154,11 @@ def _open_unnamed(directory: Path) -> int | None:
 class FilesystemStore:
     """Objects in a local directory, write-once, with retention and legal holds."""
 
-    def __init__(self, root: Path, *, create: bool = False) -> None:
+    def __init__(self, root: Path, *, create: bool = False, clock=None) -> None:
         self.root = Path(root)
+        from archive.clock import SYSTEM
+
+        self.clock = clock or SYSTEM
         if create:
             for sub in ("objects", "tmp"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -233,10 +237,10 @@ class FilesystemStore:
             mode: LockMode = LockMode.COMPLIANCE, legal_hold: bool = False) -> ObjectInfo:
         final = self._path(key, _DATA)
         mode = LockMode.parse(mode)
-        retain_until = check_new_retention(key, retain_until)
+        retain_until = check_new_retention(key, retain_until, self.clock.now())
         if final.exists():
             raise ObjectExists(f"object {key!r} already exists; sealed objects are written once", key=key)
-        state = {"object_id": uuid.uuid4().hex, "created": datetime.now(UTC).isoformat(),
+        state = {"object_id": uuid.uuid4().hex, "created": self.clock.now().isoformat(),
                  "legal_hold": bool(legal_hold), "retain_until": retain_until.isoformat() if retain_until else None,
                  "mode": mode.value if retain_until else None}
         raw = json.dumps(state).encode()
@@ -311,13 +315,13 @@ class FilesystemStore:
         retain_until = check_retain_until(retain_until)
         with self._locked():
             state, _, size = self._state(key)
-            new_mode = check_extension(self._info(key, state, size), retain_until, mode)
+            new_mode = check_extension(self._info(key, state, size), retain_until, mode, self.clock.now())
             self._change(key, {**state, "retain_until": retain_until.isoformat(), "mode": new_mode.value})
 
     def delete(self, key: str, *, bypass_governance: bool = False) -> None:
         with self._locked():
             state, _, size = self._state(key)
-            check_deletable(self._info(key, state, size), bypass_governance=bypass_governance)
+            check_deletable(self._info(key, state, size), bypass_governance=bypass_governance, now=self.clock.now())
             data = self._path(key, _DATA)
             data.unlink()
             self._path(key, _META).unlink(missing_ok=True)
