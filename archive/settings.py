@@ -20,7 +20,8 @@ accepted. Secrets (S3 secret key) are kept out of ``repr`` so they never reach a
 | ARCHIVE_KMS_ENDPOINT_URL     | (AWS)                         | KMS endpoint (for a KMS-compatible service)   |
 | ARCHIVE_KMS_REGION           | ARCHIVE_S3_REGION             | KMS region                                    |
 | ARCHIVE_MAX_INPUT_BYTES      | 10737418240 (10 GiB)          | larger input files are rejected at ingest     |
-| ARCHIVE_DEFAULT_RETENTION    | P7Y                           | lock period from a record's start until retention policies apply |
+| ARCHIVE_POLICIES             | (the shipped ``policies/``)   | directory of retention policy files (*.yaml)   |
+| ARCHIVE_MIN_LOCK             | P1D                           | shortest lock ever written: a record that arrives already due is still kept this long |
 | ARCHIVE_AUDIT_RETENTION      | P10Y                          | lock period of audit-log batches and checkpoints |
 | ARCHIVE_ACTOR                | (the OS user)                 | who the CLI acts as, when --actor is not given |
 """
@@ -60,7 +61,8 @@ class Settings:
     kms_endpoint_url: str | None = None
     kms_region: str | None = None
     max_input_bytes: int = 10 * 1024**3
-    default_retention: str = "P7Y"
+    policies_dir: Path | None = None
+    min_lock: str = "P1D"
     audit_retention: str = "P10Y"
     actor: str | None = None
 
@@ -118,7 +120,14 @@ class Settings:
         if kms_endpoint:
             _check_http_url(kms_endpoint, "ARCHIVE_KMS_ENDPOINT_URL")
         region = env.get("ARCHIVE_S3_REGION") or "us-east-1"
-        retention = _duration(env, "ARCHIVE_DEFAULT_RETENTION", "P7Y")
+        policies = env.get("ARCHIVE_POLICIES") or None
+        policies_dir = None
+        if policies:
+            policies_dir = Path(policies) if Path(policies).is_absolute() else base / policies
+            if not policies_dir.is_dir():
+                raise ConfigError(f"ARCHIVE_POLICIES={policies!r} is not a directory of policy files",
+                                  variable="ARCHIVE_POLICIES")
+        min_lock = _duration(env, "ARCHIVE_MIN_LOCK", "P1D")
         audit_retention = _duration(env, "ARCHIVE_AUDIT_RETENTION", "P10Y")
 
         return cls(
@@ -136,7 +145,8 @@ class Settings:
             kms_endpoint_url=kms_endpoint,
             kms_region=env.get("ARCHIVE_KMS_REGION") or region,
             max_input_bytes=_int(env, "ARCHIVE_MAX_INPUT_BYTES", 10 * 1024**3, 1, 2**50),
-            default_retention=retention,
+            policies_dir=policies_dir,
+            min_lock=min_lock,
             audit_retention=audit_retention,
             actor=env.get("ARCHIVE_ACTOR") or None,
         )

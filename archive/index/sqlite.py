@@ -32,6 +32,16 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX records_source ON records (source_system, interaction_id);
         CREATE VIRTUAL TABLE records_text USING fts5 (record_id UNINDEXED, text, tokenize = 'trigram');
     """),
+    # Which records an event names: by account, contract or customer id (retention triggers, holds).
+    ("0002_record_keys", """
+        CREATE TABLE record_keys (
+            record_id TEXT NOT NULL,
+            kind      TEXT NOT NULL,
+            value     TEXT NOT NULL,
+            PRIMARY KEY (kind, value, record_id)
+        );
+        CREATE INDEX record_keys_record ON record_keys (record_id);
+    """),
 ]
 
 
@@ -95,6 +105,9 @@ class SqliteIndex:
                                      meta["source"]["interaction_id"], json.dumps(manifest, ensure_ascii=False)))
                     self.db.execute("DELETE FROM records_text WHERE record_id = ?", (rid,))
                     self.db.execute("INSERT INTO records_text VALUES (?, ?)", (rid, searchable_text(manifest)))
+                    self.db.execute("DELETE FROM record_keys WHERE record_id = ?", (rid,))
+                    self.db.executemany("INSERT OR IGNORE INTO record_keys VALUES (?, ?, ?)",
+                                        [(rid, kind, value) for kind, value in record_keys(meta)])
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
@@ -131,6 +144,31 @@ class SqliteIndex:
             rows = self.db.execute(sql, (*params, limit))
         return [json.loads(r[0]) for r in rows]
 
+    def find(self, kind: str, value: str) -> list[str]:
+        """Records naming ``value`` as their ``kind``: account, contract or customer."""
+        with self._lock:
+            self.flush()
+            rows = self.db.execute("SELECT record_id FROM record_keys WHERE kind = ? AND value = ? ORDER BY record_id",
+                                   (kind, value)).fetchall()
+        return [r[0] for r in rows]
+
+    def ids(self, query: str, limit: int = 100_000) -> list[str]:
+        """Record ids matching ``query`` (as :meth:`search`)."""
+        return [m["record_id"] for m in self.search(query, limit=limit)]
+
+    def delete(self, record_id: str) -> None:
+        """Remove a disposed record."""
+        with self._lock:
+            self.flush()
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for table in ("records", "records_text", "record_keys"):
+                    self.db.execute(f"DELETE FROM {table} WHERE record_id = ?", (record_id,))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
     def count(self) -> int:
         with self._lock:
             self.flush()
@@ -140,6 +178,15 @@ class SqliteIndex:
         with closing(self.db.execute("SELECT record_id FROM records ORDER BY record_id")) as cur:
             for row in cur:
                 yield row[0]
+
+
+def record_keys(meta: dict) -> list[tuple[str, str]]:
+    """(kind, value) pairs events select records by."""
+    keys = [("contract", meta["contract_id"])] if meta.get("contract_id") else []
+    for p in meta.get("participants", []):
+        if p.get("role") == "customer":
+            keys += [(k, p[v]) for k, v in (("account", "account"), ("customer", "id"), ("phone", "phone")) if p.get(v)]
+    return keys
 
 
 def searchable_text(manifest: dict) -> str:
@@ -156,4 +203,8 @@ def searchable_text(manifest: dict) -> str:
             bits.append(m["text"])
     for part in manifest.get("parts", []):
         bits += [part["name"], part.get("filename") or ""]
+    retention = manifest.get("retention") or {}
+    bits += [p["id"] for p in retention.get("policies", [])]
+    bits += [f["code"] for f in manifest.get("findings", [])]
+    bits += manifest.get("holds", [])
     return "\n".join(b for b in bits if b)

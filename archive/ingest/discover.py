@@ -6,6 +6,8 @@ Rules, per directory (walked recursively, in name order, never following symboli
   the same stem: media files of one stem are one record (a dual-recording session may have ``.mp4`` and
   ``.wav``), and its metadata comes from the sidecar ``<stem>.json`` (the record schema) and/or
   ``<stem>.xml`` (SIPREC, RFC 7865). A recording without a sidecar is rejected: metadata is required.
+  A transcript of the call may come beside it as ``<stem>.txt`` (UTF-8 text) or ``<stem>.vtt`` (WebVTT);
+  it is archived as the record's ``transcript`` part and checked for mandated phrases.
 * ``.json`` without a recording of the same stem is a chat transcript (format detected, or named);
 * ``.eml`` is an email (RFC 5322);
 * anything else is rejected as an unsupported format; hidden files (``.name``) are skipped.
@@ -32,6 +34,7 @@ MEDIA_TYPES = {
     ".m4a": "audio/mp4", ".aac": "audio/aac", ".mp4": "video/mp4", ".webm": "video/webm",
 }
 SIDECARS = (".json", ".xml")
+TRANSCRIPTS = {".txt": "text/plain; charset=utf-8", ".vtt": "text/vtt; charset=utf-8"}
 
 
 @dataclass(frozen=True)
@@ -127,8 +130,9 @@ def _group(directory: Path, names: list[str], limits: Limits) -> Iterator[Found]
                     "metadata_missing", f"{origin}: no metadata — put {stem}.json (record schema) or {stem}.xml "
                                         "(SIPREC) beside the recording"))
                 continue
-            yield Found(origin, load=_recording_loader(directory, media, sidecars))
-            for other in sorted(set(group) - set(media) - {p.name for p in sidecars}):
+            transcripts = [exts[e] for e in TRANSCRIPTS if e in exts]
+            yield Found(origin, load=_recording_loader(directory, media, sidecars, transcripts))
+            for other in sorted(set(group) - set(media) - {p.name for p in sidecars} - set(transcripts)):
                 yield Found(_show(directory / other), rejection=_unsupported(directory / other))
             continue
         for name in group:
@@ -164,7 +168,7 @@ def _opener(path: Path) -> Callable:
     return lambda: open(path, "rb")
 
 
-def _recording_loader(directory: Path, media: list[str], sidecars: list[Path]):
+def _recording_loader(directory: Path, media: list[str], sidecars: list[Path], transcripts: list[str] = ()):
     def load():
         from archive.ingest.media import probe
         from archive.ingest.pipeline import PartInput
@@ -196,6 +200,15 @@ def _recording_loader(directory: Path, media: list[str], sidecars: list[Path]):
             parts.append(PartInput(part_name, info.media_type, _opener(path), filename=name, media=info.to_json()))
             if metadata.get("duration_s") is None and info.duration_s:
                 metadata["duration_s"] = round(info.duration_s, 3)
+        for i, name in enumerate(transcripts, 1):
+            path = directory / name
+            try:
+                path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InvalidMetadata(name, f"transcript is not UTF-8 text ({e.reason} at byte {e.start})") from None
+            media_type = TRANSCRIPTS[os.path.splitext(name)[1].lower()]
+            parts.append(PartInput("transcript" if i == 1 else f"transcript-{i}", media_type, _opener(path),
+                                   filename=name))
         yield metadata, parts, fmt
 
     return load

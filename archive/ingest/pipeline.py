@@ -18,6 +18,11 @@ found on disk (:mod:`archive.ingest.discover`) and each becomes zero or more rec
 * the source is only ever read: never moved, renamed, modified or deleted. It is hashed before sealing
   and the sealer hashes it again while sealing: a file that changed in between is refused.
 
+Each record is locked as its retention policies decide (:mod:`archive.retention`): the decision and the
+dual-recording findings are computed before anything is sealed, every object of the record is locked
+until the decided date in the decided mode, and both are kept in the manifest. An invalid policy set stops
+the run before the first input: nothing is archived under rules that could be wrong.
+
 Bad input is rejected with a reason and recorded in the quarantine log (``quarantine/`` in the store,
 sealed like everything else), which ``archive quarantine list`` shows.
 """
@@ -37,10 +42,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from archive.crypto.stream import Binding
-from archive.dates import parse_duration
 from archive.errors import ArchiveError, ObjectExists, ObjectNotFound, SourceChanged
 from archive.ingest.discover import Found, discover
 from archive.ingest.record import validate
+from archive.retention.decide import decide, findings
+from archive.retention.service import Retention
 from archive.services import Archive
 
 MANIFEST_FORMAT = "archive-manifest/1"
@@ -116,12 +122,12 @@ def _candidates(name: str, attempts: int = 9) -> Iterator[str]:
 class Ingestor:
     """Runs the pipeline against one archive and its index."""
 
-    def __init__(self, archive: Archive, index, *, retention: str = "P7Y") -> None:
+    def __init__(self, archive: Archive, index, *, retention: Retention | None = None) -> None:
         self.archive = archive
         self.vault = archive.vault
         self.index = index
-        # Until retention policies land, every record is locked for one configured period from its start.
-        self.retention = parse_duration(retention)
+        self.retention = retention or Retention(archive, index, policies_dir=archive.settings.policies_dir,
+                                                min_lock=archive.settings.min_lock)
         self._lock = threading.Lock()
         self._record_locks: dict[str, threading.Lock] = {}
 
@@ -145,34 +151,37 @@ class Ingestor:
     def _commit(self, rid: str, metadata: dict, parts: list[PartInput], *, origin: str, fmt: str) -> tuple[str, bool]:
         existing = self.committed(rid)
         if existing is not None:
-            self.index.upsert(existing)  # a run that died after the commit but before indexing
+            self.index.upsert(self.retention.view(existing))  # a run that died after the commit, before indexing
             return rid, False
 
-        started = datetime.fromisoformat(metadata["started_at"].replace("Z", "+00:00"))
-        retain_until = max(self.retention.after(started), datetime.now(UTC)).astimezone(UTC)
-        sealed = [self._inline_part(part) if part.size <= INLINE_LIMIT else self._seal_part(rid, part, retain_until)
-                  for part in parts]
+        policies = self.retention.policy_set()
+        now = self.retention.clock.now()
+        decision = decide(rid, metadata, self.retention.events(), policies, now)
+        retain_until, mode = self.retention.lock_date(decision), decision["lock_mode"]
+        sealed = [self._inline_part(part) if part.size <= INLINE_LIMIT
+                  else self._seal_part(rid, part, retain_until, mode) for part in parts]
+        found, checks = findings(metadata, sealed, policies.matching(metadata), _transcript_text(metadata, parts))
         manifest = {
             "format": MANIFEST_FORMAT, "record_id": rid,
-            "ingested_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "ingested_at": now.isoformat(timespec="milliseconds"),
             "input": {"origin": origin, "format": fmt},
-            "retention": {"retain_until": retain_until.isoformat(), "basis": f"default {self.retention.text} "
-                          "from started_at (retention policies not yet configured)"},
+            "retention": decision, "findings": found, **({"checks": checks} if checks else {}),
             "metadata": metadata, "parts": sealed,
         }
         raw = json.dumps(manifest, ensure_ascii=False, sort_keys=True).encode()
         for name in _candidates(f"records/{rid}/manifest"):
             try:
-                self.vault.seal(name, io.BytesIO(raw), Binding(rid, "manifest"), retain_until=retain_until)
+                self.vault.seal(name, io.BytesIO(raw), Binding(rid, "manifest"), retain_until=retain_until,
+                                mode=mode)
             except ObjectExists:
                 existing = self.committed(rid)
                 if existing is not None:  # a concurrent run committed it first
-                    self.index.upsert(existing)
+                    self.index.upsert(self.retention.view(existing))
                     return rid, False
                 continue  # a dead run sealed it but never wrote its receipt: WORM, so a new name
             if self._read_json(name) != manifest:
                 raise ArchiveError(f"{name}: manifest read back differs from what was sealed")
-            self.index.upsert(manifest)
+            self.index.upsert(self.retention.view(manifest, decision, cases=[]))
             return rid, True
         raise ArchiveError(f"records/{rid}/manifest: too many interrupted attempts")
 
@@ -185,7 +194,7 @@ class Ingestor:
                 continue
         return None
 
-    def _seal_part(self, rid: str, part: PartInput, retain_until: datetime) -> dict:
+    def _seal_part(self, rid: str, part: PartInput, retain_until: datetime, mode: str) -> dict:
         binding = Binding(rid, part.name)
         for candidate in _candidates(f"records/{rid}/part.{part.name}"):
             try:
@@ -195,7 +204,7 @@ class Ingestor:
             if receipt is None:
                 try:
                     with part.open() as f:
-                        receipt = self.vault.seal(candidate, f, binding, retain_until=retain_until)
+                        receipt = self.vault.seal(candidate, f, binding, retain_until=retain_until, mode=mode)
                 except ObjectExists:
                     continue  # sealed by a run that died before writing its receipt: WORM, so new name
             if receipt.plaintext_sha256 != part.sha256:
@@ -248,6 +257,7 @@ class Ingestor:
         in flight at once: a small record is mostly fsync latency, which threads overlap (the filesystem
         commits their journal entries together)."""
         summary = Summary()
+        self.retention.policy_set()  # an invalid policy set stops the run before the first input
         try:
             self._run(paths, limits, progress, workers, summary)
         finally:
@@ -300,6 +310,17 @@ class Ingestor:
         """Every rejected input: origin, code, reason, when."""
         entries = [self._read_json(name) for name in self.vault.names("quarantine/")]
         yield from sorted(entries, key=lambda e: (e["at"], e["origin"]))
+
+
+def _transcript_text(metadata: dict, parts: list[PartInput]) -> str | None:
+    """What was said or written, for the mandated-phrase checks: chat and email messages, and text
+    transcripts supplied with a recording (.txt, .vtt)."""
+    texts = [m["text"] for m in metadata.get("messages", []) if m.get("text")]
+    for part in parts:
+        if part.name.startswith("transcript") and part.media_type.startswith("text/"):
+            with part.open() as f:
+                texts.append(f.read(16 * 1024 * 1024).decode("utf-8", "replace"))
+    return "\n".join(texts) or None
 
 
 def as_json(summary: Summary) -> dict:

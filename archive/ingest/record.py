@@ -18,6 +18,7 @@ Metadata (JSON, ``schema: "archive-record/1"``)::
                      age, attributes{}}]                             at least one
     business_line, product, product_type, jurisdiction (ISO 3166 alpha-2, or with subdivision "CN-31"),
     language (BCP 47), subject, contract_id, tags [str]              optional
+    contract_term  ISO-8601 duration of the contract sold (P1Y, P10Y) optional; retention policies match it
     messages       [{at, from, text, attachments[]}]                 chats and email: the thread
     source_fields  {…}                                               the source's own fields, verbatim
 
@@ -43,7 +44,8 @@ _E164 = re.compile(r"\+[1-9]\d{4,14}")
 _JURISDICTION = re.compile(r"[A-Z]{2}(-[A-Z0-9]{1,3})?")
 _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*")
 _TOP = {"schema", "source", "channel", "direction", "started_at", "ended_at", "duration_s", "participants",
-        "business_line", "product", "product_type", "jurisdiction", "language", "subject", "contract_id", "tags",
+        "business_line", "product", "product_type", "jurisdiction", "language", "subject", "contract_id",
+        "contract_term", "tags",
         "messages", "source_fields"}
 _PARTICIPANT = {"role", "id", "name", "phone", "email", "account", "age", "attributes"}
 _MESSAGE = {"at", "from", "text", "attachments", "id", "type"}
@@ -130,6 +132,14 @@ def validate(doc: Any) -> dict:
             raise InvalidMetadata(f"{path}attributes", "must be an object")
     for key in ("business_line", "product", "product_type", "subject", "contract_id"):
         _str(doc, key, "")
+    term = _str(doc, "contract_term", "", max_len=32)
+    if term is not None:
+        from archive.dates import parse_duration
+
+        try:
+            parse_duration(term)
+        except ValueError:
+            raise InvalidMetadata("contract_term", f"{term!r} is not an ISO-8601 duration such as P1Y or P6M") from None
     jurisdiction = _str(doc, "jurisdiction", "", max_len=6)
     if jurisdiction is not None and not _JURISDICTION.fullmatch(jurisdiction):
         raise InvalidMetadata("jurisdiction", f"{jurisdiction!r} is not an ISO 3166 code such as CN or US-NY")
