@@ -6,8 +6,8 @@ Roles (least privilege; an identity may hold several):
 |---------|----------------------------------------------------------------------------|
 | ingest  | ingest (write only: nothing it archives can be read back through this role) |
 | auditor | search, view, retrieve (play back), read the quarantine and the audit trail |
-| legal   | what an auditor may, plus holds and exports                                |
-| admin   | keys, identities, checkpoints, low-level object administration, disposition |
+| legal   | what an auditor may, plus holds, exports and retention trigger events      |
+| admin   | keys, identities, checkpoints, object administration, trigger events, disposition |
 
 Viewing or retrieving content needs a stated reason (``--reason``), recorded with the access. Every
 attempt — allowed, denied or failed — is an audit event; a denied one is recorded *before* the error is
@@ -29,10 +29,11 @@ from archive.errors import AccessDenied, ArchiveError
 ROLES = ("ingest", "auditor", "legal", "admin")
 PERMISSIONS: dict[str, frozenset[str]] = {
     "ingest": frozenset({"ingest"}),
-    "auditor": frozenset({"search", "view", "retrieve", "quarantine-read", "audit-read"}),
-    "legal": frozenset({"search", "view", "retrieve", "quarantine-read", "audit-read", "hold", "export"}),
+    "auditor": frozenset({"search", "view", "retrieve", "quarantine-read", "audit-read", "policy-read"}),
+    "legal": frozenset({"search", "view", "retrieve", "quarantine-read", "audit-read", "policy-read", "hold",
+                        "export", "retention-event"}),
     "admin": frozenset({"keys", "identity", "audit-checkpoint", "audit-read", "object-admin", "disposition",
-                        "quarantine-read"}),
+                        "quarantine-read", "policy-read", "retention-event"}),
 }
 NEEDS_REASON = frozenset({"view", "retrieve", "export"})
 
@@ -136,7 +137,9 @@ def denied_without_identity(audit: AuditLog, actor: str | None, action: str, tar
 # workers and the API name operations from this table; nothing reaches records except through Session.run.
 OPERATIONS: dict[str, str] = {
     "ingest": "ingest", "view": "view", "retrieve": "retrieve", "search": "search",
-    "quarantine-list": "quarantine-read", "hold": "hold", "export": "export",
+    "quarantine-list": "quarantine-read", "hold": "hold", "hold-list": "policy-read", "export": "export",
+    "policy-list": "policy-read", "policy-check": "policy-read", "policy-explain": "policy-read",
+    "retention-event": "retention-event", "disposition-plan": "disposition", "disposition": "disposition",
     # four-eyes (archive/approvals.py): releasing a hold is requested by one legal identity and approved
     # by another; approving needs the permission of the action approved — "hold" for the only one so far
     "hold-release-request": "hold", "approve": "hold",

@@ -138,7 +138,14 @@ def cmd_approve(archive: Archive, args: argparse.Namespace) -> int:
     request = Approvals(archive.store).approve(args.request_id, approved_by=args.actor or archive.settings.actor,
                                                reason=args.reason)
     args.audit_target.update({"request": args.request_id, **request["target"]})
-    if request["action"] == "hold-release":
+    if request["action"] == "hold-release" and "case" in request["target"]:
+        case = request["target"]["case"]
+        released = _retention(archive).release_hold(case, by=args.actor or archive.settings.actor,
+                                                    approval=args.request_id, reason=args.reason)
+        args.audit_target["records"] = released
+        _out({"approved": args.request_id, "requested_by": request["requested_by"], "case": case,
+              "released": released})
+    elif request["action"] == "hold-release":
         archive.vault.set_legal_hold(request["target"]["object"], False)
         _out({"approved": args.request_id, "requested_by": request["requested_by"],
               **_info(archive.vault.head(request["target"]["object"]))})
@@ -192,11 +199,19 @@ def cmd_keys_destroy(archive: Archive, args: argparse.Namespace) -> int:
 # --- records ---------------------------------------------------------------------------------------
 
 
-def _ingestor(archive: Archive):
+def _retention(archive: Archive):
     from archive.index.sqlite import SqliteIndex
+    from archive.retention.service import Retention
+
+    return Retention(archive, SqliteIndex(archive.settings.index_path), policies_dir=archive.settings.policies_dir,
+                     min_lock=archive.settings.min_lock)
+
+
+def _ingestor(archive: Archive):
     from archive.ingest.pipeline import Ingestor
 
-    return Ingestor(archive, SqliteIndex(archive.settings.index_path), retention=archive.settings.default_retention)
+    retention = _retention(archive)
+    return Ingestor(archive, retention.index, retention=retention)
 
 
 def cmd_ingest(archive: Archive, args: argparse.Namespace) -> int:
@@ -266,7 +281,15 @@ def cmd_show(archive: Archive, args: argparse.Namespace) -> int:
         media = part.get("media") or {}
         extra = " ".join(f"{k}={media[k]}" for k in ("codec", "duration_s", "channels", "sample_rate") if media.get(k))
         print(f"  part        {part['name']:<12} {part['size']:>10} B  sha256={part['sha256'][:16]}…  {extra}")
-    print(f"  retained    until {manifest['retention']['retain_until']} ({manifest['retention']['basis']})")
+    retention = _retention(archive)
+    decision = retention.decision(manifest["record_id"], manifest)
+    pending = "" if decision["final"] else f", provisional: waiting for {', '.join(decision['pending'])}"
+    print(f"  retained    until {decision['retain_until']} under {decision['governing']}{pending}")
+    cases = retention.held_records().get(manifest["record_id"], [])
+    if cases:
+        print(f"  legal hold  {', '.join(cases)}")
+    for f in manifest.get("findings", []):
+        print(f"  finding     {f['code']}: {f['detail']}")
     for m in meta.get("messages", [])[: args.messages]:
         print(f"  {m['at'][:19]}  {m['from']}: {(m.get('text') or '').strip()[:200]}")
     return 0
@@ -387,6 +410,142 @@ def cmd_audit_show(archive: Archive, args: argparse.Namespace) -> int:
     return 0
 
 
+# --- retention ----------------------------------------------------------------------------------------
+
+
+def cmd_policy_list(archive: Archive, args: argparse.Namespace) -> int:
+    policies = _retention(archive).policy_set()
+    rows = [{"id": p.id, "version": p.version, "title": p.title, "citation": p.citation, "default": p.default,
+             "retain": [f"{c.period.text} from {c.trigger}" for c in p.retain], "lock_mode": p.lock_mode,
+             "on_expiry": p.on_expiry, "dual_recording": p.dual_recording is not None, "file": p.file}
+            for p in policies.policies]
+    if args.json:
+        _out({"directory": policies.directory, "fingerprint": policies.fingerprint(), "policies": rows})
+        return 0
+    for r in rows:
+        flags = " (default)" if r["default"] else (" (双录)" if r["dual_recording"] else "")
+        print(f"{r['id']:<34} v{r['version']:<3} {'; '.join(r['retain']):<48} {r['on_expiry']:<7}{flags}")
+    print(f"{len(rows)} policies in {policies.directory}", file=sys.stderr)
+    return 0
+
+
+def cmd_policy_check(archive: Archive, args: argparse.Namespace) -> int:
+    from archive.retention.policy import load_policies
+
+    retention = _retention(archive)
+    directory = Path(args.directory) if args.directory else retention.policies_dir
+    policies = load_policies(directory, known_versions=retention.known_versions())
+    print(f"{directory}: {len(policies.policies)} policies valid (fingerprint {policies.fingerprint()[:16]}…)")
+    return 0
+
+
+def cmd_policy_explain(archive: Archive, args: argparse.Namespace) -> int:
+    from archive.retention.decide import explain
+
+    retention = _retention(archive)
+    manifest = retention.manifest(args.record_id)
+    decision = retention.decision(args.record_id, manifest)
+    cases = retention.held_records().get(args.record_id, [])
+    if args.json:
+        _out({"record_id": args.record_id, "decision": decision, "holds": cases,
+              "findings": manifest.get("findings", []), "checks": manifest.get("checks", {})})
+        return 0
+    print(f"{args.record_id}: {explain(decision)}")
+    if cases:
+        print(f"  legal hold: {', '.join(cases)} — not disposed of whatever the dates, until released")
+    for f in manifest.get("findings", []):
+        print(f"  finding {f['code']} ({f['policy']}): {f['detail']}")
+    return 0
+
+
+def cmd_event(archive: Archive, args: argparse.Namespace) -> int:
+    event, changed = _retention(archive).add_event(
+        args.kind, date=args.date, by=args.actor or archive.settings.actor, account=args.account,
+        contract=args.contract, customer=args.customer, records=args.records or None, dispute=args.dispute,
+        until=args.until, note=args.note)
+    args.audit_target.update({"event": event["id"], "kind": args.kind, "records": [c["record_id"] for c in changed]})
+    if args.json:
+        _out({"event": event, "changed": changed})
+        return 0
+    print(f"recorded {event['kind']} {event['id']} ({event['date'][:10]})")
+    for c in changed:
+        print(f"  {c['record_id']}  {c['before'][:10]} -> {c['after'][:10]}"
+              + ("" if c["final"] else f"  (still waiting for {', '.join(c['pending'])})"))
+    print(f"{len(changed)} record(s) changed", file=sys.stderr)
+    return 0
+
+
+def cmd_hold_place(archive: Archive, args: argparse.Namespace) -> int:
+    retention = _retention(archive)
+    records = list(args.records)
+    if args.query:
+        records += retention.index.ids(args.query)
+    held = retention.place_hold(args.case_id, sorted(set(records)), by=args.actor or archive.settings.actor,
+                                reason=args.reason, query=args.query)
+    args.audit_target["records"] = held
+    print(f"legal hold {args.case_id} placed on {len(held)} record(s)")
+    for rid in held:
+        print(f"  {rid}")
+    return 0
+
+
+def cmd_hold_release(archive: Archive, args: argparse.Namespace) -> int:
+    from archive.approvals import Approvals
+    from archive.errors import ApprovalError
+
+    cases = _retention(archive).holds()
+    if args.case_id not in cases or not cases[args.case_id]["active"]:
+        raise ApprovalError(f"no active legal hold {args.case_id!r}", case=args.case_id)
+    request_id = Approvals(archive.store).request("hold-release", {"case": args.case_id},
+                                                  requested_by=args.actor or archive.settings.actor,
+                                                  reason=args.reason)
+    args.audit_target.update({"request": request_id, "records": cases[args.case_id]["records"]})
+    print(f"release of legal hold {args.case_id} requested: {request_id}\n"
+          f"a second, different legal identity must run: archive approve {request_id} --reason ...")
+    return 0
+
+
+def cmd_hold_list(archive: Archive, args: argparse.Namespace) -> int:
+    cases = _retention(archive).holds()
+    if args.json:
+        _out(list(cases.values()))
+        return 0
+    for case in cases.values():
+        placed = next((h for h in case["history"] if h["action"] == "place"), {})
+        state = "active" if case["active"] else "released"
+        print(f"{case['case']:<20} {state:<9} {len(case['records']):>5} record(s)  placed {str(placed.get('at'))[:19]} "
+              f"by {placed.get('by')}  reason: {placed.get('reason') or '-'}")
+    return 0
+
+
+def cmd_dispose(archive: Archive, args: argparse.Namespace) -> int:
+    retention = _retention(archive)
+    plans = retention.plan(reviewed=set(args.reviewed or []))
+    args.audit_target["dry_run"] = args.dry_run
+    results = []
+    if not args.dry_run:
+        signer = archive.keys.signer() if hasattr(archive.keys, "signer") else None
+        results = retention.dispose(plans, by=args.actor or archive.settings.actor, signer=signer)
+        args.audit_target["records"] = [r["record_id"] for r in results if r["action"] == "deleted"]
+        args.audit_target["certificates"] = {r["record_id"]: r["certificate_sha256"] for r in results
+                                             if r["action"] == "deleted"}
+    if args.json:
+        _out({"dry_run": args.dry_run, "at": retention.clock.now().isoformat(timespec="seconds"),
+              "plans": [p.as_dict() for p in plans], **({} if args.dry_run else {"results": results})})
+        return 0
+    for p in plans:
+        print(f"{'would ' if args.dry_run and p.action == 'delete' else ''}{p.action:<8} {p.record_id}  "
+              f"due {p.retain_until[:10]}  {p.why}")
+    for r in results:
+        extra = f"certificate {r['certificate']}" if r["action"] == "deleted" else r.get("why", "")
+        print(f"{r['action']:<12} {r['record_id']}  {extra}")
+    counts: dict[str, int] = {}
+    for p in plans:
+        counts[p.action] = counts.get(p.action, 0) + 1
+    print(", ".join(f"{n} {a}" for a, n in sorted(counts.items())) or "nothing is due", file=sys.stderr)
+    return 0
+
+
 # What each command does, in the audit trail's words, and the permission it needs (archive/access.py).
 # Which library operation (OPERATIONS in archive/access.py) each command performs.
 OPERATION_OF: dict[Callable, str | Callable] = {
@@ -397,6 +556,10 @@ OPERATION_OF: dict[Callable, str | Callable] = {
     cmd_keys_status: "key-status", cmd_keys_rotate: "key-rotation", cmd_keys_destroy: "key-destroy",
     cmd_audit_checkpoint: "audit-checkpoint", cmd_audit_verify: "audit-verify", cmd_audit_show: "audit-show",
     cmd_identity_list: "identity-list", cmd_identity_set: "identity-change",
+    cmd_policy_list: "policy-list", cmd_policy_check: "policy-check", cmd_policy_explain: "policy-explain",
+    cmd_event: "retention-event", cmd_hold_place: "hold", cmd_hold_release: "hold-release-request",
+    cmd_hold_list: "hold-list",
+    cmd_dispose: lambda archive, args: "disposition-plan" if args.dry_run else "disposition",
 }
 
 
@@ -417,6 +580,8 @@ def _target(args: argparse.Namespace) -> dict:
         target["identity"] = args.identity
     if getattr(args, "part", None):
         target["part"] = args.part
+    if getattr(args, "case_id", None):
+        target["case"] = args.case_id
     return target
 
 
@@ -562,6 +727,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print events and proofs as JSON")
     p.set_defaults(run=cmd_audit_show)
 
+    pol = sub.add_parser("policy", help="retention policies: list, check, explain a record's decision",
+                         description="Retention policies are YAML files in ARCHIVE_POLICIES (default: the shipped "
+                                     "policies/). See archive/retention/policy.py for the schema.")
+    psub = pol.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    p = psub.add_parser("list", help="the policies in force", description="List the loaded policies.")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(run=cmd_policy_list)
+    p = psub.add_parser("check", help="validate a policy directory",
+                        description="Validate every policy file in DIRECTORY (default: the one in force), "
+                                    "including versions against those this archive already applied.")
+    p.add_argument("directory", nargs="?")
+    p.set_defaults(run=cmd_policy_check)
+    p = psub.add_parser("explain", help="why a record is kept until when",
+                        description="Show a record's retention decision: every matching policy and version, "
+                                    "the events counted from, pending triggers, holds and findings.")
+    p.add_argument("record_id")
+    p.add_argument("--json", action="store_true", help="print the decision as JSON")
+    p.set_defaults(run=cmd_policy_explain)
+
+    from archive.retention.service import EVENT_KINDS
+
+    p = sub.add_parser("event", help="record a retention trigger (contract terminated, dispute resolved …)",
+                       description="Record an event that retention is counted from; every record it covers is "
+                                   "recomputed and its locks extended (never shortened).")
+    p.add_argument("kind", choices=EVENT_KINDS)
+    p.add_argument("records", nargs="*", metavar="RECORD_ID", help="the records it covers, or select with:")
+    p.add_argument("--account", help="every record with a customer of this account")
+    p.add_argument("--contract", help="every record of this contract id")
+    p.add_argument("--customer", help="every record with this customer id")
+    p.add_argument("--date", required=True, help="when it happened (ISO-8601 date)")
+    p.add_argument("--dispute", help="dispute id (dispute-opened / dispute-resolved)")
+    p.add_argument("--until", help="retention-extended: keep until this date (a regulator's request)")
+    p.add_argument("--note", help="free text kept with the event")
+    p.add_argument("--json", action="store_true", help="print the event and changed records as JSON")
+    p.set_defaults(run=cmd_event)
+
+    hold = sub.add_parser("hold", help="legal holds: place, release (four-eyes), list",
+                          description="A legal hold keeps every object of the records it covers under the store's "
+                                      "legal hold, whatever their retention dates, until released.")
+    hsub = hold.add_subparsers(dest="hold_command", required=True, metavar="ACTION")
+    p = hsub.add_parser("place", help="hold records for a case",
+                        description="Hold RECORD_IDs and/or every record matching --query for CASE.")
+    p.add_argument("case_id", metavar="CASE")
+    p.add_argument("records", nargs="*", metavar="RECORD_ID")
+    p.add_argument("--query", help="hold every record this search finds")
+    p.set_defaults(run=cmd_hold_place)
+    p = hsub.add_parser("release", help="request the release of a case's hold",
+                        description="Request the release of CASE's hold; a second, different legal identity "
+                                    "approves with 'archive approve'.")
+    p.add_argument("case_id", metavar="CASE")
+    p.set_defaults(run=cmd_hold_release)
+    p = hsub.add_parser("list", help="every case with a hold", description="List legal holds.")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(run=cmd_hold_list)
+
+    p = sub.add_parser("dispose", help="delete records whose retention has passed, with certificates",
+                       description="Delete every object of each record whose retention has passed, no hold covers "
+                                   "and no trigger is pending; write a signed disposition certificate for each. "
+                                   "The store refuses anything still locked, whatever the local clock says.")
+    p.add_argument("--dry-run", action="store_true", help="list what would go and why; delete nothing")
+    p.add_argument("--reviewed", nargs="+", metavar="RECORD_ID",
+                   help="records under an on_expiry: review policy that a person has reviewed: dispose of them too")
+    p.add_argument("--json", action="store_true", help="print plans and results as JSON")
+    p.set_defaults(run=cmd_dispose)
+
     p = sub.add_parser("approve", help="approve another person's four-eyes request",
                        description="Approve a request made by someone else (releasing a legal hold); the "
                                    "approver must be a different identity holding the needed role.")
@@ -633,7 +863,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if callable(operation):  # the operation depends on the arguments (hold on/off, what is approved)
             operation = operation(archive, args)
         return session.run(operation, lambda: run(archive, args), target=target, reason=args.reason,
-                           case=args.case)
+                           case=getattr(args, "case_id", None) or args.case)
     except ArchiveError as e:
         if os.environ.get("ARCHIVE_DEBUG"):
             raise

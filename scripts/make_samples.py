@@ -114,8 +114,9 @@ def main(out: Path) -> None:
         (calls / "call-0001.json").write_text(json.dumps(sidecar(
             "call-0001", "2024-05-06T10:30:00+08:00", ("1042", "Wang Fang"),
             {"id": "C-88231", "name": "Chen Jie", "phone": "+8613800138000", "account": "6222020200001234", "age": 63},
-            business_line="bancassurance", product="Harbour Life 10Y Savings", product_type="life-insurance",
-            jurisdiction="CN", language="en", tags=["outbound-campaign-q2"]), indent=1))
+            business_line="bancassurance", product="Harbour Life 10Y Savings", product_type="life",
+            contract_id="HL-2024-0001", contract_term="P10Y", jurisdiction="CN", language="en",
+            tags=["outbound-campaign-q2"]), indent=1))
 
         speak_dialogue(DIALOGUES[1][2], "en", work / "c2.wav", work)
         run("ffmpeg", "-y", "-i", str(work / "c2.wav"), "-codec:a", "libmp3lame", "-b:a", "32k", str(calls / "call-0002.mp3"))
@@ -134,9 +135,12 @@ def main(out: Path) -> None:
         dual = sidecar("dual-0004", "2024-05-07T15:00:00+08:00", ("1042", "Wang Fang"),
                        {"id": "C-90210", "name": "Zhang Wei", "phone": "+8613700001111", "age": 67},
                        business_line="bancassurance", product="Harbour Unit-Linked 5Y", product_type="unit-linked",
-                       jurisdiction="CN", language="en")
+                       contract_id="HU-2024-0004", contract_term="P5Y", jurisdiction="CN", language="en")
         dual["channel"] = "video"
         (calls / "dual-0004.json").write_text(json.dumps(dual, indent=1))
+        # the session's transcript (what the recorder's speech-to-text produced): the risk disclosure is
+        # there, the cooling-off period is not — a finding an auditor can search for
+        (calls / "dual-0004.txt").write_text("\n".join(f"{who}: {text}" for who, text in DIALOGUES[0][2]) + "\n")
 
         wav = (calls / "call-0001.wav").read_bytes()
         (broken / "call-0009.wav").write_bytes(wav[: len(wav) * 6 // 10])

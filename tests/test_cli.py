@@ -221,6 +221,10 @@ SAMPLES = {
     ("identity", "remove"): ["zed"], ("audit", "checkpoint"): [], ("audit", "verify"): [],
     ("audit", "show"): ["--record", "rx"], ("keys", "status"): [], ("keys", "rotate"): [],
     ("keys", "destroy"): ["kr-v9"], ("approve",): ["ap-x"],
+    ("policy", "list"): [], ("policy", "check"): [], ("policy", "explain"): ["rx"],
+    ("event",): ["contract-terminated", "--contract", "C-1", "--date", "2024-01-01"],
+    ("hold", "place"): ["CASE-1", "rx"], ("hold", "release"): ["CASE-1"], ("hold", "list"): [],
+    ("dispose",): ["--dry-run"],
 }
 
 
