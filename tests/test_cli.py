@@ -279,3 +279,51 @@ def test_releasing_a_legal_hold_takes_two_different_people(env, recording):
              ("hold", "hold-release-request", "approve")]
     assert trail == [("lee", "hold", "ok"), ("lee", "hold-release-request", "ok"), ("lee", "approve", "denied"),
                      ("ann", "approve", "denied"), ("kim", "approve", "ok"), ("kim", "approve", "error")]
+
+
+def test_case_holds_events_and_disposition_through_the_cli(env, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "chat.json").write_text(json.dumps({
+        "schema": "archive-record/1", "source": {"system": "webchat", "interaction_id": "w-9"}, "channel": "chat",
+        "started_at": "2024-04-01T10:00:00Z", "business_line": "bancassurance", "jurisdiction": "CN",
+        "contract_id": "K-9", "contract_term": "P3Y",
+        "participants": [{"role": "customer", "id": "u9", "account": "AC-9"}],
+        "messages": [{"at": "2024-04-01T10:00:00Z", "from": "u9", "text": "please cancel my policy"}]}))
+    run(env, "init")
+    run(env, "identity", "add", "lee", "--role", "legal")
+    run(env, "identity", "add", "kim", "--role", "legal")
+    run(env, "identity", "add", "ann", "--role", "auditor")
+    rid = json.loads(run(env, "ingest", str(inbox), "--json").stdout)["outcomes"][0]["record_ids"][0]
+    explained = json.loads(run(env, "policy", "explain", rid, "--json", "--actor", "ann").stdout)
+    assert explained["decision"]["pending"] == ["contract-terminated (cn-insurance-traceability-long)"]
+    # an auditor may read decisions but not change them
+    assert run(env, "event", "contract-terminated", "--contract", "K-9", "--date", "2025-01-31",
+               "--actor", "ann", check=False).returncode == 77
+    out = json.loads(run(env, "event", "contract-terminated", "--contract", "K-9", "--date", "2025-01-31",
+                         "--json", "--actor", "lee").stdout)
+    assert out["changed"][0]["after"][:10] == "2035-01-31" and out["changed"][0]["final"]
+    bad = run(env, "event", "contract-terminated", "--contract", "K-9", "--date", "2999-01-01", check=False)
+    assert bad.returncode != 0 and b"in the future" in bad.stderr
+
+    run(env, "hold", "place", "CASE-9", "--query", "cancel", "--actor", "lee", "--reason", "complaint 9")
+    holds = json.loads(run(env, "hold", "list", "--json", "--actor", "ann").stdout)
+    assert holds[0]["case"] == "CASE-9" and holds[0]["records"] == [rid] and holds[0]["active"]
+    out = run(env, "hold", "release", "CASE-9", "--actor", "lee", "--reason", "settled").stdout
+    request_id = out.split(b"requested: ")[1].split()[0].decode()
+    assert run(env, "approve", request_id, "--actor", "lee", "--reason", "me", check=False).returncode == 77
+    released = json.loads(run(env, "approve", request_id, "--actor", "kim", "--reason", "checked").stdout)
+    assert released["released"] == [rid]
+    plan = json.loads(run(env, "dispose", "--dry-run", "--json").stdout)
+    assert plan["dry_run"] and plan["plans"] == []  # kept until 2035
+
+    from archive.services import open_archive
+    from archive.settings import Settings
+
+    trail = [(e.event["actor"], e.event["action"], e.event["outcome"], e.event.get("case"))
+             for e in open_archive(Settings.from_env(env)).audit.events()
+             if e.event["action"] in ("retention-event", "hold", "hold-release-request", "approve")]
+    assert trail == [("ann", "retention-event", "denied", None), ("lee", "retention-event", "ok", None),
+                     ("tester", "retention-event", "error", None), ("lee", "hold", "ok", "CASE-9"),
+                     ("lee", "hold-release-request", "ok", "CASE-9"), ("lee", "approve", "denied", None),
+                     ("kim", "approve", "ok", None)]
