@@ -76,6 +76,7 @@ class Retention:
         self.min_lock = parse_duration(min_lock) if isinstance(min_lock, str) else min_lock
         self._policies: PolicySet | None = None
         self._events: list[dict] | None = None
+        self._holds: dict[str, dict] | None = None
         self._lock = threading.Lock()
 
     # --- sealed JSON documents -------------------------------------------------------------------------
@@ -248,7 +249,14 @@ class Retention:
     # --- legal holds ---------------------------------------------------------------------------------------
 
     def holds(self) -> dict[str, dict]:
-        """Case → {records, active, placed_by, placed_at, released_at …} from the hold documents."""
+        """Case → {records, active, history} from the hold documents (read once per instance, and again
+        after this instance places or releases one)."""
+        with self._lock:
+            if self._holds is None:
+                self._holds = self._read_holds()
+            return self._holds
+
+    def _read_holds(self) -> dict[str, dict]:
         cases: dict[str, dict] = {}
         for name in sorted(self.vault.names("holds/")):
             doc = self._get(name)
@@ -276,9 +284,11 @@ class Retention:
         while True:
             try:
                 self._put(f"holds/{case}/{seq:06d}", doc)
-                return
+                break
             except ObjectExists:
                 seq += 1
+        with self._lock:
+            self._holds = None
 
     def place_hold(self, case: str, records: list[str], *, by: str, reason: str | None,
                    query: str | None = None) -> list[str]:
@@ -300,6 +310,8 @@ class Retention:
     def release_hold(self, case: str, *, by: str, approval: str, reason: str | None) -> list[str]:
         """Release ``case`` (after its four-eyes approval); records no other case holds lose the store's
         legal hold. Returns the records released."""
+        with self._lock:
+            self._holds = None  # decide on the store's current state, not a cached one
         cases = self.holds()
         if case not in cases or not cases[case]["active"]:
             raise ApprovalError(f"no active legal hold {case!r}", case=case)
@@ -322,6 +334,8 @@ class Retention:
         """Every record whose retention has passed, with what disposition would do and why. Records still
         retained are not listed."""
         now = self.clock.now()
+        with self._lock:
+            self._holds = None  # disposition decides on the store's current holds
         held = self.held_records()
         plans = []
         for rid in self.record_ids():
