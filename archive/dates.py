@@ -32,6 +32,14 @@ class Duration:
         day = min(start.day, calendar.monthrange(year, month)[1])
         return start.replace(year=year, month=month, day=day) + self.exact
 
+    def nominal_seconds(self) -> float:
+        """Its length counted from 2000-01-01: exact without years and months, and a consistent key for
+        comparing durations that have them (P1Y = P12M > P364D)."""
+        return (self.after(_REFERENCE) - _REFERENCE).total_seconds()
+
+
+_REFERENCE = datetime(2000, 1, 1, tzinfo=UTC)
+
 
 def parse_duration(text: str) -> Duration:
     """Parse an ISO-8601 duration; raises ValueError naming the text when it is not one."""

@@ -192,6 +192,11 @@ class Vault:
             raise IntegrityError(f"{key}: plaintext SHA-256 differs from the receipt", object_key=key,
                                  segment="end")
 
+    def read(self, name: str, binding: Binding | None = None) -> bytes:
+        """The whole plaintext of a small object (a manifest, a decision, an event), verified as by
+        :meth:`open` including the plaintext digest."""
+        return b"".join(self.open(name, binding, verify_digest=True))
+
     def read_range(self, name: str, start: int, end: int, binding: Binding | None = None) -> bytes:
         """Plaintext bytes [start, end) of ``name``, reading only the header and the covering segments.
         Raises IntegrityError, ObjectNotFound."""

@@ -160,7 +160,8 @@ class Ingestor:
         retain_until, mode = self.retention.lock_date(decision), decision["lock_mode"]
         sealed = [self._inline_part(part) if part.size <= INLINE_LIMIT
                   else self._seal_part(rid, part, retain_until, mode) for part in parts]
-        found, checks = findings(metadata, sealed, policies.matching(metadata), _transcript_text(metadata, parts))
+        matched = [policies.get(p["id"]) for p in decision["policies"]]
+        found, checks = findings(metadata, sealed, matched, _transcript_text(metadata, parts))
         manifest = {
             "format": MANIFEST_FORMAT, "record_id": rid,
             "ingested_at": now.isoformat(timespec="milliseconds"),
@@ -179,7 +180,7 @@ class Ingestor:
                     self.index.upsert(self.retention.view(existing))
                     return rid, False
                 continue  # a dead run sealed it but never wrote its receipt: WORM, so a new name
-            if self._read_json(name) != manifest:
+            if json.loads(self.vault.read(name)) != manifest:
                 raise ArchiveError(f"{name}: manifest read back differs from what was sealed")
             self.index.upsert(self.retention.view(manifest, decision, cases=[]))
             return rid, True
@@ -187,12 +188,10 @@ class Ingestor:
 
     def committed(self, rid: str) -> dict | None:
         """The manifest of record ``rid`` if it was committed (sealed with its receipt), else None."""
-        for name in self.vault.names(f"records/{rid}/manifest"):
-            try:
-                return self._read_json(name)
-            except ObjectNotFound:  # sealed, receipt never written: not committed
-                continue
-        return None
+        try:
+            return self.retention.manifest(rid)
+        except ObjectNotFound:
+            return None
 
     def _seal_part(self, rid: str, part: PartInput, retain_until: datetime, mode: str) -> dict:
         binding = Binding(rid, part.name)
@@ -245,9 +244,6 @@ class Ingestor:
                                         Binding(manifest["record_id"], name))
         else:
             yield from self.vault.open(part["object"], Binding(manifest["record_id"], name), verify_digest=True)
-
-    def _read_json(self, name: str) -> dict:
-        return json.loads(b"".join(self.vault.open(name)))
 
     # --- many inputs -----------------------------------------------------------------------------------
 
@@ -308,7 +304,7 @@ class Ingestor:
 
     def quarantine(self) -> Iterator[dict]:
         """Every rejected input: origin, code, reason, when."""
-        entries = [self._read_json(name) for name in self.vault.names("quarantine/")]
+        entries = [json.loads(self.vault.read(name)) for name in self.vault.names("quarantine/")]
         yield from sorted(entries, key=lambda e: (e["at"], e["origin"]))
 
 

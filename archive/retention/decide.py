@@ -13,22 +13,18 @@ later event can precede) and is never disposed of while anything is pending.
 from __future__ import annotations
 
 import unicodedata
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from archive.dates import parse_datetime
 from archive.retention.policy import TRIGGERS, Policy, PolicySet
-
-
-def parse_time(text: str) -> datetime:
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def record_end(meta: dict) -> datetime:
     """When the interaction ended: ended_at, else started_at + duration, else started_at."""
     if meta.get("ended_at"):
-        end = parse_time(meta["ended_at"])
+        end = parse_datetime(meta["ended_at"])
     else:
-        end = parse_time(meta["started_at"]) + timedelta(seconds=float(meta.get("duration_s") or 0))
+        end = parse_datetime(meta["started_at"]) + timedelta(seconds=float(meta.get("duration_s") or 0))
     # whole seconds, rounded up: a period counted from a fraction of a second never ends early
     return end.replace(microsecond=0) + (timedelta(seconds=1) if end.microsecond else timedelta(0))
 
@@ -55,7 +51,6 @@ def _trigger_date(trigger: str, record_id: str, meta: dict, events: list[dict]) 
     """(date, pending, applies) of one trigger for one record."""
     if trigger == "recording-end":
         return record_end(meta), False, True
-    spec = TRIGGERS[trigger]
     if trigger == "dispute-resolved":
         disputes: dict[str, datetime | None] = {}
         for e in events:
@@ -63,14 +58,14 @@ def _trigger_date(trigger: str, record_id: str, meta: dict, events: list[dict]) 
                 disputes.setdefault(e["dispute"], None)
         for e in events:
             if e["kind"] == "dispute-resolved" and (e["dispute"] in disputes or covers(e, record_id, meta)):
-                when = parse_time(e["date"])
+                when = parse_datetime(e["date"])
                 disputes[e["dispute"]] = max(when, disputes.get(e["dispute"]) or when)
         if not disputes:
             return None, False, False  # no dispute: the clause does not bind this record
         if any(d is None for d in disputes.values()):
             return None, True, True
         return max(d for d in disputes.values() if d is not None), False, True
-    dates = [parse_time(e["date"]) for e in events if e["kind"] == spec["event"] and covers(e, record_id, meta)]
+    dates = [parse_datetime(e["date"]) for e in events if e["kind"] == TRIGGERS[trigger] and covers(e, record_id, meta)]
     if not dates:
         return None, True, True
     return max(dates), False, True
@@ -105,7 +100,7 @@ def decide(record_id: str, meta: dict, events: list[dict], policies: PolicySet, 
     for e in events:
         if e["kind"] == "retention-extended" and covers(e, record_id, meta):
             extensions.append({"event": e["id"], "until": e["until"]})
-            dates.append(parse_time(e["until"]))
+            dates.append(parse_datetime(e["until"]))
     retain_until = max(dates)
     winner = max(entries, key=lambda x: x["until"])
     return {
@@ -114,7 +109,7 @@ def decide(record_id: str, meta: dict, events: list[dict], policies: PolicySet, 
         "retain_until": retain_until.isoformat(),
         "final": not pending,
         "pending": sorted(set(pending)),
-        "governing": winner["id"] if retain_until == parse_time(winner["until"]) else "retention-extended",
+        "governing": winner["id"] if retain_until == parse_datetime(winner["until"]) else "retention-extended",
         "lock_mode": "compliance" if any(p.lock_mode == "compliance" for p in matched) else "governance",
         "on_expiry": "review" if any(p.on_expiry == "review" for p in matched) else "delete",
         "policies": entries,
@@ -181,13 +176,12 @@ def findings(meta: dict, parts: list[dict], policies: list[Policy], transcript: 
                               "detail": f"no {kind} part; {policy.id} requires {', '.join(rule.required_parts)}"})
         check["required_parts"] = list(rule.required_parts)
         if rule.max_gap is not None:
-            tolerance = (rule.max_gap.after(datetime(2000, 1, 1, tzinfo=UTC))
-                         - datetime(2000, 1, 1, tzinfo=UTC)).total_seconds()
+            tolerance = rule.max_gap.nominal_seconds()
             media = [(p["name"], float(p["media"]["duration_s"])) for p in parts
                      if (p.get("media") or {}).get("duration_s") is not None]
             span = None
             if meta.get("ended_at"):
-                span = (parse_time(meta["ended_at"]) - parse_time(meta["started_at"])).total_seconds()
+                span = (parse_datetime(meta["ended_at"]) - parse_datetime(meta["started_at"])).total_seconds()
             for name, seconds in media:
                 if span is not None and abs(span - seconds) > tolerance:
                     found.append({"code": "recording-gap", "policy": policy.id,

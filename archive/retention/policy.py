@@ -36,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +74,13 @@ MATCH_FIELDS: dict[str, Any] = {
 ATTRIBUTE_FIELD = re.compile(r"customer\.attributes\.[A-Za-z0-9_-]{1,64}")
 OPERATORS = ("gt", "gte", "lt", "lte", "exists")
 
-# Events a retention period may be counted from. ``conditional`` triggers apply only to records an
-# opening event covers (a dispute-resolved clause binds only records with a dispute).
-TRIGGERS: dict[str, dict] = {
-    "recording-end": {"event": None, "conditional": False},
-    "contract-terminated": {"event": "contract-terminated", "conditional": False},
-    "account-closed": {"event": "account-closed", "conditional": False},
-    "dispute-resolved": {"event": "dispute-resolved", "conditional": True},
+# What a retention period may be counted from, and the event kind that dates it (recording-end comes from
+# the record itself). dispute-resolved binds only records a dispute-opened event covers (decide.py).
+TRIGGERS: dict[str, str | None] = {
+    "recording-end": None,
+    "contract-terminated": "contract-terminated",
+    "account-closed": "account-closed",
+    "dispute-resolved": "dispute-resolved",
 }
 PART_KINDS = ("audio", "video", "screen", "transcript")
 _ID = re.compile(r"[a-z0-9][a-z0-9-]{0,79}")
@@ -136,18 +136,16 @@ class Policy:
 
 # --- matching ----------------------------------------------------------------------------------------
 
-_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-
 
 def _comparable(value: Any) -> Any:
-    """Numbers compare as numbers; ISO durations as the instant they reach from a fixed date."""
+    """Numbers compare as numbers; ISO durations by their nominal length."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
         return value
     if isinstance(value, str) and value.upper().startswith("P"):
         try:
-            return parse_duration(value).after(_EPOCH).timestamp()
+            return parse_duration(value).nominal_seconds()
         except ValueError:
             return None
     return None
@@ -404,6 +402,11 @@ class PolicySet:
         return found or [self.default]
 
     def fingerprint(self) -> str:
+        """SHA-256 over every policy's id, version and text digest: which set a decision was made under."""
+        return self._fingerprint
+
+    @cached_property
+    def _fingerprint(self) -> str:  # computed once: every ingested record's decision names it
         h = hashlib.sha256()
         for p in sorted(self.policies, key=lambda p: p.id):
             h.update(f"{p.id}\n{p.version}\n{p.text_sha256}\n".encode())

@@ -25,16 +25,15 @@ import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from archive.clock import SYSTEM, Clock
 from archive.crypto.stream import Binding
-from archive.dates import Duration, parse_duration
-from archive.errors import (ApprovalError, ArchiveError, InvalidMetadata, ObjectExists, ObjectLocked,
-                            ObjectNotFound)
-from archive.retention.decide import decide, parse_time
-from archive.retention.policy import PolicyError, PolicySet, load_policies
+from archive.dates import Duration, parse_datetime, parse_duration
+from archive.errors import ApprovalError, InvalidMetadata, ObjectExists, ObjectLocked, ObjectNotFound
+from archive.retention.decide import decide
+from archive.retention.policy import PolicySet, load_policies
 
 EVENT_KINDS = ("contract-terminated", "account-closed", "dispute-opened", "dispute-resolved", "retention-extended")
 CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -88,8 +87,18 @@ class Retention:
                         retain_until=retain_until, mode=mode)
         return raw
 
+    def _put_next(self, prefix: str, doc: dict, **lock) -> None:
+        """Seal ``doc`` as the next ``<prefix>NNNNNN``; a concurrent writer taking a number moves us on."""
+        seq = len([n for n in self.vault.names(prefix) if n[len(prefix):].isdigit()]) + 1
+        while True:
+            try:
+                self._put(f"{prefix}{seq:06d}", doc, **lock)
+                return
+            except ObjectExists:
+                seq += 1
+
     def _get(self, name: str) -> dict:
-        return json.loads(b"".join(self.vault.open(name)))
+        return json.loads(self.vault.read(name))
 
     # --- policies ----------------------------------------------------------------------------------------
 
@@ -98,9 +107,8 @@ class Retention:
         known: dict[str, dict[int, str]] = {}
         for name in self.vault.names("policies/"):
             m = _POLICY_NAME.fullmatch(name)
-            if m:
-                known.setdefault(m.group(1), {})[int(m.group(2))] = hashlib.sha256(
-                    b"".join(self.vault.open(name))).hexdigest()
+            if m:  # the seal receipt holds the text's SHA-256: no need to decrypt it
+                known.setdefault(m.group(1), {})[int(m.group(2))] = self.vault.receipt(name).plaintext_sha256
         return known
 
     def policy_set(self) -> PolicySet:
@@ -108,19 +116,22 @@ class Retention:
         Raises PolicyError — and then nothing is archived under a set that could be wrong."""
         with self._lock:
             if self._policies is None:
-                policies = load_policies(self.policies_dir, known_versions=self.known_versions())
+                known = self.known_versions()
+                policies = load_policies(self.policies_dir, known_versions=known)
                 for p in policies.policies:
+                    if p.version in known.get(p.id, {}):
+                        continue  # recorded before, with this text (load_policies checked)
                     try:
                         self.vault.seal(f"policies/{p.id}/v{p.version:06d}", io.BytesIO(p.text.encode()),
                                         Binding(p.id, f"v{p.version}"))
                     except ObjectExists:
-                        pass  # recorded before (known_versions checked the text is the same)
+                        pass  # another process recorded it first
                 self._policies = policies
             return self._policies
 
     def lock_date(self, decision: dict) -> datetime:
         """The object lock for a decision: its date, but never less than ARCHIVE_MIN_LOCK from now."""
-        return max(parse_time(decision["retain_until"]), self.min_lock.after(self.clock.now()))
+        return max(parse_datetime(decision["retain_until"]), self.min_lock.after(self.clock.now()))
 
     # --- events ------------------------------------------------------------------------------------------
 
@@ -149,7 +160,7 @@ class Retention:
                 raise InvalidMetadata("until", "retention-extended needs --until DATE")
             until = _iso(until, "until")
         when = _iso(date, "date")
-        if parse_time(when) > self.clock.now():
+        if parse_datetime(when) > self.clock.now():
             raise InvalidMetadata("date", f"{date} is in the future; record an event when it has happened")
         event = {"format": "archive-event/1", "id": f"ev-{self.clock.now():%Y%m%dT%H%M%S}-{secrets.token_hex(4)}",
                  "kind": kind, "date": when, "selector": selector, "recorded_at": self.clock.now().isoformat(),
@@ -176,6 +187,8 @@ class Retention:
     # --- records ----------------------------------------------------------------------------------------
 
     def manifest(self, rid: str) -> dict:
+        """The manifest of a committed record (sealed with its receipt: a manifest sealed by a run that
+        died before its receipt is skipped). Raises ObjectNotFound."""
         for name in self.vault.names(f"records/{rid}/manifest"):
             if _MANIFEST.fullmatch(name):
                 try:
@@ -215,7 +228,7 @@ class Retention:
         after = decide(rid, manifest["metadata"], self.events(), self.policy_set(), self.clock.now())
         # A lock never shrinks: a decision whose date moved earlier (a policy edited to a shorter period,
         # say) keeps the old date; the newer decision records both.
-        if parse_time(after["retain_until"]) < parse_time(before["retain_until"]):
+        if parse_datetime(after["retain_until"]) < parse_datetime(before["retain_until"]):
             after = {**after, "retain_until": before["retain_until"],
                      "kept_from_earlier_decision": before["retain_until"]}
         if _essential(after) == _essential(before):
@@ -226,10 +239,8 @@ class Retention:
             if head.retain_until is None or head.retain_until < until:
                 # the mode stays as it is (compliance never weakens); an unlocked object takes the decision's
                 self.vault.extend_retention(name, until, None if head.mode else after["lock_mode"])
-        seq = len(self._decisions(rid)) + 1
-        self._put(f"records/{rid}/retention-{seq:06d}", {"format": "archive-retention/1", "record_id": rid,
-                                                          "decision": after}, retain_until=until,
-                  mode=after["lock_mode"])
+        self._put_next(f"records/{rid}/retention-", {"format": "archive-retention/1", "record_id": rid,
+                                                      "decision": after}, retain_until=until, mode=after["lock_mode"])
         self.reindex(rid, manifest, after)
         return before, after
 
@@ -280,13 +291,7 @@ class Retention:
         return held
 
     def _hold_doc(self, case: str, doc: dict) -> None:
-        seq = len([n for n in self.vault.names(f"holds/{case}/")]) + 1
-        while True:
-            try:
-                self._put(f"holds/{case}/{seq:06d}", doc)
-                break
-            except ObjectExists:
-                seq += 1
+        self._put_next(f"holds/{case}/", doc)
         with self._lock:
             self._holds = None
 
@@ -341,7 +346,7 @@ class Retention:
         for rid in self.record_ids():
             manifest = self.manifest(rid)
             d = self.decision(rid, manifest)
-            until = parse_time(d["retain_until"])
+            until = parse_datetime(d["retain_until"])
             policies = [f"{p['id']} v{p['version']}" for p in d["policies"]]
             if until > now:
                 continue
@@ -410,7 +415,7 @@ class Retention:
             raw = self._put(f"dispositions/{rid}", certificate, retain_until=max(keep, self.min_lock.after(
                 self.clock.now())))
         except ObjectExists:  # a run that died after writing it: the certificate stands
-            raw = b"".join(self.vault.open(f"dispositions/{rid}"))
+            raw = self.vault.read(f"dispositions/{rid}")
         for name in last:
             self.vault.delete(name)
         self.index.delete(rid)
@@ -427,8 +432,6 @@ def _essential(decision: dict) -> tuple:
 
 
 def _iso(text: str, field_name: str) -> str:
-    from archive.dates import parse_datetime
-
     try:
         return parse_datetime(text).isoformat()
     except ValueError as e:
@@ -440,5 +443,3 @@ def check_case(case: str) -> str:
         raise InvalidMetadata("case", f"{case!r} is not a case id (letters, digits, . _ -; at most 64)")
     return case
 
-
-__all__ = ["Retention", "Plan", "EVENT_KINDS", "PolicyError", "default_policies_dir", "check_case", "ArchiveError"]
