@@ -7,7 +7,9 @@ person. The request and the approval are write-once objects in the store::
     approvals/<id>/approval.json   who approved, why, when — written once, so a request is approved once
 
 The approver must be a different identity from the requester; :class:`archive.access.Session` checks that
-they hold the permission the action needs, and both steps are audit events.
+they hold the permission the action needs, and both steps are audit events. What an approved request
+does is carried out by :meth:`archive.retention.service.Retention.approve`, so the CLI, the workers and
+the API share one implementation.
 """
 
 from __future__ import annotations

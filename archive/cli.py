@@ -120,12 +120,8 @@ def cmd_hold(archive: Archive, args: argparse.Namespace) -> int:
         _out(_info(archive.vault.head(args.name)))
         return 0
     # Releasing a hold takes two people: this records the request; a second legal identity approves it.
-    from archive.approvals import Approvals
-
-    archive.vault.head(args.name)  # the object must exist
-    request_id = Approvals(archive.store).request("hold-release", {"object": args.name},
-                                                  requested_by=args.actor or archive.settings.actor,
-                                                  reason=args.reason)
+    request_id = _retention(archive).request_release(object_name=args.name, by=args.actor or archive.settings.actor,
+                                                     reason=args.reason)
     args.audit_target["request"] = request_id
     print(f"release of the hold on {args.name} requested: {request_id}\n"
           f"a second, different legal identity must run: archive approve {request_id} --reason ...")
@@ -133,22 +129,16 @@ def cmd_hold(archive: Archive, args: argparse.Namespace) -> int:
 
 
 def cmd_approve(archive: Archive, args: argparse.Namespace) -> int:
-    from archive.approvals import Approvals
-
-    request = Approvals(archive.store).approve(args.request_id, approved_by=args.actor or archive.settings.actor,
-                                               reason=args.reason)
-    args.audit_target.update({"request": args.request_id, **request["target"]})
-    if request["action"] == "hold-release" and "case" in request["target"]:
-        case = request["target"]["case"]
-        released = _retention(archive).release_hold(case, by=args.actor or archive.settings.actor,
-                                                    approval=args.request_id, reason=args.reason)
-        args.audit_target["records"] = released
-        _out({"approved": args.request_id, "requested_by": request["requested_by"], "case": case,
-              "released": released})
-    elif request["action"] == "hold-release":
-        archive.vault.set_legal_hold(request["target"]["object"], False)
-        _out({"approved": args.request_id, "requested_by": request["requested_by"],
-              **_info(archive.vault.head(request["target"]["object"]))})
+    done = _retention(archive).approve(args.request_id, by=args.actor or archive.settings.actor, reason=args.reason)
+    target = done["target"]
+    args.audit_target.update({"request": args.request_id, **target})
+    if "case" in target:
+        args.audit_target["records"] = done["released"]
+        _out({"approved": args.request_id, "requested_by": done["requested_by"], "case": target["case"],
+              "released": done["released"]})
+    else:
+        _out({"approved": args.request_id, "requested_by": done["requested_by"],
+              **_info(archive.vault.head(target["object"]))})
     return 0
 
 
@@ -246,13 +236,12 @@ def cmd_ingest(archive: Archive, args: argparse.Namespace) -> int:
     return 1 if summary.rejected else 0
 
 
-def _record(archive: Archive, record_id: str) -> dict:
+def _record(retention, record_id: str) -> dict:
     from archive.errors import ObjectNotFound
 
-    manifest = _ingestor(archive).committed(record_id) if record_id.startswith("r") else None
-    if manifest is None:
+    if not record_id.startswith("r"):
         raise ObjectNotFound(f"no record {record_id!r}", record_id=record_id)
-    return manifest
+    return retention.manifest(record_id)
 
 
 def _line(manifest: dict) -> str:
@@ -263,7 +252,8 @@ def _line(manifest: dict) -> str:
 
 
 def cmd_show(archive: Archive, args: argparse.Namespace) -> int:
-    manifest = _record(archive, args.record_id)
+    retention = _retention(archive)
+    manifest = _record(retention, args.record_id)
     if args.json:
         _out(manifest)
         return 0
@@ -281,7 +271,6 @@ def cmd_show(archive: Archive, args: argparse.Namespace) -> int:
         media = part.get("media") or {}
         extra = " ".join(f"{k}={media[k]}" for k in ("codec", "duration_s", "channels", "sample_rate") if media.get(k))
         print(f"  part        {part['name']:<12} {part['size']:>10} B  sha256={part['sha256'][:16]}…  {extra}")
-    retention = _retention(archive)
     decision = retention.decision(manifest["record_id"], manifest)
     pending = "" if decision["final"] else f", provisional: waiting for {', '.join(decision['pending'])}"
     print(f"  retained    until {decision['retain_until']} under {decision['governing']}{pending}")
@@ -296,9 +285,10 @@ def cmd_show(archive: Archive, args: argparse.Namespace) -> int:
 
 
 def cmd_get(archive: Archive, args: argparse.Namespace) -> int:
-    manifest = _record(archive, args.record_id)
+    ingestor = _ingestor(archive)
+    manifest = _record(ingestor.retention, args.record_id)
     start, end = _range(args.range)
-    _write_output(_ingestor(archive).read_part(manifest, args.part, start, end), args.output)
+    _write_output(ingestor.read_part(manifest, args.part, start, end), args.output)
     return 0
 
 
@@ -490,16 +480,10 @@ def cmd_hold_place(archive: Archive, args: argparse.Namespace) -> int:
 
 
 def cmd_hold_release(archive: Archive, args: argparse.Namespace) -> int:
-    from archive.approvals import Approvals
-    from archive.errors import ApprovalError
-
-    cases = _retention(archive).holds()
-    if args.case_id not in cases or not cases[args.case_id]["active"]:
-        raise ApprovalError(f"no active legal hold {args.case_id!r}", case=args.case_id)
-    request_id = Approvals(archive.store).request("hold-release", {"case": args.case_id},
-                                                  requested_by=args.actor or archive.settings.actor,
-                                                  reason=args.reason)
-    args.audit_target.update({"request": request_id, "records": cases[args.case_id]["records"]})
+    retention = _retention(archive)
+    request_id = retention.request_release(case=args.case_id, by=args.actor or archive.settings.actor,
+                                           reason=args.reason)
+    args.audit_target.update({"request": request_id, "records": retention.holds()[args.case_id]["records"]})
     print(f"release of legal hold {args.case_id} requested: {request_id}\n"
           f"a second, different legal identity must run: archive approve {request_id} --reason ...")
     return 0

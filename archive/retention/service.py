@@ -333,6 +333,38 @@ class Retention:
             self.index.upsert(self.view(self.manifest(rid), cases=still.get(rid, [])))
         return released
 
+    def request_release(self, *, by: str, reason: str | None, case: str | None = None,
+                        object_name: str | None = None) -> str:
+        """Ask for the release of a case's hold (or of one object's, for ``archive object hold``); it takes
+        effect only when a second, different identity approves it (:meth:`approve`). Returns the request id."""
+        from archive.approvals import Approvals
+
+        if case is not None:
+            with self._lock:
+                self._holds = None
+            if not self.holds().get(case, {}).get("active"):
+                raise ApprovalError(f"no active legal hold {case!r}", case=case)
+            target = {"case": case}
+        else:
+            self.vault.head(object_name)  # the object must exist
+            target = {"object": object_name}
+        return Approvals(self.archive.store).request("hold-release", target, requested_by=by, reason=reason)
+
+    def approve(self, request_id: str, *, by: str, reason: str | None) -> dict:
+        """Approve another identity's request and carry it out. Raises AccessDenied for one's own request,
+        ApprovalError for one approved already."""
+        from archive.approvals import Approvals
+
+        request = Approvals(self.archive.store).approve(request_id, approved_by=by, reason=reason)
+        target = request["target"]
+        done = {"approved": request_id, "action": request["action"], "requested_by": request["requested_by"],
+                "target": target}
+        if request["action"] == "hold-release" and "case" in target:
+            done["released"] = self.release_hold(target["case"], by=by, approval=request_id, reason=reason)
+        elif request["action"] == "hold-release":
+            self.vault.set_legal_hold(target["object"], False)
+        return done
+
     # --- disposition --------------------------------------------------------------------------------------
 
     def plan(self, *, reviewed: set[str] = frozenset()) -> list[Plan]:
