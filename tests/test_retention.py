@@ -5,7 +5,6 @@ SeaweedFS whose server enforces the locks."""
 from __future__ import annotations
 
 import base64
-import io
 import json
 import math
 import struct
