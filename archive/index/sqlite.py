@@ -1,22 +1,32 @@
-"""Embedded SQLite index: a derived, rebuildable view of committed records for ``show`` and ``search``.
+"""Embedded SQLite index: a derived, rebuildable view of committed records for search.
 
-The object store is the system of record; this index can be deleted and rebuilt from the manifests.
-Only committed records (manifest sealed and verified) are ever written here. Schema migrations are
-registered in ``MIGRATIONS``, applied in order inside a transaction on open and recorded in
-``schema_migrations``.
+The object store is the system of record; this index can be deleted and rebuilt from it (``archive
+reindex``). Only committed records are ever written here, as search documents
+(:mod:`archive.search.document`: masked text, no content bytes). Schema migrations are registered in
+``MIGRATIONS``, applied in order inside a transaction on open and recorded in ``schema_migrations``.
 
-Search here is deliberately small — FTS5 over participants, identifiers and message text, newest first —
-until the search issue brings the query language, facets and the Elasticsearch backend.
+Tables: ``records`` (one row per record: start time in UTC, the stored view as JSON), ``record_fields``
+(field, value) pairs the query language filters and facets on, and ``records_text``, an FTS5 trigram
+index over the masked text, which serves words and phrases of three or more characters (shorter ones,
+such as two-character Chinese names, are scanned). Queries come parsed (:mod:`archive.search.query`) and
+are translated to SQL here; pages are cursors over (start time, record id), so deep pages cost the same as
+the first.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from archive.errors import InputError
+from archive.search import document
+from archive.search.query import All, And, Field, Not, Or, Query, Range, Text, parse
 
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_records", """
@@ -42,7 +52,46 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX record_keys_record ON record_keys (record_id);
     """),
+    # The query language: every filterable field (record_keys generalised), and start times in UTC so
+    # ranges compare correctly across offsets. Rows indexed before this carry their keys over; run
+    # 'archive reindex' to fill every field.
+    ("0003_query_fields", """
+        CREATE TABLE record_fields (
+            record_id TEXT NOT NULL,
+            field     TEXT NOT NULL,
+            value     TEXT NOT NULL,
+            PRIMARY KEY (field, value, record_id)
+        );
+        CREATE INDEX record_fields_record ON record_fields (record_id, field);
+        INSERT OR IGNORE INTO record_fields
+            SELECT record_id, CASE kind WHEN 'account' THEN 'customer.account' WHEN 'customer' THEN 'customer.id'
+                                        WHEN 'phone' THEN 'customer.phone' ELSE kind END, lower(value)
+            FROM record_keys;
+        DROP TABLE record_keys;
+        ALTER TABLE records ADD COLUMN started_utc TEXT;
+        UPDATE records SET started_utc = strftime('%Y-%m-%dT%H:%M:%SZ', started_at);
+        CREATE INDEX records_started_utc ON records (started_utc, record_id);
+    """),
 ]
+
+# Facets the query language offers: name → the record_fields field counted (month is computed).
+FACETS = ("channel", "agent", "policy", "hold", "finding", "month")
+
+
+@dataclass
+class Page:
+    """One page of results: records (stored views), the cursor for the next page (None at the end), and
+    facet counts over every match (not only this page) when asked for."""
+
+    records: list[dict]
+    next: str | None = None
+    facets: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    total: int | None = None
+
+
+class CursorError(InputError):
+    code = "cursor_invalid"
+    http_status = 400
 
 
 class SqliteIndex:
@@ -81,12 +130,14 @@ class SqliteIndex:
         self.flush()
         self.db.close()
 
-    def upsert(self, manifest: dict) -> None:
+    # --- writing -------------------------------------------------------------------------------------------
+
+    def upsert(self, view: dict) -> None:
         """Index a committed record (idempotent). Writes are batched — one transaction per ``BATCH``
         records — and reach the index at the latest on :meth:`flush`; the store is the system of record,
         so a crash loses only index entries that re-ingesting or reindexing restores."""
         with self._lock:
-            self._pending[manifest["record_id"]] = manifest
+            self._pending[view["record_id"]] = view
             if len(self._pending) >= self.BATCH:
                 self.flush()
 
@@ -98,21 +149,46 @@ class SqliteIndex:
             pending, self._pending = self._pending, {}
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                for rid, manifest in pending.items():
-                    meta = manifest["metadata"]
-                    self.db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?)",
+                for rid, view in pending.items():
+                    meta = view["metadata"]
+                    self.db.execute("INSERT OR REPLACE INTO records (record_id, started_at, channel, source_system, "
+                                    "interaction_id, manifest, started_utc) VALUES (?, ?, ?, ?, ?, ?, ?)",
                                     (rid, meta["started_at"], meta["channel"], meta["source"]["system"],
-                                     meta["source"]["interaction_id"], json.dumps(manifest, ensure_ascii=False)))
+                                     meta["source"]["interaction_id"],
+                                     json.dumps(document.stored(view), ensure_ascii=False),
+                                     document.started_utc(view)))
                     self.db.execute("DELETE FROM records_text WHERE record_id = ?", (rid,))
-                    self.db.execute("INSERT INTO records_text VALUES (?, ?)", (rid, searchable_text(manifest)))
-                    self.db.execute("DELETE FROM record_keys WHERE record_id = ?", (rid,))
-                    self.db.executemany("INSERT OR IGNORE INTO record_keys VALUES (?, ?, ?)",
-                                        [(rid, kind, value) for kind, value in record_keys(meta)])
+                    self.db.execute("INSERT INTO records_text VALUES (?, ?)", (rid, document.text(view)))
+                    self.db.execute("DELETE FROM record_fields WHERE record_id = ?", (rid,))
+                    self.db.executemany("INSERT OR IGNORE INTO record_fields VALUES (?, ?, ?)",
+                                        [(rid, f, v) for f, vs in document.fields(view).items() for v in vs])
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
                 self._pending = {**pending, **self._pending}
                 raise
+
+    def delete(self, record_id: str) -> None:
+        """Remove a disposed record."""
+        self._write(lambda: [self.db.execute(f"DELETE FROM {t} WHERE record_id = ?", (record_id,))
+                             for t in ("records", "records_text", "record_fields")])
+
+    def clear(self) -> None:
+        """Remove every record (before a rebuild from the store)."""
+        self._write(lambda: [self.db.execute(f"DELETE FROM {t}") for t in ("records", "records_text", "record_fields")])
+
+    def _write(self, do) -> None:
+        with self._lock:
+            self.flush()
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                do()
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    # --- reading -------------------------------------------------------------------------------------------
 
     def get(self, record_id: str) -> dict | None:
         with self._lock:
@@ -120,54 +196,64 @@ class SqliteIndex:
             row = self.db.execute("SELECT manifest FROM records WHERE record_id = ?", (record_id,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def search(self, query: str, limit: int = 50) -> list[dict]:
-        """Records whose text contains every word of ``query`` (case-insensitive, any language),
-        newest first. An empty query lists the newest records."""
-        self.flush()
-        words = [w for w in query.split() if w]
-        if not words:
-            rows = self.db.execute("SELECT manifest FROM records ORDER BY started_at DESC LIMIT ?", (limit,))
-        else:
-            # The trigram index serves words of three or more characters; shorter ones (two-character
-            # Chinese names such as 王芳) need a scan.
-            clauses, params = [], []
-            for word in words:
-                if len(word) >= 3:
-                    clauses.append("text LIKE ? ESCAPE '\\'")
-                    params.append("%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
-                else:
-                    clauses.append("instr(lower(text), lower(?)) > 0")
-                    params.append(word)
-            sql = ("SELECT r.manifest FROM records r WHERE " +
-                   " AND ".join(f"r.record_id IN (SELECT record_id FROM records_text WHERE {c})" for c in clauses) +
-                   " ORDER BY r.started_at DESC LIMIT ?")
-            rows = self.db.execute(sql, (*params, limit))
-        return [json.loads(r[0]) for r in rows]
-
-    def find(self, kind: str, value: str) -> list[str]:
-        """Records naming ``value`` as their ``kind``: account, contract or customer."""
+    def query(self, query: str | Query, *, limit: int = 50, cursor: str | None = None,
+              facets: tuple[str, ...] = (), total: bool = False) -> Page:
+        """One page of the records matching ``query`` (text or parsed), in its sort order."""
+        q = parse(query) if isinstance(query, str) else query
+        where, params = _sql(q.tree)
+        newest = q.sort == "newest"
+        order = "DESC" if newest else "ASC"
+        page_where, page_params = where, list(params)
+        if cursor:
+            started, rid = _decode_cursor(cursor)
+            page_where = f"({where}) AND (r.started_utc, r.record_id) {'<' if newest else '>'} (?, ?)"
+            page_params += [started, rid]
         with self._lock:
             self.flush()
-            rows = self.db.execute("SELECT record_id FROM record_keys WHERE kind = ? AND value = ? ORDER BY record_id",
-                                   (kind, value)).fetchall()
-        return [r[0] for r in rows]
+            rows = self.db.execute(
+                f"SELECT r.manifest, r.started_utc, r.record_id FROM records r WHERE {page_where} "
+                f"ORDER BY r.started_utc {order}, r.record_id {order} LIMIT ?", (*page_params, limit + 1)).fetchall()
+            counts = {name: self._facet(name, where, params) for name in facets}
+            count = self.db.execute(f"SELECT count(*) FROM records r WHERE {where}", params).fetchone()[0] \
+                if total else None
+        more = len(rows) > limit
+        rows = rows[:limit]
+        nxt = _encode_cursor(rows[-1][1], rows[-1][2]) if more and rows else None
+        return Page([json.loads(r[0]) for r in rows], nxt, counts, count)
+
+    def _facet(self, name: str, where: str, params: list) -> list[tuple[str, int]]:
+        if name not in FACETS:
+            raise InputError(f"unknown facet {name!r}; facets are {', '.join(FACETS)}", facet=name)
+        if name == "month":
+            sql = (f"SELECT substr(r.started_utc, 1, 7) AS v, count(*) FROM records r WHERE {where} "
+                   "GROUP BY v ORDER BY v DESC LIMIT 120")
+            return [(v, n) for v, n in self.db.execute(sql, params)]
+        field_name = "agent.id" if name == "agent" else name
+        sql = (f"SELECT f.value, count(*) AS n FROM record_fields f JOIN records r ON r.record_id = f.record_id "
+               f"WHERE f.field = ? AND ({where}) GROUP BY f.value ORDER BY n DESC, f.value LIMIT 50")
+        return [(v, n) for v, n in self.db.execute(sql, (field_name, *params))]
+
+    def search(self, query: str, limit: int = 50) -> list[dict]:
+        """The first ``limit`` records matching ``query``."""
+        return self.query(query, limit=limit).records
 
     def ids(self, query: str, limit: int = 100_000) -> list[str]:
-        """Record ids matching ``query`` (as :meth:`search`)."""
+        """Record ids matching ``query``."""
         return [m["record_id"] for m in self.search(query, limit=limit)]
 
-    def delete(self, record_id: str) -> None:
-        """Remove a disposed record."""
+    def timeline(self, field_name: str, value: str) -> list[dict]:
+        """Every record of one customer (``customer.id``, ``customer.account`` or ``customer.phone``), all
+        channels, oldest first."""
+        return self.query(Query(Field(field_name, value.casefold()), sort="oldest"), limit=1_000_000).records
+
+    def find(self, kind: str, value: str) -> list[str]:
+        """Records naming ``value`` as their ``kind`` (account, contract or customer): what an event covers."""
+        field_name = {"account": "customer.account", "customer": "customer.id"}.get(kind, kind)
         with self._lock:
             self.flush()
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                for table in ("records", "records_text", "record_keys"):
-                    self.db.execute(f"DELETE FROM {table} WHERE record_id = ?", (record_id,))
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+            rows = self.db.execute("SELECT record_id FROM record_fields WHERE field = ? AND value = ? "
+                                   "ORDER BY record_id", (field_name, value.casefold())).fetchall()
+        return [r[0] for r in rows]
 
     def count(self) -> int:
         with self._lock:
@@ -180,31 +266,61 @@ class SqliteIndex:
                 yield row[0]
 
 
-def record_keys(meta: dict) -> list[tuple[str, str]]:
-    """(kind, value) pairs events select records by."""
-    keys = [("contract", meta["contract_id"])] if meta.get("contract_id") else []
-    for p in meta.get("participants", []):
-        if p.get("role") == "customer":
-            keys += [(k, p[v]) for k, v in (("account", "account"), ("customer", "id"), ("phone", "phone")) if p.get(v)]
-    return keys
+# --- query tree → SQL ---------------------------------------------------------------------------------------
 
 
-def searchable_text(manifest: dict) -> str:
-    """Identifiers, participants, subject and message text of a record, as one string."""
-    meta = manifest["metadata"]
-    bits = [manifest["record_id"], meta["source"]["system"], meta["source"]["interaction_id"], meta["channel"],
-            *(str(meta[k]) for k in ("business_line", "product", "product_type", "jurisdiction", "subject",
-                                     "contract_id") if meta.get(k)),
-            *meta.get("tags", [])]
-    for p in meta.get("participants", []):
-        bits += [str(p[k]) for k in ("role", "id", "name", "phone", "email", "account") if p.get(k)]
-    for m in meta.get("messages", []):
-        if m.get("text"):
-            bits.append(m["text"])
-    for part in manifest.get("parts", []):
-        bits += [part["name"], part.get("filename") or ""]
-    retention = manifest.get("retention") or {}
-    bits += [p["id"] for p in retention.get("policies", [])]
-    bits += [f["code"] for f in manifest.get("findings", [])]
-    bits += manifest.get("holds", [])
-    return "\n".join(b for b in bits if b)
+def _like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _sql(node) -> tuple[str, list]:
+    """A WHERE clause over ``records r`` and its parameters."""
+    if isinstance(node, All):
+        return "1", []
+    if isinstance(node, Field):
+        if node.prefix:
+            return ("r.record_id IN (SELECT record_id FROM record_fields WHERE field = ? AND value >= ? "
+                    "AND value < ?)", [node.field, node.value, node.value + "\U0010ffff"])
+        return "r.record_id IN (SELECT record_id FROM record_fields WHERE field = ? AND value = ?)", \
+            [node.field, node.value]
+    if isinstance(node, Text):
+        # The trigram index serves LIKE for three or more characters; shorter text needs a scan.
+        if len(node.text) >= 3:
+            return "r.record_id IN (SELECT record_id FROM records_text WHERE text LIKE ? ESCAPE '\\')", \
+                [_like(node.text)]
+        return "r.record_id IN (SELECT record_id FROM records_text WHERE instr(lower(text), lower(?)) > 0)", \
+            [node.text]
+    if isinstance(node, Range):
+        parts, params = [], []
+        if node.after:
+            parts.append("r.started_utc >= ?")
+            params.append(node.after)
+        if node.before:
+            parts.append("r.started_utc < ?")
+            params.append(node.before)
+        return " AND ".join(parts) or "1", params
+    if isinstance(node, Not):
+        inner, params = _sql(node.node)
+        return f"NOT ({inner})", params
+    if isinstance(node, And | Or):
+        joined, params = [], []
+        for child in node.nodes:
+            sql, p = _sql(child)
+            joined.append(f"({sql})")
+            params += p
+        return (" AND " if isinstance(node, And) else " OR ").join(joined), params
+    raise TypeError(f"not a query node: {node!r}")
+
+
+def _encode_cursor(started: str, rid: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([started, rid]).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        started, rid = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not (isinstance(started, str) and isinstance(rid, str)):
+            raise ValueError
+        return started, rid
+    except (ValueError, TypeError):
+        raise CursorError(f"not a cursor from this index: {cursor[:40]!r}") from None

@@ -1,0 +1,214 @@
+"""Search: the query language (parse tree, errors with columns), PCI masking before indexing, the SQLite
+backend over a corpus ingested through the real pipeline (filters, ranges across UTC offsets, phrases,
+boolean logic, sort, facets, cursors, timeline) and a rebuild from the store giving identical results."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from archive.index.sqlite import SqliteIndex
+from archive.ingest.discover import Limits
+from archive.ingest.pipeline import Ingestor
+from archive.search.document import mask_pci
+from archive.search.query import And, Field, Not, Or, QuerySyntaxError, Range, Text, parse
+from archive.services import init_archive
+from archive.settings import Settings
+from tests.test_retention import wav
+
+# --- the language ----------------------------------------------------------------------------------------
+
+
+def test_queries_parse_into_one_tree():
+    q = parse('agent:1042 channel:phone after:2024-01-01 before:2024-04-01 "not a deposit" sort:oldest')
+    assert q.sort == "oldest"
+    assert q.tree == And((Range("2024-01-01T00:00:00Z", "2024-04-01T00:00:00Z"), Field("agent", "1042"),
+                          Field("channel", "phone"), Text("not a deposit", phrase=True)))
+    assert parse("a OR b c").tree == Or((Text("a"), And((Text("b"), Text("c")))))
+    assert parse("(a OR b) c").tree == And((Or((Text("a"), Text("b"))), Text("c")))
+    assert parse("NOT hold:CASE-7 -channel:chat").tree == And((Not(Field("hold", "case-7")),
+                                                              Not(Field("channel", "chat"))))
+    assert parse('product:"Harbour  Life"').tree == Field("product", "harbour life")
+    assert parse("customer.phone:+8613800138000").tree == Field("customer.phone", "+8613800138000")
+    assert parse("agent:10*").tree == Field("agent", "10", prefix=True)
+
+
+@pytest.mark.parametrize("query, column, words", [
+    ("(refund", 1, "missing ')'"),
+    ("refund)", 7, "unexpected ')'"),
+    ("agnet:1042", 1, "unknown field 'agnet'"),
+    ('channel:phone "not a', 15, "unterminated quote"),
+    ("after:2024-13-01", 7, "not an ISO-8601 date"),
+    ("refund OR", 8, "OR needs something"),
+    ("refund AND AND x", 8, "AND needs something"),
+    ("()", 2, "empty parentheses"),
+    ("sort:random", 6, "sort is newest or oldest"),
+    ("channel:", 9, "needs a value"),
+])
+def test_syntax_errors_point_at_the_column(query, column, words):
+    with pytest.raises(QuerySyntaxError) as e:
+        parse(query)
+    assert e.value.column == column and words in str(e.value), str(e.value)
+    assert str(e.value).splitlines()[-1] == " " * (column + 1) + "^"
+
+
+def test_card_numbers_and_verification_codes_are_masked():
+    assert mask_pci("card 4111 1111 1111 1111 thanks") == "card **** **** **** 1111 thanks"
+    assert mask_pci("5500-0000-0000-0004") == "****-****-****-0004"
+    assert mask_pci("order 4111111111111112 ref") == "order 4111111111111112 ref"  # fails Luhn: not a card
+    assert mask_pci("call +8613800138000") == "call +8613800138000"
+    assert mask_pci("the CVV is 123, expiry 12/27") == "the CVV is ***, expiry 12/27"
+    assert mask_pci("安全码：4567") == "安全码：****"
+
+
+# --- a corpus through the real pipeline --------------------------------------------------------------------
+
+CORPUS = [
+    # name, channel, started_at (with its own offset), agent, customer, account, phone, text, extra
+    ("c01", "chat", "2024-01-05T09:00:00+08:00", "1042", "C-1", "AC-1", "+8613800138000",
+     "I want a refund for my order", {}),
+    ("c02", "messaging", "2024-01-20T10:00:00+00:00", "1042", "C-1", "AC-1", None,
+     "This product is not a deposit. Card 4111 1111 1111 1111 on file.", {"subject": "Your refund"}),
+    ("c03", "phone", "2024-02-10T23:30:00-05:00", "2207", "C-2", "AC-2", "+12125550147",
+     "Agent said it is not a deposit and returns vary", {"business_line": "broker-dealer"}),
+    ("c04", "phone", "2024-02-11T04:00:00+00:00", "2207", "C-1", "AC-1", "+8613800138000",
+     "王芳 called about the surrender penalty", {}),
+    ("c05", "chat", "2024-03-31T23:59:59+00:00", "1042", "C-3", "AC-3", None,
+     "Please cancel, CVV 987 is what I gave", {"tags": ["vip"]}),
+    ("c06", "video", "2024-04-01T00:00:00+00:00", "3001", "C-2", "AC-2", None,
+     "dual recording session: risk disclosure read", {"business_line": "bancassurance", "jurisdiction": "CN",
+                                                      "product_type": "unit-linked", "contract_term": "P5Y"}),
+    ("c07", "chat", "2023-12-31T23:00:00-02:00", "1042", "C-4", "AC-4", None, "hello refund", {}),
+]
+QUERIES = [
+    "", "refund", "Refund", '"not a deposit"', "agent:1042", "agent:10*", "agent:1042 refund",
+    "customer.phone:+8613800138000", "customer.account:AC-2", "channel:chat OR channel:messaging",
+    "(channel:chat OR channel:messaging) refund", "channel:phone surrender", "NOT channel:chat", "-agent:1042", "after:2024-02-01",
+    "before:2024-02-01", "after:2024-01-01 before:2024-04-01", "after:2024-04-01", "王芳", "4111",
+    "1111", "987", "tag:vip", "policy:default", "policy:sec-17a-4-b4", "finding:missing-part-video",
+    "policy:cn-insurance-dual-recording", "hold:case-1", "NOT hold:CASE-1", "sort:oldest", "part:transcript",
+    "interaction:c03", "source:t", "refund sort:oldest", "surrender OR cancel", "xyz-not-there",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    inbox = root / "inbox"
+    inbox.mkdir()
+    for name, channel, started, agent, customer, account, phone, text, extra in CORPUS:
+        participants = [{"role": "agent", "id": agent, "name": f"Agent {agent}"},
+                        {"role": "customer", "id": customer, "account": account, **({"phone": phone} if phone else {})}]
+        doc = {"schema": "archive-record/1", "source": {"system": "t", "interaction_id": name}, "channel": channel,
+               "started_at": started, "participants": participants, **extra}
+        if channel in ("phone", "video"):  # a recording, its sidecar and its transcript
+            wav(inbox / f"{name}.wav", 0.5)
+            (inbox / f"{name}.txt").write_text(text)
+        else:
+            doc["messages"] = [{"at": started, "from": customer, "text": text}]
+        (inbox / f"{name}.json").write_text(json.dumps(doc))
+    settings = Settings.from_env({"ARCHIVE_HOME": str(root / "home")})
+    arch, _ = init_archive(settings)
+    ingestor = Ingestor(arch, SqliteIndex(settings.index_path))
+    summary = ingestor.run([inbox], limits=Limits())
+    assert summary.archived == len(CORPUS), summary.outcomes
+    ids = {Path(o.origin).stem: o.record_ids[0] for o in summary.outcomes}
+    ingestor.retention.place_hold("CASE-1", [ids["c01"], ids["c03"]], by="lee", reason="test")
+    return arch, ingestor, ids
+
+
+def names(records: list[dict]) -> list[str]:
+    return [r["metadata"]["source"]["interaction_id"] for r in records]
+
+
+def test_filters_ranges_phrases_logic_and_sort(corpus):
+    _, ingestor, _ = corpus
+    q = lambda text: names(ingestor.index.query(text, limit=100).records)  # noqa: E731
+    assert q("") == ["c06", "c05", "c03", "c04", "c02", "c01", "c07"]  # newest first, by UTC start
+    assert q("sort:oldest")[0] == "c07"
+    assert q("refund") == ["c02", "c01", "c07"]
+    assert q('"not a deposit"') == ["c03", "c02"]
+    assert q("agent:1042 refund") == ["c02", "c01", "c07"]
+    assert q("agent:10*") == q("agent:1042")
+    assert q("customer.phone:+8613800138000") == ["c04", "c01"]
+    assert q("(channel:chat OR channel:messaging) refund") == ["c02", "c01", "c07"]
+    assert q("channel:phone surrender") == ["c04"]  # a call's transcript is searchable
+    assert q("NOT channel:chat") == ["c06", "c03", "c04", "c02"]
+    # ranges compare in UTC: c03 is 2024-02-11T04:30Z, c07 is 2024-01-01T01:00Z, c01 2024-01-05T01:00Z
+    assert q("after:2024-01-01 before:2024-02-11") == ["c02", "c01", "c07"]
+    assert q("after:2024-02-11T04:00:00Z before:2024-02-11T05:00:00Z") == ["c03", "c04"]
+    assert q("after:2024-04-01") == ["c06"]
+    assert q("王芳") == ["c04"]
+    assert q("hold:CASE-1") == ["c03", "c01"] and "c01" not in q("NOT hold:CASE-1")
+    assert q("policy:sec-17a-4-b4") == ["c03"]
+    assert q("finding:missing-part-video") == ["c06"]
+    assert q("xyz-not-there") == []
+
+
+def test_card_data_never_reaches_the_index_but_the_sealed_original_is_intact(corpus):
+    arch, ingestor, ids = corpus
+    assert names(ingestor.index.query("4111").records) == []
+    assert names(ingestor.index.query("987").records) == []
+    [stored] = ingestor.index.query("interaction:c02").records
+    assert "**** **** **** 1111" in stored["metadata"]["messages"][0]["text"]
+    assert all("inline" not in p for p in stored["parts"])
+    index_files = sorted(Path(ingestor.index.path).parent.glob(Path(ingestor.index.path).name + "*"))
+    raw = b"".join(p.read_bytes() for p in index_files)  # the database and its write-ahead log
+    assert len(index_files) >= 2 and b"**** **** **** 1111" in raw
+    assert b"4111 1111 1111 1111" not in raw and b"4111111111111111" not in raw
+    manifest = ingestor.committed(ids["c02"])
+    original = b"".join(ingestor.read_part(manifest, "transcript"))
+    assert b"4111 1111 1111 1111" in original  # the sealed transcript is untouched
+
+
+def test_facets_count_every_match_and_cursors_page_without_gaps(corpus):
+    _, ingestor, _ = corpus
+    page = ingestor.index.query("", limit=3, facets=("channel", "agent", "policy", "hold", "month"), total=True)
+    assert page.total == len(CORPUS)
+    assert dict(page.facets["channel"]) == {"chat": 3, "phone": 2, "messaging": 1, "video": 1}
+    assert dict(page.facets["agent"]) == {"1042": 4, "2207": 2, "3001": 1}
+    assert dict(page.facets["hold"]) == {"case-1": 2}
+    assert dict(page.facets["month"]) == {"2024-04": 1, "2024-03": 1, "2024-02": 2, "2024-01": 3}
+    assert dict(page.facets["policy"])["default"] >= 5
+    seen, cursor = [], None
+    while True:
+        page = ingestor.index.query("", limit=3, cursor=cursor)
+        seen += names(page.records)
+        cursor = page.next
+        if cursor is None:
+            break
+    assert seen == names(ingestor.index.query("", limit=100).records)
+
+
+def test_timeline_is_one_customer_across_channels_oldest_first(corpus):
+    _, ingestor, _ = corpus
+    assert names(ingestor.index.timeline("customer.id", "C-1")) == ["c01", "c02", "c04"]
+    assert names(ingestor.index.timeline("customer.account", "AC-2")) == ["c03", "c06"]
+    assert names(ingestor.index.timeline("customer.phone", "+8613800138000")) == ["c01", "c04"]
+
+
+def test_reindex_from_the_store_alone_gives_identical_results(corpus, tmp_path):
+    arch, ingestor, _ = corpus
+    before = {q: names(ingestor.index.query(q, limit=100).records) for q in QUERIES}
+    facets_before = ingestor.index.query("", facets=("channel", "hold", "policy", "month")).facets
+    fresh = SqliteIndex(tmp_path / "fresh.sqlite")  # the index deleted: a new, empty one
+    from archive.retention.service import Retention
+
+    assert Retention(arch, fresh).rebuild_index() == len(CORPUS)
+    assert {q: names(fresh.query(q, limit=100).records) for q in QUERIES} == before
+    assert fresh.query("", facets=("channel", "hold", "policy", "month")).facets == facets_before
+    assert Retention(arch, fresh).rebuild_index() == len(CORPUS)  # idempotent
+    assert {q: names(fresh.query(q, limit=100).records) for q in QUERIES} == before
+
+
+def test_a_bad_cursor_or_facet_is_an_input_error(corpus):
+    from archive.errors import InputError
+
+    _, ingestor, _ = corpus
+    with pytest.raises(InputError, match="not a cursor"):
+        ingestor.index.query("", cursor=base64.urlsafe_b64encode(b"junk").decode())
+    with pytest.raises(InputError, match="unknown facet"):
+        ingestor.index.query("", facets=("colour",))
