@@ -33,7 +33,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "legal": frozenset({"search", "view", "retrieve", "quarantine-read", "audit-read", "policy-read", "hold",
                         "export", "retention-event"}),
     "admin": frozenset({"keys", "identity", "audit-checkpoint", "audit-read", "object-admin", "disposition",
-                        "quarantine-read", "policy-read", "retention-event"}),
+                        "quarantine-read", "policy-read", "retention-event", "reindex"}),
 }
 NEEDS_REASON = frozenset({"view", "retrieve", "export"})
 
@@ -140,6 +140,7 @@ OPERATIONS: dict[str, str] = {
     "quarantine-list": "quarantine-read", "hold": "hold", "hold-list": "policy-read", "export": "export",
     "policy-list": "policy-read", "policy-check": "policy-read", "policy-explain": "policy-read",
     "retention-event": "retention-event", "disposition-plan": "disposition", "disposition": "disposition",
+    "reindex": "reindex",
     # four-eyes (archive/approvals.py): releasing a hold is requested by one legal identity and approved
     # by another; approving needs the permission of the action approved — "hold" for the only one so far
     "hold-release-request": "hold", "approve": "hold",

@@ -295,14 +295,48 @@ def cmd_get(archive: Archive, args: argparse.Namespace) -> int:
 def cmd_search(archive: Archive, args: argparse.Namespace) -> int:
     from archive.index.sqlite import SqliteIndex
 
-    results = SqliteIndex(archive.settings.index_path).search(" ".join(args.query), limit=args.limit)
-    args.audit_target["results"] = len(results)
+    facets = tuple(f.strip() for f in (args.facets or "").split(",") if f.strip())
+    page = SqliteIndex(archive.settings.index_path).query(" ".join(args.query), limit=args.limit, cursor=args.cursor,
+                                                          facets=facets, total=True)
+    args.audit_target["results"] = page.total
     if args.json:
-        _out(results)
-    else:
-        for manifest in results:
-            print(_line(manifest))
-        print(f"{len(results)} record(s)", file=sys.stderr)
+        _out({"total": page.total, "records": page.records, "next": page.next,
+              "facets": {k: [{"value": v, "count": n} for v, n in vs] for k, vs in page.facets.items()}})
+        return 0
+    for record in page.records:
+        print(_line(record))
+    for name, counts in page.facets.items():
+        print(f"  {name}: " + ", ".join(f"{v} ({n})" for v, n in counts))
+    more = f"; next page: --cursor {page.next}" if page.next else ""
+    print(f"{len(page.records)} of {page.total} record(s){more}", file=sys.stderr)
+    return 0
+
+
+def cmd_timeline(archive: Archive, args: argparse.Namespace) -> int:
+    from archive.index.sqlite import SqliteIndex
+
+    field_name, value = next((f, v) for f, v in (("customer.id", args.customer), ("customer.account", args.account),
+                                                 ("customer.phone", args.phone)) if v)
+    records = SqliteIndex(archive.settings.index_path).timeline(field_name, value)
+    args.audit_target.update({"timeline": {field_name: value}, "results": len(records)})
+    if args.json:
+        _out(records)
+        return 0
+    for record in records:
+        print(_line(record))
+    print(f"{len(records)} interaction(s) of {field_name} {value}, oldest first", file=sys.stderr)
+    return 0
+
+
+def cmd_reindex(archive: Archive, args: argparse.Namespace) -> int:
+    retention = _retention(archive)
+    show = sys.stderr.isatty()
+    count = retention.rebuild_index(progress=(lambda n: print(f"\r{n} records", end="", file=sys.stderr))
+                                    if show else None)
+    if show:
+        print(file=sys.stderr)
+    args.audit_target["records_indexed"] = count
+    print(f"index rebuilt from the store: {count} record(s)")
     return 0
 
 
@@ -536,7 +570,7 @@ OPERATION_OF: dict[Callable, str | Callable] = {
     cmd_put: "object-put", cmd_object_get: "object-retrieve", cmd_head: "object-head", cmd_ls: "object-list",
     cmd_hold: lambda archive, args: "hold" if args.state == "on" else "hold-release-request",
     cmd_approve: "approve", cmd_extend: "retention-extend", cmd_delete: "object-delete", cmd_ingest: "ingest",
-    cmd_show: "view", cmd_get: "retrieve", cmd_search: "search", cmd_quarantine_list: "quarantine-list",
+    cmd_show: "view", cmd_get: "retrieve", cmd_search: "search", cmd_timeline: "search", cmd_reindex: "reindex", cmd_quarantine_list: "quarantine-list",
     cmd_keys_status: "key-status", cmd_keys_rotate: "key-rotation", cmd_keys_destroy: "key-destroy",
     cmd_audit_checkpoint: "audit-checkpoint", cmd_audit_verify: "audit-verify", cmd_audit_show: "audit-show",
     cmd_identity_list: "identity-list", cmd_identity_set: "identity-change",
@@ -677,13 +711,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--range", metavar="A-B", help="plaintext byte range [A, B)")
     p.set_defaults(run=cmd_get)
 
-    p = sub.add_parser("search", help="find records by words, names, numbers, ids",
-                       description="Records whose participants, identifiers or message text contain every "
-                                   "word of QUERY, newest first.")
+    p = sub.add_parser("search", help="find records with the query language (fields, dates, words, facets)",
+                       description="Records matching QUERY, e.g. 'agent:1042 channel:phone after:2024-01-01 "
+                                   "\"not a deposit\" NOT hold:CASE-7 sort:oldest'. Fields, operators and "
+                                   "examples: docs/search.md.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("query", nargs="*")
-    p.add_argument("--limit", type=int, default=50, help="at most this many records")
-    p.add_argument("--json", action="store_true", help="print manifests as JSON")
+    p.add_argument("--limit", type=int, default=50, help="records per page (default 50)")
+    p.add_argument("--cursor", help="the next page: the cursor the previous page printed")
+    p.add_argument("--facets", metavar="LIST",
+                   help="count matches by these, comma-separated: channel,agent,policy,hold,finding,month")
+    p.add_argument("--json", action="store_true", help="print the page (records, next cursor, facets) as JSON")
     p.set_defaults(run=cmd_search)
+
+    p = sub.add_parser("timeline", help="every interaction of one customer, all channels, in time order",
+                       description="The dispute view: every record of a customer (by id, account or phone), "
+                                   "calls, chats and emails together, oldest first.")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--customer", help="customer id")
+    g.add_argument("--account", help="customer account")
+    g.add_argument("--phone", help="customer phone (E.164)")
+    p.add_argument("--json", action="store_true", help="print records as JSON")
+    p.set_defaults(run=cmd_timeline)
+
+    p = sub.add_parser("reindex", help="rebuild the search index from the object store",
+                       description="Drop every index entry and rebuild it from the store alone: manifests, "
+                                   "current retention decisions and legal holds. Idempotent.")
+    p.set_defaults(run=cmd_reindex)
 
     q = sub.add_parser("quarantine", help="inputs ingest rejected, with reasons",
                        description="Inputs that ingest refused, each with its reason. Sources are never moved.")

@@ -152,9 +152,9 @@ def main(out: Path) -> None:
     (chats / "webchat-0001.json").write_text(json.dumps({
         "schema": "archive-record/1", "source": {"system": "webchat", "interaction_id": "wc-0001"},
         "channel": "chat", "started_at": "2024-05-06T11:00:00+08:00", "ended_at": "2024-05-06T11:04:00+08:00",
-        "participants": [{"role": "customer", "id": "u-311", "name": "Chen Jie"},
+        "participants": [{"role": "customer", "id": "C-88231", "name": "Chen Jie", "account": "6222020200001234"},
                          {"role": "agent", "id": "1042", "name": "Wang Fang"}],
-        "messages": [{"at": "2024-05-06T11:00:00+08:00", "from": "u-311", "text": "Is the 10Y plan a deposit?"},
+        "messages": [{"at": "2024-05-06T11:00:00+08:00", "from": "C-88231", "text": "Is the 10Y plan a deposit?"},
                      {"at": "2024-05-06T11:01:30+08:00", "from": "1042",
                       "text": "No. It is an insurance product, not a deposit, and returns are not guaranteed."}],
         "language": "en", "business_line": "bancassurance"}, indent=1))

@@ -224,7 +224,7 @@ SAMPLES = {
     ("policy", "list"): [], ("policy", "check"): [], ("policy", "explain"): ["rx"],
     ("event",): ["contract-terminated", "--contract", "C-1", "--date", "2024-01-01"],
     ("hold", "place"): ["CASE-1", "rx"], ("hold", "release"): ["CASE-1"], ("hold", "list"): [],
-    ("dispose",): ["--dry-run"],
+    ("dispose",): ["--dry-run"], ("timeline",): ["--customer", "u1"], ("reindex",): [],
 }
 
 
@@ -327,3 +327,31 @@ def test_case_holds_events_and_disposition_through_the_cli(env, tmp_path):
                      ("tester", "retention-event", "error", None), ("lee", "hold", "ok", "CASE-9"),
                      ("lee", "hold-release-request", "ok", "CASE-9"), ("lee", "approve", "denied", None),
                      ("kim", "approve", "ok", None)]
+
+
+def test_search_facets_syntax_errors_timeline_and_reindex_through_the_cli(env, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i, channel in enumerate(["chat", "messaging", "chat"]):
+        (inbox / f"chat-{i}.json").write_text(json.dumps({
+            "schema": "archive-record/1", "source": {"system": "webchat", "interaction_id": f"w-{i}"},
+            "channel": channel, "started_at": f"2024-04-0{i + 1}T10:00:00Z",
+            "participants": [{"role": "customer", "id": "u1", "account": "AC-1"}, {"role": "agent", "id": "7"}],
+            "messages": [{"at": "2024-04-01T10:00:00Z", "from": "u1", "text": f"refund number {i}"}]}))
+    run(env, "init")
+    run(env, "ingest", str(inbox))
+    page = json.loads(run(env, "search", "refund", "NOT", "channel:messaging", "--facets", "channel,month",
+                          "--json").stdout)
+    assert page["total"] == 2 and page["facets"]["channel"] == [{"value": "chat", "count": 2}]
+    bad = run(env, "search", "refund", "(channel:chat", check=False)
+    assert bad.returncode != 0 and b"column 8" in bad.stderr and b"missing ')'" in bad.stderr
+    timeline = json.loads(run(env, "timeline", "--account", "AC-1", "--json").stdout)
+    assert [r["metadata"]["source"]["interaction_id"] for r in timeline] == ["w-0", "w-1", "w-2"]
+    Path(env["ARCHIVE_HOME"], "index.sqlite").unlink()
+    for suffix in ("-wal", "-shm"):
+        Path(env["ARCHIVE_HOME"], "index.sqlite" + suffix).unlink(missing_ok=True)
+    assert json.loads(run(env, "search", "refund", "--json").stdout)["total"] == 0  # the index is gone
+    assert b"3 record(s)" in run(env, "reindex").stdout
+    again = json.loads(run(env, "search", "refund", "NOT", "channel:messaging", "--facets", "channel,month",
+                           "--json").stdout)
+    assert again == page

@@ -248,6 +248,23 @@ class Retention:
         manifest = manifest or self.manifest(rid)
         self.index.upsert(self.view(manifest, decision))
 
+    def rebuild_index(self, progress=None) -> int:
+        """Drop every index entry and rebuild from the store alone (manifests, current decisions, holds).
+        Returns the number of records indexed."""
+        with self._lock:
+            self._holds = None
+        held = self.held_records()
+        self.index.clear()
+        count = 0
+        for rid in self.record_ids():
+            manifest = self.manifest(rid)
+            self.index.upsert(self.view(manifest, cases=held.get(rid, [])))
+            count += 1
+            if progress and count % 100 == 0:
+                progress(count)
+        self.index.flush()
+        return count
+
     def view(self, manifest: dict, decision: dict | None = None, cases: list[str] | None = None) -> dict:
         """What the index keeps of a record: the manifest with its current decision and holds."""
         rid = manifest["record_id"]
