@@ -15,16 +15,16 @@ the first.
 
 from __future__ import annotations
 
-import base64
 import json
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
 
-from archive.errors import InputError
+from archive.index.base import (FACET_FIELD, FACET_SIZE, FIND_FIELD, MONTHS, Page, check_facets, decode_cursor,
+                                encode_cursor)
 from archive.search import document
 from archive.search.query import All, And, Field, Not, Or, Query, Range, Text, parse
 
@@ -73,26 +73,6 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX records_started_utc ON records (started_utc, record_id);
     """),
 ]
-
-# Facets the query language offers: name → the record_fields field counted (month is computed).
-FACETS = ("channel", "agent", "policy", "hold", "finding", "month")
-
-
-@dataclass
-class Page:
-    """One page of results: records (stored views), the cursor for the next page (None at the end), and
-    facet counts over every match (not only this page) when asked for."""
-
-    records: list[dict]
-    next: str | None = None
-    facets: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
-    total: int | None = None
-
-
-class CursorError(InputError):
-    code = "cursor_invalid"
-    http_status = 400
-
 
 class SqliteIndex:
     """Committed records, searchable. One connection per instance, shared by threads under a lock."""
@@ -173,9 +153,13 @@ class SqliteIndex:
         self._write(lambda: [self.db.execute(f"DELETE FROM {t} WHERE record_id = ?", (record_id,))
                              for t in ("records", "records_text", "record_fields")])
 
-    def clear(self) -> None:
-        """Remove every record (before a rebuild from the store)."""
+    @contextmanager
+    def rebuilding(self):
+        """Empty the index and yield it to be filled. (The embedded index is briefly empty meanwhile; the
+        Elasticsearch backend builds aside and swaps.)"""
         self._write(lambda: [self.db.execute(f"DELETE FROM {t}") for t in ("records", "records_text", "record_fields")])
+        yield self
+        self.flush()
 
     def _write(self, do) -> None:
         with self._lock:
@@ -200,12 +184,13 @@ class SqliteIndex:
               facets: tuple[str, ...] = (), total: bool = False) -> Page:
         """One page of the records matching ``query`` (text or parsed), in its sort order."""
         q = parse(query) if isinstance(query, str) else query
+        check_facets(facets)
         where, params = _sql(q.tree)
         newest = q.sort == "newest"
         order = "DESC" if newest else "ASC"
         page_where, page_params = where, list(params)
         if cursor:
-            started, rid = _decode_cursor(cursor)
+            started, rid = decode_cursor(cursor)
             page_where = f"({where}) AND (r.started_utc, r.record_id) {'<' if newest else '>'} (?, ?)"
             page_params += [started, rid]
         with self._lock:
@@ -218,20 +203,17 @@ class SqliteIndex:
                 if total else None
         more = len(rows) > limit
         rows = rows[:limit]
-        nxt = _encode_cursor(rows[-1][1], rows[-1][2]) if more and rows else None
+        nxt = encode_cursor(rows[-1][1], rows[-1][2]) if more and rows else None
         return Page([json.loads(r[0]) for r in rows], nxt, counts, count)
 
     def _facet(self, name: str, where: str, params: list) -> list[tuple[str, int]]:
-        if name not in FACETS:
-            raise InputError(f"unknown facet {name!r}; facets are {', '.join(FACETS)}", facet=name)
         if name == "month":
             sql = (f"SELECT substr(r.started_utc, 1, 7) AS v, count(*) FROM records r WHERE {where} "
-                   "GROUP BY v ORDER BY v DESC LIMIT 120")
+                   f"GROUP BY v ORDER BY v DESC LIMIT {MONTHS}")
             return [(v, n) for v, n in self.db.execute(sql, params)]
-        field_name = "agent.id" if name == "agent" else name
         sql = (f"SELECT f.value, count(*) AS n FROM record_fields f JOIN records r ON r.record_id = f.record_id "
-               f"WHERE f.field = ? AND ({where}) GROUP BY f.value ORDER BY n DESC, f.value LIMIT 50")
-        return [(v, n) for v, n in self.db.execute(sql, (field_name, *params))]
+               f"WHERE f.field = ? AND ({where}) GROUP BY f.value ORDER BY n DESC, f.value LIMIT {FACET_SIZE}")
+        return [(v, n) for v, n in self.db.execute(sql, (FACET_FIELD.get(name, name), *params))]
 
     def search(self, query: str, limit: int = 50) -> list[dict]:
         """The first ``limit`` records matching ``query``."""
@@ -248,7 +230,7 @@ class SqliteIndex:
 
     def find(self, kind: str, value: str) -> list[str]:
         """Records naming ``value`` as their ``kind`` (account, contract or customer): what an event covers."""
-        field_name = {"account": "customer.account", "customer": "customer.id"}.get(kind, kind)
+        field_name = FIND_FIELD[kind]
         with self._lock:
             self.flush()
             rows = self.db.execute("SELECT record_id FROM record_fields WHERE field = ? AND value = ? "
@@ -310,17 +292,3 @@ def _sql(node) -> tuple[str, list]:
             params += p
         return (" AND " if isinstance(node, And) else " OR ").join(joined), params
     raise TypeError(f"not a query node: {node!r}")
-
-
-def _encode_cursor(started: str, rid: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([started, rid]).encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[str, str]:
-    try:
-        started, rid = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if not (isinstance(started, str) and isinstance(rid, str)):
-            raise ValueError
-        return started, rid
-    except (ValueError, TypeError):
-        raise CursorError(f"not a cursor from this index: {cursor[:40]!r}") from None

@@ -254,15 +254,14 @@ class Retention:
         with self._lock:
             self._holds = None
         held = self.held_records()
-        self.index.clear()
         count = 0
-        for rid in self.record_ids():
-            manifest = self.manifest(rid)
-            self.index.upsert(self.view(manifest, cases=held.get(rid, [])))
-            count += 1
-            if progress and count % 100 == 0:
-                progress(count)
-        self.index.flush()
+        with self.index.rebuilding() as fresh:
+            for rid in self.record_ids():
+                manifest = self.manifest(rid)
+                fresh.upsert(self.view(manifest, cases=held.get(rid, [])))
+                count += 1
+                if progress and count % 100 == 0:
+                    progress(count)
         return count
 
     def view(self, manifest: dict, decision: dict | None = None, cases: list[str] | None = None) -> dict:

@@ -87,7 +87,7 @@ def fields(view: dict) -> dict[str, list[str]]:
 
 def text(view: dict) -> str:
     """Everything words and phrases are searched in: identifiers, names, subject, messages, and call
-    transcripts supplied as text — masked."""
+    transcripts supplied as text — masked and case-folded."""
     meta = view["metadata"]
     bits = [view["record_id"], meta["source"]["system"], meta["source"]["interaction_id"], meta["channel"],
             *(str(meta[k]) for k in ("business_line", "product", "product_type", "jurisdiction", "subject",
@@ -106,7 +106,7 @@ def text(view: dict) -> str:
     bits += [p["id"] for p in retention.get("policies", [])]
     bits += [f["code"] for f in view.get("findings", [])]
     bits += view.get("holds", [])
-    return mask_pci("\n".join(b for b in bits if b))
+    return mask_pci("\n".join(b for b in bits if b)).casefold()  # words match ignoring case, on every backend
 
 
 def stored(view: dict) -> dict:

@@ -64,7 +64,7 @@ class Field:
 
 @dataclass(frozen=True)
 class Text:
-    """A word or a phrase, found anywhere in the record's text."""
+    """A word or a phrase (case-folded), found anywhere in the record's text."""
 
     text: str
     phrase: bool = False
@@ -240,14 +240,14 @@ class _Parser:
 
     def term(self, tok: _Tok):
         if tok.kind == "phrase":
-            text = " ".join(_unquote(tok.text).split())
+            text = " ".join(_unquote(tok.text).split()).casefold()
             if not text:
                 raise self.error("empty phrase", tok)
             return Text(text, phrase=True)
         word = tok.text
         m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_.]*):(.*)", word, re.S)
         if not m:
-            return Text(word)
+            return Text(word.casefold())
         name, value = m.group(1), m.group(2)
         value_col = tok.column + len(name) + 1
         if value.startswith('"'):
