@@ -190,10 +190,10 @@ def cmd_keys_destroy(archive: Archive, args: argparse.Namespace) -> int:
 
 
 def _retention(archive: Archive):
-    from archive.index.sqlite import SqliteIndex
+    from archive.index import open_index
     from archive.retention.service import Retention
 
-    return Retention(archive, SqliteIndex(archive.settings.index_path), policies_dir=archive.settings.policies_dir,
+    return Retention(archive, open_index(archive.settings), policies_dir=archive.settings.policies_dir,
                      min_lock=archive.settings.min_lock)
 
 
@@ -293,10 +293,10 @@ def cmd_get(archive: Archive, args: argparse.Namespace) -> int:
 
 
 def cmd_search(archive: Archive, args: argparse.Namespace) -> int:
-    from archive.index.sqlite import SqliteIndex
+    from archive.index import open_index
 
     facets = tuple(f.strip() for f in (args.facets or "").split(",") if f.strip())
-    page = SqliteIndex(archive.settings.index_path).query(" ".join(args.query), limit=args.limit, cursor=args.cursor,
+    page = open_index(archive.settings).query(" ".join(args.query), limit=args.limit, cursor=args.cursor,
                                                           facets=facets, total=True)
     args.audit_target["results"] = page.total
     if args.json:
@@ -313,11 +313,11 @@ def cmd_search(archive: Archive, args: argparse.Namespace) -> int:
 
 
 def cmd_timeline(archive: Archive, args: argparse.Namespace) -> int:
-    from archive.index.sqlite import SqliteIndex
+    from archive.index import open_index
 
     field_name, value = next((f, v) for f, v in (("customer.id", args.customer), ("customer.account", args.account),
                                                  ("customer.phone", args.phone)) if v)
-    records = SqliteIndex(archive.settings.index_path).timeline(field_name, value)
+    records = open_index(archive.settings).timeline(field_name, value)
     args.audit_target.update({"timeline": {field_name: value}, "results": len(records)})
     if args.json:
         _out(records)

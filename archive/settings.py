@@ -22,6 +22,10 @@ accepted. Secrets (S3 secret key) are kept out of ``repr`` so they never reach a
 | ARCHIVE_MAX_INPUT_BYTES      | 10737418240 (10 GiB)          | larger input files are rejected at ingest     |
 | ARCHIVE_POLICIES             | (the shipped ``policies/``)   | directory of retention policy files (*.yaml)   |
 | ARCHIVE_MIN_LOCK             | P1D                           | shortest lock ever written: a record that arrives already due is still kept this long |
+| ARCHIVE_INDEX_URL            | (none: SQLite in the home)    | Elasticsearch URL, e.g. ``http://localhost:9200`` |
+| ARCHIVE_ES_INDEX             | archive-records               | the alias searched (physical indexes ``<alias>-v<n>-<time>``) |
+| ARCHIVE_ES_MEDIA_TYPE        | compat                        | ``compat`` (Elasticsearch 8/9) or ``json`` (OpenSearch-API servers) |
+| ARCHIVE_ES_API_KEY           | (none)                        | Elasticsearch API key (kept out of logs)       |
 | ARCHIVE_AUDIT_RETENTION      | P10Y                          | lock period of audit-log batches and checkpoints |
 | ARCHIVE_ACTOR                | (the OS user)                 | who the CLI acts as, when --actor is not given |
 """
@@ -29,6 +33,7 @@ accepted. Secrets (S3 secret key) are kept out of ``repr`` so they never reach a
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +66,10 @@ class Settings:
     kms_endpoint_url: str | None = None
     kms_region: str | None = None
     max_input_bytes: int = 10 * 1024**3
+    index_url: str | None = None
+    es_index: str = "archive-records"
+    es_media_type: str = "compat"
+    es_api_key: str | None = field(default=None, repr=False)
     policies_dir: Path | None = None
     min_lock: str = "P1D"
     audit_retention: str = "P10Y"
@@ -128,6 +137,17 @@ class Settings:
                 raise ConfigError(f"ARCHIVE_POLICIES={policies!r} is not a directory of policy files",
                                   variable="ARCHIVE_POLICIES")
         min_lock = _duration(env, "ARCHIVE_MIN_LOCK", "P1D")
+        index_url = env.get("ARCHIVE_INDEX_URL") or None
+        if index_url:
+            _check_http_url(index_url, "ARCHIVE_INDEX_URL")
+        es_media_type = (env.get("ARCHIVE_ES_MEDIA_TYPE") or "compat").lower()
+        if es_media_type not in ("compat", "json"):
+            raise ConfigError(f"ARCHIVE_ES_MEDIA_TYPE={es_media_type!r} must be compat (Elasticsearch 8/9) or json "
+                              "(OpenSearch and OpenSearch-API-compatible servers)", variable="ARCHIVE_ES_MEDIA_TYPE")
+        es_index = env.get("ARCHIVE_ES_INDEX") or "archive-records"
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,100}", es_index):
+            raise ConfigError(f"ARCHIVE_ES_INDEX={es_index!r} is not an index name (lower-case letters, digits, . _ -)",
+                              variable="ARCHIVE_ES_INDEX")
         audit_retention = _duration(env, "ARCHIVE_AUDIT_RETENTION", "P10Y")
 
         return cls(
@@ -145,6 +165,10 @@ class Settings:
             kms_endpoint_url=kms_endpoint,
             kms_region=env.get("ARCHIVE_KMS_REGION") or region,
             max_input_bytes=_int(env, "ARCHIVE_MAX_INPUT_BYTES", 10 * 1024**3, 1, 2**50),
+            index_url=index_url,
+            es_index=es_index,
+            es_media_type=es_media_type,
+            es_api_key=env.get("ARCHIVE_ES_API_KEY") or None,
             policies_dir=policies_dir,
             min_lock=min_lock,
             audit_retention=audit_retention,

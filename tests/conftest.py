@@ -14,13 +14,20 @@ import pytest
 from archive.keys.keyring import KeyringProvider, create_keyring
 from archive.store.filesystem import FilesystemStore
 from archive.store.s3 import S3Store
-from tests.servers import SeaweedS3
+from tests.servers import Osmem, SeaweedS3
 
 
 @pytest.fixture(scope="session")
 def seaweed():
     """A SeaweedFS S3 server for the whole session."""
     with SeaweedS3() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def osmem():
+    """An OpenSearch-API server (osmem-server) for the whole session: the Elasticsearch backend's tests."""
+    with Osmem() as server:
         yield server
 
 

@@ -191,3 +191,41 @@ class SeaweedS3:
         self.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
         return name
 
+
+
+class Osmem:
+    """An ``osmem-server`` (PyPI wheel): an in-memory server speaking the OpenSearch/Elasticsearch REST API,
+    the stand-in for Elasticsearch here. Started on a free loopback port; stopped and gone on exit."""
+
+    def __init__(self) -> None:
+        self.port = _free_ports(1)[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self._log = tempfile.TemporaryFile()
+
+    def __enter__(self) -> "Osmem":
+        import osmem_server  # a missing wheel is a failure: pip install -e '.[test]'
+
+        binary = osmem_server.resolve_binary()
+        self.proc = subprocess.Popen([binary, "-addr", f"127.0.0.1:{self.port}", "-no-stdin-watch"],
+                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + _STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._log.seek(0)
+                raise RuntimeError(f"osmem-server exited {self.proc.returncode}: {self._log.read()[-2000:]!r}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return self
+            time.sleep(0.05)
+        self.__exit__()
+        raise RuntimeError("osmem-server did not start listening")
+
+    def __exit__(self, *exc_info) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(_STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -94,9 +95,26 @@ QUERIES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("search")
+def make_index(request, kind: str, root: Path, name: str):
+    """An empty index of one backend: SQLite in a file, or Elasticsearch (osmem-server) under a fresh alias."""
+    if kind == "sqlite":
+        return SqliteIndex(root / f"{name}.sqlite")
+    from archive.index.elastic import ElasticIndex
+
+    return ElasticIndex(request.getfixturevalue("osmem").url, alias=f"t{uuid.uuid4().hex[:12]}-{name}",
+                        media_type="json")
+
+
+BACKENDS = ["sqlite", pytest.param("elasticsearch", marks=pytest.mark.es)]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def corpus(request, tmp_path_factory):
+    """The corpus ingested through the real pipeline into one backend."""
+    return build_corpus(request, request.param, tmp_path_factory.mktemp("search"))
+
+
+def build_corpus(request, kind: str, root: Path):
     inbox = root / "inbox"
     inbox.mkdir()
     for name, channel, started, agent, customer, account, phone, text, extra in CORPUS:
@@ -112,12 +130,12 @@ def corpus(tmp_path_factory):
         (inbox / f"{name}.json").write_text(json.dumps(doc))
     settings = Settings.from_env({"ARCHIVE_HOME": str(root / "home")})
     arch, _ = init_archive(settings)
-    ingestor = Ingestor(arch, SqliteIndex(settings.index_path))
+    ingestor = Ingestor(arch, make_index(request, kind, root, "records"))
     summary = ingestor.run([inbox], limits=Limits())
     assert summary.archived == len(CORPUS), summary.outcomes
     ids = {Path(o.origin).stem: o.record_ids[0] for o in summary.outcomes}
     ingestor.retention.place_hold("CASE-1", [ids["c01"], ids["c03"]], by="lee", reason="test")
-    return arch, ingestor, ids
+    return arch, ingestor, ids, kind, root
 
 
 def names(records: list[dict]) -> list[str]:
@@ -125,7 +143,7 @@ def names(records: list[dict]) -> list[str]:
 
 
 def test_filters_ranges_phrases_logic_and_sort(corpus):
-    _, ingestor, _ = corpus
+    _, ingestor, *_ = corpus
     q = lambda text: names(ingestor.index.query(text, limit=100).records)  # noqa: E731
     assert q("") == ["c06", "c05", "c03", "c04", "c02", "c01", "c07"]  # newest first, by UTC start
     assert q("sort:oldest")[0] == "c07"
@@ -149,15 +167,20 @@ def test_filters_ranges_phrases_logic_and_sort(corpus):
 
 
 def test_card_data_never_reaches_the_index_but_the_sealed_original_is_intact(corpus):
-    arch, ingestor, ids = corpus
+    arch, ingestor, ids, kind, _ = corpus
     assert names(ingestor.index.query("4111").records) == []
     assert names(ingestor.index.query("987").records) == []
     [stored] = ingestor.index.query("interaction:c02").records
     assert "**** **** **** 1111" in stored["metadata"]["messages"][0]["text"]
     assert all("inline" not in p for p in stored["parts"])
-    index_files = sorted(Path(ingestor.index.path).parent.glob(Path(ingestor.index.path).name + "*"))
-    raw = b"".join(p.read_bytes() for p in index_files)  # the database and its write-ahead log
-    assert len(index_files) >= 2 and b"**** **** **** 1111" in raw
+    if kind == "sqlite":
+        index_files = sorted(Path(ingestor.index.path).parent.glob(Path(ingestor.index.path).name + "*"))
+        raw = b"".join(p.read_bytes() for p in index_files)  # the database and its write-ahead log
+        assert len(index_files) >= 2
+    else:  # every document as the server holds it
+        hits = ingestor.index.es.search(index=ingestor.index.alias, size=100)["hits"]["hits"]
+        raw = json.dumps([h["_source"] for h in hits], ensure_ascii=False).encode()
+    assert b"**** **** **** 1111" in raw
     assert b"4111 1111 1111 1111" not in raw and b"4111111111111111" not in raw
     manifest = ingestor.committed(ids["c02"])
     original = b"".join(ingestor.read_part(manifest, "transcript"))
@@ -165,7 +188,7 @@ def test_card_data_never_reaches_the_index_but_the_sealed_original_is_intact(cor
 
 
 def test_facets_count_every_match_and_cursors_page_without_gaps(corpus):
-    _, ingestor, _ = corpus
+    _, ingestor, *_ = corpus
     page = ingestor.index.query("", limit=3, facets=("channel", "agent", "policy", "hold", "month"), total=True)
     assert page.total == len(CORPUS)
     assert dict(page.facets["channel"]) == {"chat": 3, "phone": 2, "messaging": 1, "video": 1}
@@ -184,17 +207,17 @@ def test_facets_count_every_match_and_cursors_page_without_gaps(corpus):
 
 
 def test_timeline_is_one_customer_across_channels_oldest_first(corpus):
-    _, ingestor, _ = corpus
+    _, ingestor, *_ = corpus
     assert names(ingestor.index.timeline("customer.id", "C-1")) == ["c01", "c02", "c04"]
     assert names(ingestor.index.timeline("customer.account", "AC-2")) == ["c03", "c06"]
     assert names(ingestor.index.timeline("customer.phone", "+8613800138000")) == ["c01", "c04"]
 
 
-def test_reindex_from_the_store_alone_gives_identical_results(corpus, tmp_path):
-    arch, ingestor, _ = corpus
+def test_reindex_from_the_store_alone_gives_identical_results(corpus, request):
+    arch, ingestor, _, kind, root = corpus
     before = {q: names(ingestor.index.query(q, limit=100).records) for q in QUERIES}
     facets_before = ingestor.index.query("", facets=("channel", "hold", "policy", "month")).facets
-    fresh = SqliteIndex(tmp_path / "fresh.sqlite")  # the index deleted: a new, empty one
+    fresh = make_index(request, kind, root, "fresh")  # the index deleted: a new, empty one
     from archive.retention.service import Retention
 
     assert Retention(arch, fresh).rebuild_index() == len(CORPUS)
@@ -207,8 +230,58 @@ def test_reindex_from_the_store_alone_gives_identical_results(corpus, tmp_path):
 def test_a_bad_cursor_or_facet_is_an_input_error(corpus):
     from archive.errors import InputError
 
-    _, ingestor, _ = corpus
+    _, ingestor, *_ = corpus
     with pytest.raises(InputError, match="not a cursor"):
         ingestor.index.query("", cursor=base64.urlsafe_b64encode(b"junk").decode())
     with pytest.raises(InputError, match="unknown facet"):
         ingestor.index.query("", facets=("colour",))
+
+
+@pytest.mark.es
+def test_both_backends_answer_every_query_alike(request, tmp_path_factory):
+    """One store, both indexes built from it: the same records in the same order, the same facets, the
+    same timelines, page by page."""
+    from archive.retention.service import Retention
+
+    arch, ingestor, *_ = build_corpus(request, "sqlite", tmp_path_factory.mktemp("both"))
+    es = make_index(request, "elasticsearch", tmp_path_factory.mktemp("es"), "both")
+    Retention(arch, es).rebuild_index()
+    sqlite = ingestor.index
+    queries = QUERIES + ["agent:1042 OR tag:vip", "-channel:chat refund", "NOT (agent:2207 OR hold:case-1)",
+                         "customer:C-1 sort:oldest", "part:audio after:2024-02-01", '"a deposit" OR surrender']
+    assert len(queries) >= 36
+    for q in queries:
+        a = sqlite.query(q, limit=100, facets=("channel", "agent", "policy", "hold", "finding", "month"), total=True)
+        b = es.query(q, limit=100, facets=("channel", "agent", "policy", "hold", "finding", "month"), total=True)
+        assert names(a.records) == names(b.records), q
+        assert (a.total, a.facets) == (b.total, b.facets), q
+        pages = []
+        for index in (sqlite, es):
+            seen, cursor = [], None
+            while True:
+                page = index.query(q, limit=2, cursor=cursor)
+                seen.append(names(page.records))
+                cursor = page.next
+                if cursor is None:
+                    break
+            pages.append(seen)
+        assert pages[0] == pages[1], q
+    for field_name, value in (("customer.id", "C-1"), ("customer.account", "AC-2"), ("customer.phone", "+8613800138000")):
+        assert names(sqlite.timeline(field_name, value)) == names(es.timeline(field_name, value))
+    for kind, value in (("account", "AC-1"), ("contract", "none"), ("customer", "C-2")):
+        assert sqlite.find(kind, value) == es.find(kind, value)
+
+
+@pytest.mark.es
+def test_the_media_type_is_a_setting_and_a_refusal_says_what_happened(osmem):
+    from archive.errors import StorageError
+    from archive.index.elastic import ElasticIndex
+
+    with pytest.raises(StorageError, match="406"):  # osmem, like OpenSearch, refuses the compat media type
+        ElasticIndex(osmem.url, alias=f"t{uuid.uuid4().hex[:12]}", media_type="compat")
+    index = ElasticIndex(osmem.url, alias=f"t{uuid.uuid4().hex[:12]}", media_type="json")
+    assert index.count() == 0
+    from archive.index.elastic import IndexUnavailable
+
+    with pytest.raises(IndexUnavailable, match="template install failed"):
+        ElasticIndex("http://127.0.0.1:1", alias="x", media_type="json", timeout=1)

@@ -38,6 +38,11 @@ def test_s3_secret_never_appears_in_repr():
     ({"ARCHIVE_S3_SECRET_ACCESS_KEY": "x"}, "ARCHIVE_S3_ACCESS_KEY_ID"),
     ({"ARCHIVE_S3_ENDPOINT_URL": "localhost:9000"}, "ARCHIVE_S3_ENDPOINT_URL"),
     ({"ARCHIVE_S3_PART_SIZE": "1000"}, "ARCHIVE_S3_PART_SIZE"),
+    ({"ARCHIVE_INDEX_URL": "localhost:9200"}, "ARCHIVE_INDEX_URL"),
+    ({"ARCHIVE_ES_MEDIA_TYPE": "xml"}, "ARCHIVE_ES_MEDIA_TYPE"),
+    ({"ARCHIVE_ES_INDEX": "Records"}, "ARCHIVE_ES_INDEX"),
+    ({"ARCHIVE_MIN_LOCK": "1 day"}, "ARCHIVE_MIN_LOCK"),
+    ({"ARCHIVE_POLICIES": "/no/such/policies"}, "ARCHIVE_POLICIES"),
 ])
 def test_invalid_settings_name_the_variable(env, variable):
     with pytest.raises(ConfigError) as e:
