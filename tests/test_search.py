@@ -285,3 +285,31 @@ def test_the_media_type_is_a_setting_and_a_refusal_says_what_happened(osmem):
 
     with pytest.raises(IndexUnavailable, match="template install failed"):
         ElasticIndex("http://127.0.0.1:1", alias="x", media_type="json", timeout=1)
+
+
+def test_an_index_from_before_the_query_language_migrates_and_stays_searchable(tmp_path):
+    import sqlite3
+
+    from archive.index import sqlite as backend
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    for name, sql in backend.MIGRATIONS[:2]:  # as the index was before migration 0003
+        for statement in filter(str.strip, sql.split(";")):
+            db.execute(statement)
+        db.execute("INSERT INTO schema_migrations VALUES (?, datetime('now'))", (name,))
+    manifest = {"record_id": "rold", "metadata": {"source": {"system": "s", "interaction_id": "i"}, "channel": "chat",
+                                                  "started_at": "2024-01-01T08:00:00+08:00", "participants": []}}
+    db.execute("INSERT INTO records VALUES ('rold', '2024-01-01T08:00:00+08:00', 'chat', 's', 'i', ?)",
+               (json.dumps(manifest),))
+    db.execute("INSERT INTO records_text VALUES ('rold', 'an old refund request')")
+    db.execute("INSERT INTO record_keys VALUES ('rold', 'account', 'AC-9')")
+    db.commit()
+    db.close()
+    index = SqliteIndex(path)
+    assert names(index.query("refund").records) == ["i"]
+    assert names(index.query("after:2024-01-01 before:2024-01-01T00:00:01Z").records) == ["i"]  # 08:00+08:00 is 00:00Z
+    assert index.find("account", "AC-9") == ["rold"]
+    index.upsert({**manifest, "parts": []})  # re-indexing replaces the migrated row and its text
+    assert names(index.query("refund").records) == [] and index.count() == 1

@@ -6,11 +6,11 @@ reindex``). Only committed records are ever written here, as search documents
 ``MIGRATIONS``, applied in order inside a transaction on open and recorded in ``schema_migrations``.
 
 Tables: ``records`` (one row per record: start time in UTC, the stored view as JSON), ``record_fields``
-(field, value) pairs the query language filters and facets on, and ``records_text``, an FTS5 trigram
-index over the masked text, which serves words and phrases of three or more characters (shorter ones,
-such as two-character Chinese names, are scanned). Queries come parsed (:mod:`archive.search.query`) and
-are translated to SQL here; pages are cursors over (start time, record id), so deep pages cost the same as
-the first.
+(field, value) pairs the query language filters and facets on, and ``records_fts``, an FTS5 trigram
+index over the masked, case-folded text (rowid = the record's ``rec``), which serves words and phrases
+of three or more characters (shorter ones, such as two-character Chinese names, are scanned). Queries
+come parsed (:mod:`archive.search.query`) and are translated to SQL here; pages are cursors over (start
+time, record id), so deep pages cost the same as the first.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from contextlib import closing
 from contextlib import contextmanager
 from pathlib import Path
 
-from archive.index.base import (FACET_FIELD, FACET_SIZE, FIND_FIELD, MONTHS, Page, check_facets, decode_cursor,
-                                encode_cursor)
+from archive.index.base import (FACET_FIELD, FACET_SIZE, FACETS, FIND_FIELD, MONTHS, Page, check_facets,
+                                decode_cursor, encode_cursor)
 from archive.search import document
 from archive.search.query import All, And, Field, Not, Or, Query, Range, Text, parse
 
@@ -52,27 +52,62 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX record_keys_record ON record_keys (record_id);
     """),
-    # The query language: every filterable field (record_keys generalised), and start times in UTC so
-    # ranges compare correctly across offsets. Rows indexed before this carry their keys over; run
-    # 'archive reindex' to fill every field.
-    ("0003_query_fields", """
-        CREATE TABLE record_fields (
-            record_id TEXT NOT NULL,
-            field     TEXT NOT NULL,
-            value     TEXT NOT NULL,
-            PRIMARY KEY (field, value, record_id)
+    # The query language (issue 5). Records get an integer key (rec) that the field and text indexes use:
+    # smaller than the record id, and stable (an INTEGER PRIMARY KEY survives VACUUM). record_keys
+    # generalises into record_fields — every filterable field, clustered by (field, value) for filters
+    # and covered by (rec, field, value) for facets; the text index is keyed by rec, so replacing one
+    # record's text is a key lookup (records_text needed a scan of the whole text index); start times are
+    # kept in UTC so ranges compare across offsets. record_facets repeats the facet fields ordered by
+    # start time, so counting a date range's facets scans one index range instead of joining per record.
+    # Existing rows carry over; 'archive reindex' fills every field.
+    ("0003_query_language", """
+        CREATE TABLE records_v3 (
+            rec            INTEGER PRIMARY KEY,
+            record_id      TEXT NOT NULL UNIQUE,
+            started_at     TEXT NOT NULL,
+            started_utc    TEXT NOT NULL,
+            channel        TEXT NOT NULL,
+            source_system  TEXT NOT NULL,
+            interaction_id TEXT NOT NULL,
+            manifest       TEXT NOT NULL
         );
-        CREATE INDEX record_fields_record ON record_fields (record_id, field);
+        INSERT INTO records_v3 (record_id, started_at, started_utc, channel, source_system, interaction_id, manifest)
+            SELECT record_id, started_at, strftime('%Y-%m-%dT%H:%M:%SZ', started_at), channel, source_system,
+                   interaction_id, manifest FROM records;
+        CREATE TABLE record_fields (
+            field TEXT NOT NULL,
+            value TEXT NOT NULL,
+            rec   INTEGER NOT NULL,
+            PRIMARY KEY (field, value, rec)
+        ) WITHOUT ROWID;
         INSERT OR IGNORE INTO record_fields
-            SELECT record_id, CASE kind WHEN 'account' THEN 'customer.account' WHEN 'customer' THEN 'customer.id'
-                                        WHEN 'phone' THEN 'customer.phone' ELSE kind END, lower(value)
-            FROM record_keys;
+            SELECT CASE k.kind WHEN 'account' THEN 'customer.account' WHEN 'customer' THEN 'customer.id'
+                               WHEN 'phone' THEN 'customer.phone' ELSE k.kind END, lower(k.value), r.rec
+            FROM record_keys k JOIN records_v3 r ON r.record_id = k.record_id;
+        CREATE TABLE record_facets (
+            field       TEXT NOT NULL,
+            started_utc TEXT NOT NULL,
+            value       TEXT NOT NULL,
+            rec         INTEGER NOT NULL,
+            PRIMARY KEY (field, started_utc, value, rec)
+        ) WITHOUT ROWID;
+        CREATE VIRTUAL TABLE records_fts USING fts5 (text, tokenize = 'trigram');
+        INSERT INTO records_fts (rowid, text)
+            SELECT r.rec, lower(t.text) FROM records_text t JOIN records_v3 r ON r.record_id = t.record_id;
+        DROP TABLE records_text;
         DROP TABLE record_keys;
-        ALTER TABLE records ADD COLUMN started_utc TEXT;
-        UPDATE records SET started_utc = strftime('%Y-%m-%dT%H:%M:%SZ', started_at);
-        CREATE INDEX records_started_utc ON records (started_utc, record_id);
+        DROP TABLE records;
+        ALTER TABLE records_v3 RENAME TO records;
+        CREATE INDEX records_started ON records (started_utc, record_id);
+        CREATE INDEX records_source ON records (source_system, interaction_id);
+        CREATE INDEX record_fields_rec ON record_fields (rec, field, value);
+        INSERT INTO record_facets
+            SELECT f.field, r.started_utc, f.value, f.rec FROM record_fields f JOIN records r ON r.rec = f.rec
+            WHERE f.field IN ('channel', 'agent.id', 'policy', 'hold', 'finding');
+        CREATE INDEX record_facets_rec ON record_facets (rec);
     """),
 ]
+
 
 class SqliteIndex:
     """Committed records, searchable. One connection per instance, shared by threads under a lock."""
@@ -131,33 +166,44 @@ class SqliteIndex:
             try:
                 for rid, view in pending.items():
                     meta = view["metadata"]
-                    self.db.execute("INSERT OR REPLACE INTO records (record_id, started_at, channel, source_system, "
-                                    "interaction_id, manifest, started_utc) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                    (rid, meta["started_at"], meta["channel"], meta["source"]["system"],
-                                     meta["source"]["interaction_id"],
-                                     json.dumps(document.stored(view), ensure_ascii=False),
-                                     document.started_utc(view)))
-                    self.db.execute("DELETE FROM records_text WHERE record_id = ?", (rid,))
-                    self.db.execute("INSERT INTO records_text VALUES (?, ?)", (rid, document.text(view)))
-                    self.db.execute("DELETE FROM record_fields WHERE record_id = ?", (rid,))
+                    self._remove(rid)
+                    rec = self.db.execute(
+                        "INSERT INTO records (record_id, started_at, channel, source_system, interaction_id, manifest, "
+                        "started_utc) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (rid, meta["started_at"], meta["channel"], meta["source"]["system"],
+                         meta["source"]["interaction_id"], json.dumps(document.stored(view), ensure_ascii=False),
+                         document.started_utc(view))).lastrowid
+                    self.db.execute("INSERT INTO records_fts (rowid, text) VALUES (?, ?)", (rec, document.text(view)))
+                    fields = document.fields(view)
+                    started = document.started_utc(view)
                     self.db.executemany("INSERT OR IGNORE INTO record_fields VALUES (?, ?, ?)",
-                                        [(rid, f, v) for f, vs in document.fields(view).items() for v in vs])
+                                        [(f, v, rec) for f, vs in fields.items() for v in vs])
+                    self.db.executemany("INSERT OR IGNORE INTO record_facets VALUES (?, ?, ?, ?)",
+                                        [(f, started, v, rec) for f in FACETED for v in fields.get(f, ())])
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
                 self._pending = {**pending, **self._pending}
                 raise
 
+    def _remove(self, record_id: str) -> None:
+        row = self.db.execute("SELECT rec FROM records WHERE record_id = ?", (record_id,)).fetchone()
+        if row is not None:
+            self.db.execute("DELETE FROM records_fts WHERE rowid = ?", row)
+            self.db.execute("DELETE FROM record_fields WHERE rec = ?", row)
+            self.db.execute("DELETE FROM record_facets WHERE rec = ?", row)
+            self.db.execute("DELETE FROM records WHERE rec = ?", row)
+
     def delete(self, record_id: str) -> None:
         """Remove a disposed record."""
-        self._write(lambda: [self.db.execute(f"DELETE FROM {t} WHERE record_id = ?", (record_id,))
-                             for t in ("records", "records_text", "record_fields")])
+        self._write(lambda: self._remove(record_id))
 
     @contextmanager
     def rebuilding(self):
         """Empty the index and yield it to be filled. (The embedded index is briefly empty meanwhile; the
         Elasticsearch backend builds aside and swaps.)"""
-        self._write(lambda: [self.db.execute(f"DELETE FROM {t}") for t in ("records", "records_text", "record_fields")])
+        self._write(lambda: [self.db.execute(f"DELETE FROM {t}") for t in ("records", "records_fts", "record_fields",
+                                                                            "record_facets")])
         yield self
         self.flush()
 
@@ -198,7 +244,7 @@ class SqliteIndex:
             rows = self.db.execute(
                 f"SELECT r.manifest, r.started_utc, r.record_id FROM records r WHERE {page_where} "
                 f"ORDER BY r.started_utc {order}, r.record_id {order} LIMIT ?", (*page_params, limit + 1)).fetchall()
-            counts = {name: self._facet(name, where, params) for name in facets}
+            counts = {name: self._facet(name, q.tree, where, params) for name in facets}
             count = self.db.execute(f"SELECT count(*) FROM records r WHERE {where}", params).fetchone()[0] \
                 if total else None
         more = len(rows) > limit
@@ -206,14 +252,26 @@ class SqliteIndex:
         nxt = encode_cursor(rows[-1][1], rows[-1][2]) if more and rows else None
         return Page([json.loads(r[0]) for r in rows], nxt, counts, count)
 
-    def _facet(self, name: str, where: str, params: list) -> list[tuple[str, int]]:
+    def _facet(self, name: str, tree, where: str, params: list) -> list[tuple[str, int]]:
+        # Counted on record_facets (facet values by start time): a date range is one index range; any other
+        # condition narrows it to the matching records.
+        lo, hi, only_range = _bounds(tree)
+        span, span_params = "", []
+        if lo:
+            span += " AND started_utc >= ?"
+            span_params.append(lo)
+        if hi:
+            span += " AND started_utc < ?"
+            span_params.append(hi)
         if name == "month":
             sql = (f"SELECT substr(r.started_utc, 1, 7) AS v, count(*) FROM records r WHERE {where} "
                    f"GROUP BY v ORDER BY v DESC LIMIT {MONTHS}")
             return [(v, n) for v, n in self.db.execute(sql, params)]
-        sql = (f"SELECT f.value, count(*) AS n FROM record_fields f JOIN records r ON r.record_id = f.record_id "
-               f"WHERE f.field = ? AND ({where}) GROUP BY f.value ORDER BY n DESC, f.value LIMIT {FACET_SIZE}")
-        return [(v, n) for v, n in self.db.execute(sql, (FACET_FIELD.get(name, name), *params))]
+        narrow = "" if only_range else f" AND rec IN (SELECT r.rec FROM records r WHERE {where})"
+        sql = (f"SELECT value, count(*) AS n FROM record_facets WHERE field = ?{span}{narrow} "
+               f"GROUP BY value ORDER BY n DESC, value LIMIT {FACET_SIZE}")
+        return [(v, n) for v, n in self.db.execute(sql, (FACET_FIELD.get(name, name), *span_params,
+                                                          *([] if only_range else params)))]
 
     def search(self, query: str, limit: int = 50) -> list[dict]:
         """The first ``limit`` records matching ``query``."""
@@ -233,8 +291,9 @@ class SqliteIndex:
         field_name = FIND_FIELD[kind]
         with self._lock:
             self.flush()
-            rows = self.db.execute("SELECT record_id FROM record_fields WHERE field = ? AND value = ? "
-                                   "ORDER BY record_id", (field_name, value.casefold())).fetchall()
+            rows = self.db.execute("SELECT r.record_id FROM record_fields f JOIN records r ON r.rec = f.rec "
+                                   "WHERE f.field = ? AND f.value = ? ORDER BY r.record_id",
+                                   (field_name, value.casefold())).fetchall()
         return [r[0] for r in rows]
 
     def count(self) -> int:
@@ -250,9 +309,21 @@ class SqliteIndex:
 
 # --- query tree → SQL ---------------------------------------------------------------------------------------
 
+FACETED = tuple(FACET_FIELD.get(name, name) for name in FACETS if name != "month")
 
-def _like(text: str) -> str:
-    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+def _bounds(tree) -> tuple[str | None, str | None, bool]:
+    """(after, before, whether the query is nothing but that range) of a query's top-level date range."""
+    if isinstance(tree, All):
+        return None, None, True
+    if isinstance(tree, Range):
+        return tree.after, tree.before, True
+    if isinstance(tree, And):
+        ranges = [n for n in tree.nodes if isinstance(n, Range)]
+        if len(ranges) == 1:
+            return ranges[0].after, ranges[0].before, False
+    return None, None, False
+
 
 
 def _sql(node) -> tuple[str, list]:
@@ -261,17 +332,17 @@ def _sql(node) -> tuple[str, list]:
         return "1", []
     if isinstance(node, Field):
         if node.prefix:
-            return ("r.record_id IN (SELECT record_id FROM record_fields WHERE field = ? AND value >= ? "
+            return ("r.rec IN (SELECT rec FROM record_fields WHERE field = ? AND value >= ? "
                     "AND value < ?)", [node.field, node.value, node.value + "\U0010ffff"])
-        return "r.record_id IN (SELECT record_id FROM record_fields WHERE field = ? AND value = ?)", \
+        return "r.rec IN (SELECT rec FROM record_fields WHERE field = ? AND value = ?)", \
             [node.field, node.value]
     if isinstance(node, Text):
         # The trigram index serves LIKE for three or more characters; shorter text needs a scan.
-        if len(node.text) >= 3:
-            return "r.record_id IN (SELECT record_id FROM records_text WHERE text LIKE ? ESCAPE '\\')", \
-                [_like(node.text)]
-        return "r.record_id IN (SELECT record_id FROM records_text WHERE instr(lower(text), lower(?)) > 0)", \
-            [node.text]
+        # FTS5 serves LIKE from the trigram index only without an ESCAPE clause, so text holding LIKE's own
+        # wildcards (% _) is matched with instr(), a scan, like text under three characters.
+        if len(node.text) >= 3 and not any(c in node.text for c in "%_"):
+            return "r.rec IN (SELECT rowid FROM records_fts WHERE text LIKE ?)", [f"%{node.text}%"]
+        return "r.rec IN (SELECT rowid FROM records_fts WHERE instr(text, ?) > 0)", [node.text]
     if isinstance(node, Range):
         parts, params = [], []
         if node.after:

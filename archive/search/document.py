@@ -9,7 +9,6 @@ the index never holds content, only what search needs. The sealed originals are 
 from __future__ import annotations
 
 import base64
-import copy
 import re
 
 from archive.dates import parse_datetime
@@ -18,6 +17,7 @@ _CARD = re.compile(r"(?<![\d])(?:\d[ -]?){12,18}\d(?![\d])")
 _CVV = re.compile(r"(?i)(\b(?:cvv2?|cvc2?|cvn|cid|csc|card security code|security code|verification (?:code|value))"
                   r"|安全码|校验码|验证码)(\D{0,15}?)(\d{3,4})(?!\d)")
 MASK = "*"
+_DIGIT = re.compile(r"\d")
 
 
 def _luhn(digits: str) -> bool:
@@ -49,7 +49,7 @@ def _mask_card(m: re.Match) -> str:
 def mask_pci(text: str) -> str:
     """``text`` with Luhn-valid card numbers masked but for their last four digits, and card verification
     codes masked entirely."""
-    if not text or not any(c.isdigit() for c in text):
+    if not text or not _DIGIT.search(text):
         return text
     text = _CARD.sub(_mask_card, text)
     return _CVV.sub(lambda m: m.group(1) + m.group(2) + MASK * len(m.group(3)), text)
@@ -111,17 +111,14 @@ def text(view: dict) -> str:
 
 def stored(view: dict) -> dict:
     """The record as the index returns it: the view without inline content, message text masked."""
-    doc = copy.deepcopy(view)
-    for part in doc.get("parts", []):
-        part.pop("inline", None)
-    meta = doc["metadata"]
-    for m in meta.get("messages", []):
-        if m.get("text"):
-            m["text"] = mask_pci(m["text"])
+    meta = {k: v for k, v in view["metadata"].items() if k != "source_fields"}  # the raw payload stays sealed
+    meta["messages"] = [{**m, "text": mask_pci(m["text"])} if m.get("text") else m for m in meta.get("messages", [])]
+    if not meta["messages"]:
+        del meta["messages"]
     if meta.get("subject"):
         meta["subject"] = mask_pci(meta["subject"])
-    meta.pop("source_fields", None)  # the source's raw payload: it stays sealed, not searchable
-    return doc
+    parts = [{k: v for k, v in p.items() if k != "inline"} for p in view.get("parts", [])]
+    return {**view, "metadata": meta, "parts": parts}  # new containers wherever a value changes
 
 
 def started_utc(view: dict) -> str:
