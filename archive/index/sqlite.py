@@ -309,6 +309,9 @@ class SqliteIndex:
 
 # --- query tree → SQL ---------------------------------------------------------------------------------------
 
+# Fields with few distinct values: each value matches many records, so another filter should drive.
+_BROAD = frozenset({"channel", "direction", "language", "jurisdiction", "business_line", "product_type", "policy",
+                    "part", "source", "tag", "finding", "hold"})
 FACETED = tuple(FACET_FIELD.get(name, name) for name in FACETS if name != "month")
 
 
@@ -355,11 +358,26 @@ def _sql(node) -> tuple[str, list]:
     if isinstance(node, Not):
         inner, params = _sql(node.node)
         return f"NOT ({inner})", params
-    if isinstance(node, And | Or):
+    if isinstance(node, And):
+        # One field filter drives (its records are listed); the others are point lookups per candidate
+        # (EXISTS on the primary key), not whole lists: channel:chat alone can be a fifth of the archive.
+        fields = [n for n in node.nodes if isinstance(n, Field) and not n.prefix]
+        driver = next((n for n in fields if n.field not in _BROAD), fields[0] if fields else None)
+        joined, params = [], []
+        for child in node.nodes:
+            if child in fields and child is not driver:
+                sql, p = ("EXISTS (SELECT 1 FROM record_fields f WHERE f.field = ? AND f.value = ? AND f.rec = r.rec)",
+                          [child.field, child.value])
+            else:
+                sql, p = _sql(child)
+            joined.append(f"({sql})")
+            params += p
+        return " AND ".join(joined), params
+    if isinstance(node, Or):
         joined, params = [], []
         for child in node.nodes:
             sql, p = _sql(child)
             joined.append(f"({sql})")
             params += p
-        return (" AND " if isinstance(node, And) else " OR ").join(joined), params
+        return " OR ".join(joined), params
     raise TypeError(f"not a query node: {node!r}")
