@@ -78,7 +78,7 @@ CORPUS = [
     ("c04", "phone", "2024-02-11T04:00:00+00:00", "2207", "C-1", "AC-1", "+8613800138000",
      "王芳 called about the surrender penalty", {}),
     ("c05", "chat", "2024-03-31T23:59:59+00:00", "1042", "C-3", "AC-3", None,
-     "Please cancel, CVV 987 is what I gave", {"tags": ["vip"]}),
+     "Please cancel, CVV 987 is what I gave. Fee \"50%_off\" waived", {"tags": ["vip"]}),
     ("c06", "video", "2024-04-01T00:00:00+00:00", "3001", "C-2", "AC-2", None,
      "dual recording session: risk disclosure read", {"business_line": "bancassurance", "jurisdiction": "CN",
                                                       "product_type": "unit-linked", "contract_term": "P5Y"}),
@@ -92,6 +92,7 @@ QUERIES = [
     "1111", "987", "tag:vip", "policy:default", "policy:sec-17a-4-b4", "finding:missing-part-video",
     "policy:cn-insurance-dual-recording", "hold:case-1", "NOT hold:CASE-1", "sort:oldest", "part:transcript",
     "interaction:c03", "source:t", "refund sort:oldest", "surrender OR cancel", "xyz-not-there",
+    '"\\"50%"', "%_off", '"0%_o"', "_", "50%_",
 ]
 
 
@@ -250,6 +251,8 @@ def test_both_backends_answer_every_query_alike(request, tmp_path_factory):
     queries = QUERIES + ["agent:1042 OR tag:vip", "-channel:chat refund", "NOT (agent:2207 OR hold:case-1)",
                          "customer:C-1 sort:oldest", "part:audio after:2024-02-01", '"a deposit" OR surrender']
     assert len(queries) >= 36
+    for q in ('"\\"50%"', "%_off", '"0%_o"', "50%_"):  # LIKE's and FTS5's own syntax is only text here
+        assert names(sqlite.search(q)) == ["c05"], q
     for q in queries:
         a = sqlite.query(q, limit=100, facets=("channel", "agent", "policy", "hold", "finding", "month"), total=True)
         b = es.query(q, limit=100, facets=("channel", "agent", "policy", "hold", "finding", "month"), total=True)
@@ -313,3 +316,119 @@ def test_an_index_from_before_the_query_language_migrates_and_stays_searchable(t
     assert index.find("account", "AC-9") == ["rold"]
     index.upsert({**manifest, "parts": []})  # re-indexing replaces the migrated row and its text
     assert names(index.query("refund").records) == [] and index.count() == 1
+
+
+def test_date_range_facets_from_the_roll_ups_equal_counting_every_record(tmp_path):
+    """Facets over a date range are summed from day and month roll-ups with the partial days at the ends
+    counted record by record; whatever the range, they must equal a count over every matching record —
+    also after records change (a hold placed) and are deleted."""
+    import random
+    from collections import Counter
+    from datetime import UTC, datetime, timedelta
+
+    rng = random.Random(5)
+    index = SqliteIndex(tmp_path / "facets.sqlite")
+    start = datetime(2023, 12, 20, tzinfo=UTC)
+    views = {}
+    for i in range(600):
+        started = start + timedelta(seconds=rng.randrange(100 * 86400))
+        rid = f"r{i:04d}"
+        views[rid] = {"record_id": rid, "metadata": {
+            "source": {"system": "t", "interaction_id": rid}, "channel": rng.choice(["chat", "phone", "email"]),
+            "started_at": started.astimezone(rng.choice([UTC, None]) or UTC).isoformat(),
+            "participants": [{"role": "agent", "id": str(rng.randrange(7))}]},
+            "parts": [], "retention": {"policies": [{"id": rng.choice(["a", "b"])}]}, "holds": []}
+        index.upsert(views[rid])
+    for rid in rng.sample(sorted(views), 60):  # holds placed: the record is indexed again
+        views[rid]["holds"] = ["CASE-9"]
+        index.upsert(views[rid])
+    for rid in rng.sample(sorted(views), 40):
+        index.delete(rid)
+        del views[rid]
+    index.flush()
+
+    def expected(lo, hi, name):
+        counts = Counter()
+        for v in views.values():
+            t = datetime.fromisoformat(v["metadata"]["started_at"]).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            if (lo and t < lo) or (hi and t >= hi):
+                continue
+            values = {"channel": [v["metadata"]["channel"]], "agent": [v["metadata"]["participants"][0]["id"]],
+                      "policy": [p["id"] for p in v["retention"]["policies"]], "hold": v["holds"] and ["case-9"],
+                      "month": [t[:7]]}[name]
+            counts.update(values or [])
+        return counts
+
+    bounds = ["2023-12-01", "2024-01-01", "2024-01-01T06:30:00", "2024-01-15", "2024-02-01", "2024-02-29T23:59:59",
+              "2024-03-01", "2024-03-10T12:00:00", "2024-04-01", "2024-05-01"]
+    ranges = [(a, b) for a in [None, *bounds] for b in [*bounds, None] if not (a and b) or a < b]
+    for a, b in ranges:
+        q = " ".join([f"after:{a}" if a else "", f"before:{b}" if b else ""]).strip()
+        page = index.query(q, limit=1, facets=FACETS_ALL, total=True)
+        lo, hi = (parse(q).tree.after, parse(q).tree.before) if q else (None, None)
+        for name in FACETS_ALL:
+            assert dict(page.facets[name]) == expected(lo, hi, name), (q, name)
+        assert page.total == sum(expected(lo, hi, "month").values()), q
+
+
+FACETS_ALL = ("channel", "agent", "policy", "hold", "month")
+
+
+@pytest.mark.parametrize("plan", ["whole", "walk", "window"])
+def test_text_search_plans_find_exactly_the_records_holding_the_text(tmp_path, plan):
+    """However a text query runs — every match listed and sorted, the start-time index walked, or a
+    bounded window of it checked record by record — it returns exactly the records whose text holds the
+    words, in order, page after page; facets and totals count the same records."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    rng = random.Random(11)
+    words = "refund deposit not a the guaranteed returns cooling-off period fee 50% 王芳 退款".split()
+    index = SqliteIndex(tmp_path / "text.sqlite")
+    texts = {}
+    for i in range(500):
+        rid = f"r{i:04d}"
+        text = " ".join(rng.choice(words[:4] if i % 3 else words) for _ in range(rng.randrange(1, 12)))
+        texts[rid] = (datetime(2024, 1, 1, tzinfo=UTC) + timedelta(minutes=rng.randrange(200_000))).isoformat()
+        index.upsert({"record_id": rid, "metadata": {"source": {"system": "t", "interaction_id": rid}, "channel": "chat",
+                      "started_at": texts[rid], "messages": [{"at": texts[rid], "text": text}]}, "parts": []})
+        texts[rid] = (texts[rid], text)
+    index.flush()
+    if plan != "whole":  # force the walk (and, for "window", windows too small to fill a page)
+        import archive.index.sqlite as backend
+        pytest.MonkeyPatch().setattr(backend._Compiler, "WALK_MIN", 1)
+        index.WINDOW_MAX = 3 if plan == "window" else 10_000
+    queries = ["refund", '"not a"', '"a refund"', "deposit refund", "guaranteed", '"cooling-off period"', "王芳",
+               "退款", "50%", "zzz", "refund after:2024-02-01", "deposit before:2024-03-01 after:2024-02-01",
+               "refund sort:oldest", "NOT refund", "refund OR guaranteed"]
+    for q in queries:
+        expected = [rid for rid, (_, text) in sorted(texts.items(), key=lambda kv: (kv[1][0], kv[0]))
+                    if _holds(q, text, texts[rid][0])]
+        if "sort:oldest" not in q:
+            expected.reverse()
+        seen, cursor = [], None
+        while True:
+            page = index.query(q, limit=7, cursor=cursor, facets=("month",), total=True)
+            seen += [m["record_id"] for m in page.records]
+            assert page.total == len(expected), q
+            assert sum(n for _, n in page.facets["month"]) == len(expected), q
+            cursor = page.next
+            if cursor is None:
+                break
+        assert seen == expected, q
+
+
+def _holds(q: str, text: str, started: str) -> bool:
+    """What the queries in the test above mean, in plain Python."""
+    from datetime import UTC, datetime
+
+    t = datetime.fromisoformat(started).astimezone(UTC).strftime("%Y-%m-%d")
+    words = [w for w in q.replace("sort:oldest", "").split('"') if w.strip()] if '"' in q else \
+        [w for w in q.replace("sort:oldest", "").split() if ":" not in w]
+    if q.startswith("NOT "):
+        return "refund" not in text
+    if " OR " in q:
+        return "refund" in text or "guaranteed" in text
+    if "after:2024-02-01" in q and t < "2024-02-01" or "before:2024-03-01" in q and t >= "2024-03-01":
+        return False
+    return all(w.strip().casefold() in text for w in words)

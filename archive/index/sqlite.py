@@ -8,7 +8,7 @@ reindex``). Only committed records are ever written here, as search documents
 Tables: ``records`` (one row per record: start time in UTC, the stored view as JSON), ``record_fields``
 (field, value) pairs the query language filters and facets on, and ``records_fts``, an FTS5 trigram
 index over the masked, case-folded text (rowid = the record's ``rec``), which serves words and phrases
-of three or more characters (shorter ones, such as two-character Chinese names, are scanned). Queries
+of three or more characters as phrases of trigrams (shorter ones, such as two-character Chinese names, are scanned). Queries
 come parsed (:mod:`archive.search.query`) and are translated to SQL here; pages are cursors over (start
 time, record id), so deep pages cost the same as the first.
 """
@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from contextlib import closing
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,6 +108,32 @@ MIGRATIONS: list[tuple[str, str]] = [
             WHERE f.field IN ('channel', 'agent.id', 'policy', 'hold', 'finding');
         CREATE INDEX record_facets_rec ON record_facets (rec);
     """),
+    # Facet counts rolled up by UTC day and month, kept current on every write: a date-range facet sums a
+    # month's or a day's counts instead of counting every record in it (a month is ~40,000 records at a
+    # million). The month facet is counted here too, under the field 'month'.
+    ("0004_facet_counts", """
+        CREATE TABLE facet_counts (
+            field  TEXT NOT NULL,
+            grain  TEXT NOT NULL,
+            bucket TEXT NOT NULL,
+            value  TEXT NOT NULL,
+            n      INTEGER NOT NULL,
+            PRIMARY KEY (field, grain, bucket, value)
+        ) WITHOUT ROWID;
+        INSERT INTO facet_counts
+            SELECT field, 'd', substr(started_utc, 1, 10), value, count(*) FROM record_facets GROUP BY 1, 2, 3, 4;
+        INSERT INTO facet_counts
+            SELECT field, 'm', substr(started_utc, 1, 7), value, count(*) FROM record_facets GROUP BY 1, 2, 3, 4;
+        INSERT INTO facet_counts
+            SELECT 'month', 'd', substr(started_utc, 1, 10), substr(started_utc, 1, 7), count(*) FROM records
+            GROUP BY 1, 2, 3, 4;
+        INSERT INTO facet_counts
+            SELECT 'month', 'm', substr(started_utc, 1, 7), substr(started_utc, 1, 7), count(*) FROM records
+            GROUP BY 1, 2, 3, 4;
+    """),
+    # How many records hold each trigram (counted when written; not decremented on delete — it only steers
+    # which trigrams a text search reads first, see _Compiler.text). Filled from the existing text.
+    ("0005_trigram_stats", lambda db: _fill_trigram_stats(db)),
 ]
 
 
@@ -124,6 +152,7 @@ class SqliteIndex:
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = NORMAL")  # the store, not the index, is the system of record
         self._migrate()
+        self.db.execute("CREATE TEMP TABLE hits (rec INTEGER PRIMARY KEY)")  # one query's matches (facets)
 
     def _migrate(self) -> None:
         self.db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
@@ -133,7 +162,9 @@ class SqliteIndex:
                 continue
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in filter(str.strip, sql.split(";")):
+                if callable(sql):
+                    sql(self.db)
+                for statement in [] if callable(sql) else filter(str.strip, sql.split(";")):
                     self.db.execute(statement)
                 self.db.execute("INSERT INTO schema_migrations VALUES (?, datetime('now'))", (name,))
                 self.db.execute("COMMIT")
@@ -164,46 +195,71 @@ class SqliteIndex:
             pending, self._pending = self._pending, {}
             self.db.execute("BEGIN IMMEDIATE")
             try:
+                counts: Counter = Counter()
+                grams: Counter = Counter()
                 for rid, view in pending.items():
                     meta = view["metadata"]
-                    self._remove(rid)
+                    self._remove(rid, counts)
                     rec = self.db.execute(
                         "INSERT INTO records (record_id, started_at, channel, source_system, interaction_id, manifest, "
                         "started_utc) VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (rid, meta["started_at"], meta["channel"], meta["source"]["system"],
                          meta["source"]["interaction_id"], json.dumps(document.stored(view), ensure_ascii=False),
                          document.started_utc(view))).lastrowid
-                    self.db.execute("INSERT INTO records_fts (rowid, text) VALUES (?, ?)", (rec, document.text(view)))
+                    text = document.text(view)
+                    self.db.execute("INSERT INTO records_fts (rowid, text) VALUES (?, ?)", (rec, text))
+                    grams.update(trigrams(text))
                     fields = document.fields(view)
                     started = document.started_utc(view)
                     self.db.executemany("INSERT OR IGNORE INTO record_fields VALUES (?, ?, ?)",
                                         [(f, v, rec) for f, vs in fields.items() for v in vs])
-                    self.db.executemany("INSERT OR IGNORE INTO record_facets VALUES (?, ?, ?, ?)",
-                                        [(f, started, v, rec) for f in FACETED for v in fields.get(f, ())])
+                    facets = {(f, v) for f in FACETED for v in fields.get(f, ())}
+                    self.db.executemany("INSERT INTO record_facets VALUES (?, ?, ?, ?)",
+                                        [(f, started, v, rec) for f, v in facets])
+                    _count(counts, started, facets, +1)
+                self._add_counts(counts)
+                self.db.executemany("INSERT INTO trigram_stats VALUES (?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n",
+                                    grams.items())
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
                 self._pending = {**pending, **self._pending}
                 raise
 
-    def _remove(self, record_id: str) -> None:
-        row = self.db.execute("SELECT rec FROM records WHERE record_id = ?", (record_id,)).fetchone()
+    def _remove(self, record_id: str, counts: Counter) -> None:
+        row = self.db.execute("SELECT rec, started_utc FROM records WHERE record_id = ?", (record_id,)).fetchone()
         if row is not None:
+            rec, started = row
+            row = (rec,)
+            facets = self.db.execute("SELECT field, value FROM record_facets WHERE rec = ?", row).fetchall()
+            _count(counts, started, facets, -1)
             self.db.execute("DELETE FROM records_fts WHERE rowid = ?", row)
             self.db.execute("DELETE FROM record_fields WHERE rec = ?", row)
             self.db.execute("DELETE FROM record_facets WHERE rec = ?", row)
             self.db.execute("DELETE FROM records WHERE rec = ?", row)
 
+    def _add_counts(self, counts: Counter) -> None:
+        self.db.executemany("INSERT INTO facet_counts VALUES (?, ?, ?, ?, ?) "
+                            "ON CONFLICT DO UPDATE SET n = n + excluded.n",
+                            [(*key, n) for key, n in counts.items() if n])
+        self.db.executemany("DELETE FROM facet_counts WHERE field = ? AND grain = ? AND bucket = ? AND value = ? "
+                            "AND n <= 0", [key for key, n in counts.items() if n < 0])
+
     def delete(self, record_id: str) -> None:
         """Remove a disposed record."""
-        self._write(lambda: self._remove(record_id))
+        def remove():
+            counts: Counter = Counter()
+            self._remove(record_id, counts)
+            self._add_counts(counts)
+        self._write(remove)
 
     @contextmanager
     def rebuilding(self):
         """Empty the index and yield it to be filled. (The embedded index is briefly empty meanwhile; the
         Elasticsearch backend builds aside and swaps.)"""
         self._write(lambda: [self.db.execute(f"DELETE FROM {t}") for t in ("records", "records_fts", "record_fields",
-                                                                            "record_facets")])
+                                                                            "record_facets", "facet_counts",
+                                                                            "trigram_stats")])
         yield self
         self.flush()
 
@@ -231,47 +287,113 @@ class SqliteIndex:
         """One page of the records matching ``query`` (text or parsed), in its sort order."""
         q = parse(query) if isinstance(query, str) else query
         check_facets(facets)
-        where, params = _sql(q.tree)
         newest = q.sort == "newest"
-        order = "DESC" if newest else "ASC"
-        page_where, page_params = where, list(params)
-        if cursor:
-            started, rid = decode_cursor(cursor)
-            page_where = f"({where}) AND (r.started_utc, r.record_id) {'<' if newest else '>'} (?, ?)"
-            page_params += [started, rid]
+        order, beyond = ("DESC", "<") if newest else ("ASC", ">")
+        after = decode_cursor(cursor) if cursor else None
         with self._lock:
             self.flush()
+            compiler = _Compiler(self.db)
+            where, params = compiler.sql(q.tree)
+            recs = self._window(compiler, q.tree, order, beyond, after, limit) if compiler.walk else None
+            if recs is None:
+                page_where, page_params = where, list(params)
+                if after:
+                    page_where = f"({where}) AND (r.started_utc, r.record_id) {beyond} (?, ?)"
+                    page_params += after
+                # Text matching many records: walk the start-time index and stop at a page, rather than list
+                # every match and sort it (SQLite cannot tell how many will match; the trigram counts can).
+                walk = " INDEXED BY records_started" if compiler.walk else ""
+                recs = [r[0] for r in self.db.execute(
+                    f"SELECT r.rec FROM records r{walk} WHERE {page_where} "
+                    f"ORDER BY r.started_utc {order}, r.record_id {order} LIMIT ?", (*page_params, limit + 1))]
+            # The stored documents are read for the page only.
             rows = self.db.execute(
-                f"SELECT r.manifest, r.started_utc, r.record_id FROM records r WHERE {page_where} "
-                f"ORDER BY r.started_utc {order}, r.record_id {order} LIMIT ?", (*page_params, limit + 1)).fetchall()
-            counts = {name: self._facet(name, q.tree, where, params) for name in facets}
-            count = self.db.execute(f"SELECT count(*) FROM records r WHERE {where}", params).fetchone()[0] \
-                if total else None
+                f"SELECT manifest, started_utc, record_id FROM records WHERE rec IN ({','.join('?' * len(recs))}) "
+                f"ORDER BY started_utc {order}, record_id {order}", recs).fetchall()
+            counts, count = self._counts(q.tree, where, params, facets, total)
         more = len(rows) > limit
         rows = rows[:limit]
         nxt = encode_cursor(rows[-1][1], rows[-1][2]) if more and rows else None
         return Page([json.loads(r[0]) for r in rows], nxt, counts, count)
 
-    def _facet(self, name: str, tree, where: str, params: list) -> list[tuple[str, int]]:
-        # Counted on record_facets (facet values by start time): a date range is one index range; any other
-        # condition narrows it to the matching records.
+    WINDOW_MAX = 5000
+
+    def _window(self, compiler: _Compiler, tree, order: str, beyond: str, after, limit: int) -> list[int] | None:
+        """A page of a text query that matches a large share of the archive ("refund"): the newest (or
+        oldest) entries of the start-time index, each checked for the text, until the page is full —
+        a few hundred checks instead of listing every match. None when a bounded window does not fill the
+        page (the text is rarer than its trigrams suggest); the query then runs whole."""
+        size = self.db.execute("SELECT max(rec) FROM records").fetchone()[0] or 0
+        if compiler.estimate * 20 < size:
+            return None
+        budget = min(self.WINDOW_MAX, max(1000, 4 * (limit + 1) * size // max(compiler.estimate, 1)))
+        nodes = tree.nodes if isinstance(tree, And) else (tree,)
+        span, span_params = compiler._sql(And(tuple(n for n in nodes if isinstance(n, Range)))) \
+            if any(isinstance(n, Range) for n in nodes) else ("1", [])
+        if after:
+            span += f" AND (r.started_utc, r.record_id) {beyond} (?, ?)"
+            span_params = [*span_params, *after]
+        texts = [n.text for n in nodes if isinstance(n, Text)]
+        window = (f"SELECT r.rec, r.started_utc, r.record_id FROM records r INDEXED BY records_started WHERE {span} "
+                  f"ORDER BY r.started_utc {order}, r.record_id {order} LIMIT ?")
+        check = " AND ".join(["(SELECT instr(text, ?) FROM records_fts WHERE rowid = r.rec) > 0"] * len(texts))
+        recs = [row[0] for row in self.db.execute(
+            f"SELECT r.rec FROM ({window}) AS r WHERE {check} ORDER BY r.started_utc {order}, r.record_id {order} "
+            f"LIMIT ?", (*span_params, budget, *texts, limit + 1))]
+        if len(recs) > limit:
+            return recs
+        scanned = self.db.execute(f"SELECT count(*) FROM ({window})", (*span_params, budget)).fetchone()[0]
+        return recs if scanned < budget else None
+
+    def _counts(self, tree, where: str, params: list, facets, total: bool):
+        """Facet counts and the total over every match. Unless the query is a date range alone (rolled-up
+        counts serve it), the matches are listed once, into a temporary table every count reads."""
+        if not facets and not total:
+            return {}, None
+        if not _bounds(tree)[2]:
+            self.db.execute("DELETE FROM temp.hits")
+            self.db.execute(f"INSERT INTO temp.hits SELECT r.rec FROM records r WHERE {where}", params)
+            where, params = "r.rec IN (SELECT rec FROM temp.hits)", []
+        counts = {name: self._facet(name, tree) for name in facets}
+        count = self.db.execute(f"SELECT count(*) FROM records r WHERE {where}", params).fetchone()[0] \
+            if total else None
+        return counts, count
+
+    def _facet(self, name: str, tree) -> list[tuple[str, int]]:
+        field_name = FACET_FIELD.get(name, name)
         lo, hi, only_range = _bounds(tree)
-        span, span_params = "", []
-        if lo:
-            span += " AND started_utc >= ?"
-            span_params.append(lo)
-        if hi:
-            span += " AND started_utc < ?"
-            span_params.append(hi)
-        if name == "month":
-            sql = (f"SELECT substr(r.started_utc, 1, 7) AS v, count(*) FROM records r WHERE {where} "
-                   f"GROUP BY v ORDER BY v DESC LIMIT {MONTHS}")
-            return [(v, n) for v, n in self.db.execute(sql, params)]
-        narrow = "" if only_range else f" AND rec IN (SELECT r.rec FROM records r WHERE {where})"
-        sql = (f"SELECT value, count(*) AS n FROM record_facets WHERE field = ?{span}{narrow} "
-               f"GROUP BY value ORDER BY n DESC, value LIMIT {FACET_SIZE}")
-        return [(v, n) for v, n in self.db.execute(sql, (FACET_FIELD.get(name, name), *span_params,
-                                                          *([] if only_range else params)))]
+        order = f"ORDER BY value DESC LIMIT {MONTHS}" if name == "month" else \
+            f"ORDER BY n DESC, value LIMIT {FACET_SIZE}"
+        if not only_range:
+            # Any other condition: count the matching records' facet rows (the matches are listed in
+            # temp.hits, see _counts; each one's facet rows are found by record).
+            if name == "month":
+                sql = ("SELECT substr(r.started_utc, 1, 7) AS value, count(*) AS n FROM temp.hits h "
+                       f"CROSS JOIN records r ON r.rec = h.rec GROUP BY value {order}")
+                return [(v, n) for v, n in self.db.execute(sql)]
+            sql = ("SELECT f.value, count(*) AS n FROM temp.hits h CROSS JOIN record_facets f INDEXED BY "
+                   f"record_facets_rec ON f.rec = h.rec WHERE f.field = ? GROUP BY f.value {order}")
+            return [(v, n) for v, n in self.db.execute(sql, (field_name,))]
+        # A date range alone (or everything): whole months and whole days are summed from facet_counts;
+        # only the partial days at either end are counted record by record.
+        parts, args = [], []
+        for kind, start, end in _spans(lo, hi):
+            if kind == "raw" and name == "month":
+                parts.append("SELECT substr(started_utc, 1, 7) AS value, count(*) AS n FROM records "
+                             "WHERE started_utc >= ? AND started_utc < ? GROUP BY value")
+                args += [start, end]
+            elif kind == "raw":
+                parts.append("SELECT value, count(*) AS n FROM record_facets WHERE field = ? AND started_utc >= ? "
+                             "AND started_utc < ? GROUP BY value")
+                args += [field_name, start, end]
+            else:
+                bounds = "".join([" AND bucket >= ?" if start else "", " AND bucket < ?" if end else ""])
+                parts.append(f"SELECT value, n FROM facet_counts WHERE field = ? AND grain = ?{bounds}")
+                args += [field_name, kind, *(b for b in (start, end) if b)]
+        if not parts:
+            return []
+        sql = (f"SELECT value, sum(n) AS n FROM ({' UNION ALL '.join(parts)}) GROUP BY value HAVING n > 0 {order}")
+        return [(v, n) for v, n in self.db.execute(sql, args)]
 
     def search(self, query: str, limit: int = 50) -> list[dict]:
         """The first ``limit`` records matching ``query``."""
@@ -329,55 +451,156 @@ def _bounds(tree) -> tuple[str | None, str | None, bool]:
 
 
 
-def _sql(node) -> tuple[str, list]:
-    """A WHERE clause over ``records r`` and its parameters."""
-    if isinstance(node, All):
-        return "1", []
-    if isinstance(node, Field):
-        if node.prefix:
-            return ("r.rec IN (SELECT rec FROM record_fields WHERE field = ? AND value >= ? "
-                    "AND value < ?)", [node.field, node.value, node.value + "\U0010ffff"])
-        return "r.rec IN (SELECT rec FROM record_fields WHERE field = ? AND value = ?)", \
-            [node.field, node.value]
-    if isinstance(node, Text):
-        # The trigram index serves LIKE for three or more characters; shorter text needs a scan.
-        # FTS5 serves LIKE from the trigram index only without an ESCAPE clause, so text holding LIKE's own
-        # wildcards (% _) is matched with instr(), a scan, like text under three characters.
-        if len(node.text) >= 3 and not any(c in node.text for c in "%_"):
-            return "r.rec IN (SELECT rowid FROM records_fts WHERE text LIKE ?)", [f"%{node.text}%"]
-        return "r.rec IN (SELECT rowid FROM records_fts WHERE instr(text, ?) > 0)", [node.text]
-    if isinstance(node, Range):
-        parts, params = [], []
-        if node.after:
-            parts.append("r.started_utc >= ?")
-            params.append(node.after)
-        if node.before:
-            parts.append("r.started_utc < ?")
-            params.append(node.before)
-        return " AND ".join(parts) or "1", params
-    if isinstance(node, Not):
-        inner, params = _sql(node.node)
-        return f"NOT ({inner})", params
-    if isinstance(node, And):
-        # One field filter drives (its records are listed); the others are point lookups per candidate
-        # (EXISTS on the primary key), not whole lists: channel:chat alone can be a fifth of the archive.
-        fields = [n for n in node.nodes if isinstance(n, Field) and not n.prefix]
-        driver = next((n for n in fields if n.field not in _BROAD), fields[0] if fields else None)
-        joined, params = [], []
-        for child in node.nodes:
-            if child in fields and child is not driver:
-                sql, p = ("EXISTS (SELECT 1 FROM record_fields f WHERE f.field = ? AND f.value = ? AND f.rec = r.rec)",
-                          [child.field, child.value])
-            else:
-                sql, p = _sql(child)
-            joined.append(f"({sql})")
-            params += p
-        return " AND ".join(joined), params
-    if isinstance(node, Or):
-        joined, params = [], []
-        for child in node.nodes:
-            sql, p = _sql(child)
-            joined.append(f"({sql})")
-            params += p
-        return " OR ".join(joined), params
-    raise TypeError(f"not a query node: {node!r}")
+def _count(counts: Counter, started: str, facets, sign: int) -> None:
+    """Add (or with sign -1, take away) one record's facet values to the day and month roll-ups."""
+    day, month = started[:10], started[:7]
+    for f, v in (*facets, ("month", month)):
+        counts[(f, "d", day, v)] += sign
+        counts[(f, "m", month, v)] += sign
+
+
+_UTC = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def _spans(lo: str | None, hi: str | None) -> list[tuple[str, str | None, str | None]]:
+    """[lo, hi) as spans of facet_counts buckets — ('m', first month, end month), ('d', first day, end day)
+    — and ('raw', start, end) time spans for the partial days at either end. None is open."""
+    def at(text: str) -> datetime:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).replace(tzinfo=None)
+    lo_t, hi_t = (at(lo) if lo else None), (at(hi) if hi else None)
+    if lo_t and hi_t and lo_t >= hi_t:
+        return []
+    floor_day = lambda t: t.replace(hour=0, minute=0, second=0, microsecond=0)  # noqa: E731
+    d0 = lo_t and (lo_t if lo_t == floor_day(lo_t) else floor_day(lo_t) + timedelta(days=1))
+    d1 = hi_t and floor_day(hi_t)
+    if d0 and d1 and d0 >= d1:
+        return [("raw", lo, hi)]
+    spans = []
+    if lo_t and lo_t != d0:
+        spans.append(("raw", lo, d0.strftime(_UTC)))
+    if hi_t and hi_t != d1:
+        spans.append(("raw", d1.strftime(_UTC), hi))
+    m0 = d0 and (d0 if d0.day == 1 else (d0.replace(day=1) + timedelta(days=32)).replace(day=1))
+    m1 = d1 and d1.replace(day=1)
+    day = lambda t: t and t.strftime("%Y-%m-%d")  # noqa: E731
+    month = lambda t: t and t.strftime("%Y-%m")  # noqa: E731
+    if m0 and m1 and m0 >= m1:
+        return [*spans, ("d", day(d0), day(d1))]
+    if d0 and d0 < m0:
+        spans.append(("d", day(d0), day(m0)))
+    spans.append(("m", month(m0), month(m1)))
+    if d1 and m1 < d1:
+        spans.append(("d", day(m1), day(d1)))
+    return spans
+
+
+def trigrams(text: str) -> set[str]:
+    """The distinct trigrams of ``text``, as the FTS5 trigram tokenizer cuts them (by character)."""
+    return {text[i:i + 3] for i in range(len(text) - 2)}
+
+
+def _fill_trigram_stats(db) -> None:
+    db.execute("CREATE TABLE trigram_stats (gram TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID")
+    grams: Counter = Counter()
+    for (text,) in db.execute("SELECT text FROM records_fts"):
+        grams.update(trigrams(text))
+    db.executemany("INSERT INTO trigram_stats VALUES (?, ?)", grams.items())
+
+
+class _Compiler:
+    """A query tree → a WHERE clause over ``records r`` and its parameters.
+
+    Text of three or more characters is found through the trigram index. Its two rarest trigrams (by
+    ``trigram_stats``) select candidates — FTS5 reads only their short posting lists, not those of common
+    trigrams ("the", "ent") — and each candidate is checked for the whole text in its stored text. Text
+    of at most four characters is the phrase of its trigrams, exact on its own. ``walk`` is set when the
+    query is text alone (with a date range, perhaps) that matches many records."""
+
+    WALK_MIN = 2000
+    GRAMS = 2
+
+    def __init__(self, db) -> None:
+        self.db = db
+        self.walk = False
+        self.estimate = 0  # at most this many records hold the rarest trigram of the query's text
+        self._ranked: dict[str, list[tuple[str, int]]] = {}
+
+    def sql(self, node) -> tuple[str, list]:
+        sql, params = self._sql(node)
+        texts = [node] if isinstance(node, Text) else \
+            [n for n in node.nodes if isinstance(n, Text)] if isinstance(node, And) and \
+            all(isinstance(n, (Text, Range)) for n in node.nodes) else []
+        self.estimate = min((self._estimate(n.text) for n in texts), default=0)
+        self.walk = bool(texts) and self.estimate >= self.WALK_MIN
+        return sql, params
+
+    def _stats(self, text: str) -> list[tuple[str, int]]:
+        """The text's trigrams, rarest first, with how many records hold each."""
+        if text in self._ranked:
+            return self._ranked[text]
+        grams = sorted(trigrams(text))
+        known = dict(self.db.execute(f"SELECT gram, n FROM trigram_stats WHERE gram IN ({','.join('?' * len(grams))})",
+                                     grams))
+        ranked = self._ranked[text] = sorted(((g, known.get(g, 0)) for g in grams), key=lambda gn: (gn[1], gn[0]))
+        return ranked
+
+    def _estimate(self, text: str) -> int:
+        return self._stats(text)[0][1] if len(text) >= 3 else 0
+
+    def _text(self, node: Text) -> tuple[str, list]:
+        if len(node.text) < 3:  # no trigram: a scan (a two-character Chinese name)
+            return "r.rec IN (SELECT rowid FROM records_fts WHERE instr(text, ?) > 0)", [node.text]
+        ranked = self._stats(node.text)
+        quote = lambda g: '"' + g.replace('"', '""') + '"'  # noqa: E731
+        if len(ranked) <= self.GRAMS:
+            return "r.rec IN (SELECT rowid FROM records_fts WHERE records_fts MATCH ?)", [quote(node.text)]
+        rare = " AND ".join(quote(g) for g, _ in ranked[:self.GRAMS])
+        return ("r.rec IN (SELECT rowid FROM records_fts WHERE records_fts MATCH ?) "
+                "AND (SELECT instr(text, ?) FROM records_fts WHERE rowid = r.rec) > 0", [rare, node.text])
+
+    def _sql(self, node) -> tuple[str, list]:
+        if isinstance(node, All):
+            return "1", []
+        if isinstance(node, Field):
+            if node.prefix:
+                return ("r.rec IN (SELECT rec FROM record_fields WHERE field = ? AND value >= ? "
+                        "AND value < ?)", [node.field, node.value, node.value + "\U0010ffff"])
+            return "r.rec IN (SELECT rec FROM record_fields WHERE field = ? AND value = ?)", \
+                [node.field, node.value]
+        if isinstance(node, Text):
+            return self._text(node)
+        if isinstance(node, Range):
+            parts, params = [], []
+            if node.after:
+                parts.append("r.started_utc >= ?")
+                params.append(node.after)
+            if node.before:
+                parts.append("r.started_utc < ?")
+                params.append(node.before)
+            return " AND ".join(parts) or "1", params
+        if isinstance(node, Not):
+            inner, params = self._sql(node.node)
+            return f"NOT ({inner})", params
+        if isinstance(node, And):
+            # One field filter drives (its records are listed); the others are point lookups per candidate
+            # (EXISTS on the primary key), not whole lists: channel:chat alone can be a fifth of the archive.
+            fields = [n for n in node.nodes if isinstance(n, Field) and not n.prefix]
+            driver = next((n for n in fields if n.field not in _BROAD), fields[0] if fields else None)
+            joined, params = [], []
+            for child in node.nodes:
+                if child in fields and child is not driver:
+                    sql, p = ("EXISTS (SELECT 1 FROM record_fields f WHERE f.field = ? AND f.value = ? AND f.rec = r.rec)",
+                              [child.field, child.value])
+                else:
+                    sql, p = self._sql(child)
+                joined.append(f"({sql})")
+                params += p
+            return " AND ".join(joined), params
+        if isinstance(node, Or):
+            joined, params = [], []
+            for child in node.nodes:
+                sql, p = self._sql(child)
+                joined.append(f"({sql})")
+                params += p
+            return " OR ".join(joined), params
+        raise TypeError(f"not a query node: {node!r}")
