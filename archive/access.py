@@ -28,12 +28,13 @@ from archive.errors import AccessDenied, ArchiveError
 
 ROLES = ("ingest", "auditor", "legal", "admin")
 PERMISSIONS: dict[str, frozenset[str]] = {
-    "ingest": frozenset({"ingest"}),
-    "auditor": frozenset({"search", "view", "retrieve", "quarantine-read", "audit-read", "policy-read"}),
+    # ingest is also the workers' role: fixity checks read sealed objects back without releasing content
+    "ingest": frozenset({"ingest", "fixity", "status"}),
+    "auditor": frozenset({"search", "view", "retrieve", "quarantine-read", "audit-read", "policy-read", "status"}),
     "legal": frozenset({"search", "view", "retrieve", "quarantine-read", "audit-read", "policy-read", "hold",
-                        "export", "retention-event"}),
+                        "export", "retention-event", "status"}),
     "admin": frozenset({"keys", "identity", "audit-checkpoint", "audit-read", "object-admin", "disposition",
-                        "quarantine-read", "policy-read", "retention-event", "reindex"}),
+                        "quarantine-read", "policy-read", "retention-event", "reindex", "fixity", "status"}),
 }
 NEEDS_REASON = frozenset({"view", "retrieve", "export"})
 
@@ -140,7 +141,7 @@ OPERATIONS: dict[str, str] = {
     "quarantine-list": "quarantine-read", "hold": "hold", "hold-list": "policy-read", "export": "export",
     "policy-list": "policy-read", "policy-check": "policy-read", "policy-explain": "policy-read",
     "retention-event": "retention-event", "disposition-plan": "disposition", "disposition": "disposition",
-    "reindex": "reindex",
+    "reindex": "reindex", "fixity": "fixity", "status": "status",
     # four-eyes (archive/approvals.py): releasing a hold is requested by one legal identity and approved
     # by another; approving needs the permission of the action approved — "hold" for the only one so far
     "hold-release-request": "hold", "approve": "hold",

@@ -340,6 +340,114 @@ def cmd_reindex(archive: Archive, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fixity(archive: Archive, args: argparse.Namespace) -> int:
+    from archive import fixity
+    from archive.dates import parse_duration
+
+    retention = _retention(archive)
+    show = sys.stderr.isatty() and not args.json
+
+    def progress(summary) -> None:
+        print(f"\r{summary['records']} records, {summary['objects']} objects, {len(summary['failed'])} failed",
+              end="", file=sys.stderr, flush=True)
+
+    summary = fixity.sweep(retention, audit_retention=parse_duration(archive.settings.audit_retention),
+                           record_ids=args.record or None, limit=args.limit, progress=progress if show else None)
+    retention.index.flush()
+    if show:
+        print(file=sys.stderr)
+    failed = [f["record_id"] for f in summary["failed"]]
+    # the records a finding was sealed for are named, so each one's trail shows the failed check
+    args.audit_target.update({"records_checked": summary["records"], **({"records": failed} if failed else {})})
+    if args.json:
+        _out(summary)
+    else:
+        for f in summary["failed"]:
+            for problem in f["problems"]:
+                print(f"FAILED  {f['record_id']}  {problem['object']}: {problem['problem']}")
+        print(f"fixity: {summary['records']} record(s), {summary['objects']} object(s), "
+              f"{summary['bytes']} bytes read back; {len(summary['failed'])} failed")
+    return 1 if summary["failed"] else 0
+
+
+def cmd_status(archive: Archive, args: argparse.Namespace) -> int:
+    from archive import fixity
+    from archive.coordination import Coordinator
+
+    retention = _retention(archive)
+    settings = archive.settings
+    sweep = fixity.last_sweep(retention)
+    status = {
+        "records": retention.index.count(),
+        "quarantined": sum(1 for _ in archive.vault.names("quarantine/")),
+        "inboxes": list(settings.inboxes),
+        "last_fixity_sweep": None if sweep is None else {
+            k: sweep.get(k) for k in ("started_at", "finished_at", "records", "objects")} | {
+            "failed": len(sweep["failed"])},
+        "workers": None,
+    }
+    code = 0
+    if settings.inboxes and settings.redis_url:  # workers are configured: their Redis must answer
+        try:
+            c = Coordinator(settings.redis_url)
+            from workers.app import QUEUE
+
+            status["workers"] = {"queued": c.queue_length(QUEUE), "in_flight": c.claims(), **{
+                k: v for k, v in sorted(c.counters().items())}}
+        except ArchiveError as e:
+            status["workers"] = {"error": str(e)}
+            code = 1
+    if args.json:
+        _out(status)
+        return code
+    print(f"records indexed   {status['records']}")
+    print(f"quarantined       {status['quarantined']}")
+    print(f"inboxes           {', '.join(status['inboxes']) or '(none: ARCHIVE_INBOX)'}")
+    w = status["workers"]
+    if w is None:
+        print("workers           (none configured: ARCHIVE_INBOX)")
+    elif "error" in w:
+        print(f"workers           unreachable: {w['error']}")
+    else:
+        print(f"queue             {w['queued']} queued, {w['in_flight']} in flight")
+        print("worker outcomes   " + ", ".join(f"{w.get(k, 0)} {k}" for k in ("archived", "duplicate", "rejected",
+                                                                                  "failed")))
+    if sweep is None:
+        print("last fixity sweep never")
+    else:
+        s = status["last_fixity_sweep"]
+        print(f"last fixity sweep {s['finished_at']}: {s['records']} record(s), {s['objects']} object(s), "
+              f"{s['failed']} failed")
+    return code
+
+
+def cmd_inbox_scan(archive: Archive, args: argparse.Namespace) -> int:
+    from archive.work import Work
+    from workers.tasks import ingest_input
+
+    pairs = Work(archive.settings).scan()
+    for url, gid in pairs:
+        ingest_input.delay(url, gid)
+    args.audit_target["queued"] = len(pairs)
+    print(f"queued {len(pairs)} input(s) from {len(archive.settings.inboxes)} inbox(es)")
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """Run a Celery worker (and/or the beat) for this archive: exec's celery with the project's app."""
+    import shutil
+
+    celery = shutil.which("celery") or str(Path(sys.executable).with_name("celery"))
+    if args.beat_only:
+        argv = [celery, "-A", "workers", "beat", "-l", args.loglevel,
+                "--schedule", str(settings.home / "celerybeat-schedule")]
+    else:
+        argv = [celery, "-A", "workers", "worker", "-Q", "archive", "-l", args.loglevel,
+                "--concurrency", str(args.concurrency), "-n", f"archive-{os.getpid()}@%h",
+                *(["-B", "--schedule", str(settings.home / "celerybeat-schedule")] if args.beat else [])]
+    os.execv(celery, argv)
+
+
 def cmd_quarantine_list(archive: Archive, args: argparse.Namespace) -> int:
     entries = list(_ingestor(archive).quarantine())
     if args.json:
@@ -571,6 +679,7 @@ OPERATION_OF: dict[Callable, str | Callable] = {
     cmd_hold: lambda archive, args: "hold" if args.state == "on" else "hold-release-request",
     cmd_approve: "approve", cmd_extend: "retention-extend", cmd_delete: "object-delete", cmd_ingest: "ingest",
     cmd_show: "view", cmd_get: "retrieve", cmd_search: "search", cmd_timeline: "search", cmd_reindex: "reindex", cmd_quarantine_list: "quarantine-list",
+    cmd_fixity: "fixity", cmd_status: "status", cmd_inbox_scan: "ingest",
     cmd_keys_status: "key-status", cmd_keys_rotate: "key-rotation", cmd_keys_destroy: "key-destroy",
     cmd_audit_checkpoint: "audit-checkpoint", cmd_audit_verify: "audit-verify", cmd_audit_show: "audit-show",
     cmd_identity_list: "identity-list", cmd_identity_set: "identity-change",
@@ -738,6 +847,41 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Drop every index entry and rebuild it from the store alone: manifests, "
                                    "current retention decisions and legal holds. Idempotent.")
     p.set_defaults(run=cmd_reindex)
+
+    p = sub.add_parser("fixity", help="read sealed objects back and verify them",
+                       description="Re-read every object of each record (or the ones named): authentication tags, "
+                                   "SHA-256 against the seal receipt and the capture. A failure is sealed as the "
+                                   "finding fixity-failed (archive search finding:fixity-failed), never repaired. "
+                                   "Exits 1 when anything failed.")
+    p.add_argument("--record", action="append", metavar="ID", help="check this record (repeatable)")
+    p.add_argument("--limit", type=int, help="check at most this many records")
+    p.add_argument("--json", action="store_true", help="print the sweep's summary as JSON")
+    p.set_defaults(run=cmd_fixity)
+
+    p = sub.add_parser("status", help="records, quarantine, worker queue and the last fixity sweep",
+                       description="What the archive and its workers are doing: records indexed, inputs "
+                                   "quarantined, queue depth, inputs in flight, worker outcomes, the last fixity "
+                                   "sweep. Exits 1 when the workers' Redis cannot be reached.")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_status)
+
+    p = sub.add_parser("worker", help="run a Celery worker (ARCHIVE_BROKER_URL) for ingest and sweeps",
+                       description="Start a Celery worker on the archive queue (celery -A workers worker -Q archive). "
+                                   "--beat also runs the scheduler (inbox scans, fixity and disposition sweeps); run "
+                                   "exactly one scheduler per archive.")
+    p.add_argument("--concurrency", type=int, default=os.cpu_count() or 2, help="worker processes (default: CPUs)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--beat", action="store_true", help="also run the scheduler in this worker")
+    g.add_argument("--beat-only", action="store_true", help="run only the scheduler")
+    p.add_argument("-l", "--loglevel", default="info")
+    p.set_defaults(run=cmd_worker, needs_archive=False)
+
+    ib = sub.add_parser("inbox", help="the inboxes workers take inputs from (ARCHIVE_INBOX)",
+                        description="Inboxes: S3 prefixes or directories where recorders drop inputs.")
+    ibs = ib.add_subparsers(dest="inbox_command", required=True, metavar="ACTION")
+    p = ibs.add_parser("scan", help="queue every settled input now (the beat does this periodically)",
+                       description="List each inbox and queue the inputs ready to take for the workers.")
+    p.set_defaults(run=cmd_inbox_scan)
 
     q = sub.add_parser("quarantine", help="inputs ingest rejected, with reasons",
                        description="Inputs that ingest refused, each with its reason. Sources are never moved.")

@@ -28,6 +28,17 @@ accepted. Secrets (S3 secret key) are kept out of ``repr`` so they never reach a
 | ARCHIVE_ES_API_KEY           | (none)                        | Elasticsearch API key (kept out of logs)       |
 | ARCHIVE_AUDIT_RETENTION      | P10Y                          | lock period of audit-log batches and checkpoints |
 | ARCHIVE_ACTOR                | (the OS user)                 | who the CLI acts as, when --actor is not given |
+| ARCHIVE_BROKER_URL           | redis://127.0.0.1:6379/0      | Celery broker: ``redis://…`` or ``amqp://…`` (RabbitMQ) |
+| ARCHIVE_REDIS_URL            | ARCHIVE_BROKER_URL if Redis   | Redis for worker claims and counters (needed with a RabbitMQ broker) |
+| ARCHIVE_INBOX                | (none)                        | where recorders drop inputs, comma-separated: ``s3://bucket/prefix`` or a directory |
+| ARCHIVE_INBOX_DONE           | processed                     | after verified archival: ``delete``, or a prefix/directory name beside the inbox to move inputs to |
+| ARCHIVE_INBOX_SETTLE         | PT10S                         | an input is taken once its newest file is this old (uploads finish) |
+| ARCHIVE_WORKER_ACTOR         | worker                        | the identity workers act as (needs the ingest role; admin for sweeps) |
+| ARCHIVE_CLAIM_TTL            | PT2M                          | a worker's claim on an input, renewed while it works; a dead worker's lapses |
+| ARCHIVE_SCAN_INTERVAL        | PT30S                         | how often the beat scans the inboxes |
+| ARCHIVE_FIXITY_INTERVAL      | P1D                           | how often the beat runs a fixity sweep |
+| ARCHIVE_DISPOSITION_INTERVAL | P1D                           | how often the beat plans disposition                            |
+| ARCHIVE_AUTO_DISPOSE         | no                            | yes: the beat's sweep also disposes of what is due (the worker identity needs admin) |
 """
 
 from __future__ import annotations
@@ -74,6 +85,17 @@ class Settings:
     min_lock: str = "P1D"
     audit_retention: str = "P10Y"
     actor: str | None = None
+    broker_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    redis_url: str | None = field(default=None, repr=False)
+    inboxes: tuple[str, ...] = ()
+    inbox_done: str = "processed"
+    inbox_settle: str = "PT10S"
+    worker_actor: str = "worker"
+    claim_ttl: str = "PT2M"
+    scan_interval: str = "PT30S"
+    fixity_interval: str = "P1D"
+    disposition_interval: str = "P1D"
+    auto_dispose: bool = False
 
     @property
     def index_path(self) -> Path:
@@ -149,6 +171,30 @@ class Settings:
             raise ConfigError(f"ARCHIVE_ES_INDEX={es_index!r} is not an index name (lower-case letters, digits, . _ -)",
                               variable="ARCHIVE_ES_INDEX")
         audit_retention = _duration(env, "ARCHIVE_AUDIT_RETENTION", "P10Y")
+        broker_url = env.get("ARCHIVE_BROKER_URL") or "redis://127.0.0.1:6379/0"
+        if urlparse(broker_url).scheme not in ("redis", "rediss", "amqp", "amqps", "pyamqp"):
+            raise ConfigError("ARCHIVE_BROKER_URL must be a redis://, rediss:// or amqp:// URL",
+                              variable="ARCHIVE_BROKER_URL")
+        redis_url = env.get("ARCHIVE_REDIS_URL") or (broker_url if broker_url.startswith("redis") else None)
+        if redis_url and urlparse(redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError("ARCHIVE_REDIS_URL must be a redis:// or rediss:// URL", variable="ARCHIVE_REDIS_URL")
+        inboxes = []
+        for raw in filter(None, (x.strip() for x in (env.get("ARCHIVE_INBOX") or "").split(","))):
+            parsed = urlparse(raw)
+            if parsed.scheme == "s3" and parsed.netloc:
+                inboxes.append(raw.rstrip("/"))
+            elif parsed.scheme in ("", "file"):
+                path = Path(parsed.path if parsed.scheme == "file" else raw)
+                inboxes.append(str(path if path.is_absolute() else base / path))
+            else:
+                raise ConfigError(f"ARCHIVE_INBOX: {raw!r} is not s3://bucket/prefix or a directory",
+                                  variable="ARCHIVE_INBOX")
+        inbox_done = env.get("ARCHIVE_INBOX_DONE") or "processed"
+        if inbox_done != "delete" and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,100}", inbox_done):
+            raise ConfigError(f"ARCHIVE_INBOX_DONE={inbox_done!r} must be 'delete' or a simple name "
+                              "(letters, digits, . _ -) for the prefix or directory beside the inbox",
+                              variable="ARCHIVE_INBOX_DONE")
+        worker_actor = env.get("ARCHIVE_WORKER_ACTOR") or "worker"
 
         return cls(
             home=home,
@@ -173,6 +219,17 @@ class Settings:
             min_lock=min_lock,
             audit_retention=audit_retention,
             actor=env.get("ARCHIVE_ACTOR") or None,
+            broker_url=broker_url,
+            redis_url=redis_url,
+            inboxes=tuple(inboxes),
+            inbox_done=inbox_done,
+            inbox_settle=_duration(env, "ARCHIVE_INBOX_SETTLE", "PT10S"),
+            worker_actor=worker_actor,
+            claim_ttl=_duration(env, "ARCHIVE_CLAIM_TTL", "PT2M"),
+            scan_interval=_duration(env, "ARCHIVE_SCAN_INTERVAL", "PT30S"),
+            fixity_interval=_duration(env, "ARCHIVE_FIXITY_INTERVAL", "P1D"),
+            disposition_interval=_duration(env, "ARCHIVE_DISPOSITION_INTERVAL", "P1D"),
+            auto_dispose=_yes(env, "ARCHIVE_AUTO_DISPOSE"),
         )
 
 
@@ -187,6 +244,13 @@ def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> i
     if not lo <= value <= hi:
         raise ConfigError(f"{name}={value} is out of range [{lo}, {hi}]", variable=name)
     return value
+
+
+def _yes(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "no").strip().lower()
+    if raw not in ("yes", "no", "true", "false", "1", "0"):
+        raise ConfigError(f"{name}={raw!r} must be yes or no", variable=name)
+    return raw in ("yes", "true", "1")
 
 
 def _duration(env: Mapping[str, str], name: str, default: str) -> str:

@@ -6,12 +6,14 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
 
 missing=()
-for tool in espeak-ng sox ffmpeg; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+tools=(espeak-ng sox ffmpeg)
+[ "${1:-}" = test ] && tools+=(redis-server)  # the workers' tests run a real Redis
+for tool in "${tools[@]}"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]} (Debian packages: speech and media tools for samples and tests) ..." >&2
+  echo "installing ${missing[*]} (Debian packages: speech and media tools for samples and tests, Redis for the workers' tests) ..." >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends espeak-ng sox ffmpeg >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if [ ! -x "$ROOT/.venv/bin/python" ]; then

@@ -229,3 +229,51 @@ class Osmem:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+class Redis:
+    """A throw-away ``redis-server`` (Debian's package) on a free loopback port, with no persistence —
+    restarting it loses every key, as a crashed broker without AOF would. ``restart()`` does exactly that
+    on the same port."""
+
+    def __init__(self) -> None:
+        self.port = _free_ports(1)[0]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+        self._dir = Path(tempfile.mkdtemp(prefix="redis-"))
+
+    def __enter__(self) -> "Redis":
+        self.start()
+        return self
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:  # a missing server is a failure, not a skip
+            raise RuntimeError("redis-server not found: apt-get install -y redis-server (scripts/test does)")
+        self.proc = subprocess.Popen(
+            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+             "--dir", str(self._dir), "--protected-mode", "no"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + _STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited {self.proc.returncode}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not answer PING")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # no shutdown save: everything in memory is gone
+            self.proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)

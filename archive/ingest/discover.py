@@ -51,6 +51,7 @@ class Found:
     origin: str
     load: Callable[[], Iterator[tuple]] | None = None
     rejection: ArchiveError | None = None
+    files: tuple[str, ...] = ()  # the file names it is made of (for an inbox to move once archived)
 
 
 def _hostile(name: str) -> str | None:
@@ -98,6 +99,11 @@ def _walk(root: Path, limits: Limits) -> Iterator[Found]:
         yield from _group(here, sorted(filenames), limits)
 
 
+def group(directory: Path, names: list[str], limits: Limits) -> Iterator[Found]:
+    """The inputs made of ``names`` in ``directory`` (one inbox group: a recording with its sidecar, a chat)."""
+    return _group(directory, sorted(names), limits)
+
+
 def _group(directory: Path, names: list[str], limits: Limits) -> Iterator[Found]:
     stems: dict[str, list[str]] = {}
     for name in names:
@@ -131,7 +137,8 @@ def _group(directory: Path, names: list[str], limits: Limits) -> Iterator[Found]
                                         "(SIPREC) beside the recording"))
                 continue
             transcripts = [exts[e] for e in TRANSCRIPTS if e in exts]
-            yield Found(origin, load=_recording_loader(directory, media, sidecars, transcripts))
+            yield Found(origin, load=_recording_loader(directory, media, sidecars, transcripts),
+                        files=(*media, *(p.name for p in sidecars), *transcripts))
             for other in sorted(set(group) - set(media) - {p.name for p in sidecars} - set(transcripts)):
                 yield Found(_show(directory / other), rejection=_unsupported(directory / other))
             continue
@@ -139,9 +146,9 @@ def _group(directory: Path, names: list[str], limits: Limits) -> Iterator[Found]
             path = directory / name
             ext = os.path.splitext(name)[1].lower()
             if ext == ".json":
-                yield Found(_show(path), load=_chat_loader(path))
+                yield Found(_show(path), load=_chat_loader(path), files=(name,))
             elif ext == ".eml":
-                yield Found(_show(path), load=_email_loader(path))
+                yield Found(_show(path), load=_email_loader(path), files=(name,))
             elif ext == ".xml":
                 yield Found(_show(path), rejection=RejectedInput(
                     "metadata_without_recording", f"{_show(path)}: SIPREC metadata with no recording of the same name"))

@@ -274,6 +274,10 @@ class Ingestor:
                 if progress:
                     progress(summary)
 
+    def ingest(self, found: Found) -> Outcome:
+        """Archive one discovered input (or quarantine it, with its reason). Transient errors raise."""
+        return self._one(found)
+
     def _one(self, found: Found) -> Outcome:
         if found.rejection is not None:
             return self._reject(found.origin, found.rejection)

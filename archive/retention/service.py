@@ -76,7 +76,14 @@ class Retention:
         self._policies: PolicySet | None = None
         self._events: list[dict] | None = None
         self._holds: dict[str, dict] | None = None
+        self._fixity: dict[str, list[dict]] | None = None
         self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        """Forget what was read from the store (policies, events, holds, fixity failures): a long-lived
+        worker calls this before each task so it decides on the store's current state."""
+        with self._lock:
+            self._policies = self._events = self._holds = self._fixity = None
 
     # --- sealed JSON documents -------------------------------------------------------------------------
 
@@ -252,7 +259,7 @@ class Retention:
         """Drop every index entry and rebuild from the store alone (manifests, current decisions, holds).
         Returns the number of records indexed."""
         with self._lock:
-            self._holds = None
+            self._holds = self._fixity = None
         held = self.held_records()
         count = 0
         with self.index.rebuilding() as fresh:
@@ -271,7 +278,27 @@ class Retention:
             decision = self.decision(rid, manifest)
         if cases is None:
             cases = self.held_records().get(rid, [])
+        failures = self.fixity_failures().get(rid, [])
+        if failures:  # a fixity check found the record altered or missing: a finding auditors search for
+            manifest = {**manifest, "findings": [*manifest.get("findings", []), *(
+                {"code": "fixity-failed", "checked_at": f["checked_at"], "problems": f["problems"]}
+                for f in failures)]}
         return {**manifest, "retention": decision, "holds": cases}
+
+    def fixity_failures(self) -> dict[str, list[dict]]:
+        """Record → the fixity failures sealed for it (read once per instance)."""
+        with self._lock:
+            if self._fixity is None:
+                failures: dict[str, list[dict]] = {}
+                for name in sorted(self.vault.names("fixity/failures/")):
+                    doc = self._get(name)
+                    failures.setdefault(doc["record_id"], []).append(doc)
+                self._fixity = failures
+            return self._fixity
+
+    def forget_fixity(self) -> None:
+        with self._lock:
+            self._fixity = None
 
     # --- legal holds ---------------------------------------------------------------------------------------
 

@@ -1,0 +1,121 @@
+"""What workers share besides the queue, in Redis: claims on inbox inputs, which inputs are queued or were
+rejected, and counters for ``archive status``.
+
+Redis holds nothing the archive cannot lose: the inboxes and the object store are the truth. If Redis
+restarts empty, the next inbox scan queues every input still in an inbox again; a claim that vanished
+lets a second worker take an input, and the pipeline's content addressing makes that a duplicate, never a
+second record.
+
+Keys (prefix ``archive:``): ``claim:<input>`` (a worker's lease, with a token only it can renew or
+release), ``queued:<input>`` (queued recently: scans do not queue it again until it lapses),
+``rejected`` (inputs quarantined, by their file signature: not retried until they change), ``counters``.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from contextlib import contextmanager
+
+from archive.errors import ArchiveError
+
+
+class CoordinationUnavailable(ArchiveError):
+    """Redis could not be reached: worth retrying."""
+
+    code = "coordination_unavailable"
+    transient = True
+
+
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+class Lease:
+    """A claim held by this worker; renewed in the background while the work runs."""
+
+    def __init__(self, coordinator: Coordinator, key: str, token: str, ttl_ms: int) -> None:
+        self.c, self.key, self.token, self.ttl_ms = coordinator, key, token, ttl_ms
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew_loop, daemon=True, name=f"lease {key[:40]}")
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl_ms / 3000):
+            try:
+                if not self.c._eval(_RENEW, self.key, self.token, self.ttl_ms):
+                    self.lost = True  # lapsed or taken over; the work is idempotent, so it may finish
+            except CoordinationUnavailable:
+                pass
+
+    def release(self) -> None:
+        self._stop.set()
+        try:
+            self.c._eval(_RELEASE, self.key, self.token)
+        except CoordinationUnavailable:
+            pass  # it lapses on its own
+
+
+class Coordinator:
+    def __init__(self, url: str, namespace: str = "archive") -> None:
+        import redis
+
+        self._redis_errors = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+        self.r = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+        self.ns = namespace
+
+    def _do(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except self._redis_errors as e:
+            raise CoordinationUnavailable(f"Redis (worker coordination) unavailable: {e}") from e
+
+    def _eval(self, script: str, key: str, *args):
+        return self._do(self.r.eval, script, 1, f"{self.ns}:claim:{key}", *args)
+
+    @contextmanager
+    def claim(self, key: str, ttl_seconds: float):
+        """Yield a Lease on ``key``, or None when another worker holds it."""
+        token = uuid.uuid4().hex
+        ttl_ms = max(1000, int(ttl_seconds * 1000))
+        if not self._do(self.r.set, f"{self.ns}:claim:{key}", token, nx=True, px=ttl_ms):
+            yield None
+            return
+        lease = Lease(self, key, token, ttl_ms)
+        lease._thread.start()
+        try:
+            yield lease
+        finally:
+            lease.release()
+
+    def mark_queued(self, key: str, ttl_seconds: float) -> bool:
+        """True when ``key`` was not queued recently (and now is)."""
+        return bool(self._do(self.r.set, f"{self.ns}:queued:{key}", 1, nx=True, ex=max(1, int(ttl_seconds))))
+
+    def unqueue(self, key: str) -> None:
+        self._do(self.r.delete, f"{self.ns}:queued:{key}")
+
+    def is_rejected(self, key: str, signature: str) -> bool:
+        return bool(self._do(self.r.sismember, f"{self.ns}:rejected", f"{key}|{signature}"))
+
+    def add_rejected(self, key: str, signature: str) -> None:
+        self._do(self.r.sadd, f"{self.ns}:rejected", f"{key}|{signature}")
+
+    def count(self, name: str, n: int = 1) -> None:
+        self._do(self.r.hincrby, f"{self.ns}:counters", name, n)
+
+    def counters(self) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in self._do(self.r.hgetall, f"{self.ns}:counters").items()}
+
+    def claims(self) -> int:
+        return sum(1 for _ in self._do(self.r.scan_iter, match=f"{self.ns}:claim:*", count=1000))
+
+    def queue_length(self, queue: str) -> int:
+        return int(self._do(self.r.llen, queue))
+
+    def set(self, name: str, value: str) -> None:
+        self._do(self.r.hset, f"{self.ns}:state", name, value)
+
+    def get(self, name: str) -> str | None:
+        v = self._do(self.r.hget, f"{self.ns}:state", name)
+        return v.decode() if v is not None else None

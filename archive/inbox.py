@@ -1,0 +1,302 @@
+"""Inboxes: where recorders and chat platforms drop inputs for the workers — an S3 bucket/prefix or a
+local directory (``ARCHIVE_INBOX``).
+
+An inbox is read as **groups**: the files of one directory sharing a stem (``call-17.wav`` with
+``call-17.json`` and ``call-17.txt``; a chat ``c-9.json`` alone), exactly as ``archive ingest`` groups a
+directory. A group is taken only once its newest file is ``ARCHIVE_INBOX_SETTLE`` old, so a recording is
+not taken before its sidecar has arrived. Names starting with ``.`` are skipped (uploads in progress).
+
+Inputs are never changed at the source. After verified archival a group's files move to the ``done``
+area beside the inbox (``s3://bucket/processed/…`` for ``s3://bucket/inbox``; ``…/processed`` beside a
+directory) or are deleted (``ARCHIVE_INBOX_DONE=delete``) — never before. Rejected inputs stay where
+they are; ``archive quarantine list`` says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
+
+from archive.errors import ArchiveError, ConfigError, ObjectNotFound, StorageError
+
+
+class TransientInboxError(StorageError):
+    """The inbox could not be reached or answered with a server error: worth retrying."""
+
+    code = "inbox_unavailable"
+    transient = True
+
+
+@dataclass(frozen=True)
+class Item:
+    """One file of an inbox group."""
+
+    name: str  # its file name
+    key: str  # S3 key, or absolute path
+    size: int
+    modified: float  # epoch seconds
+    etag: str
+
+
+@dataclass(frozen=True)
+class Group:
+    """The files of one input: one directory, one stem."""
+
+    inbox: str
+    id: str  # the directory (relative to the inbox) and the stem: "calls/2024/call-17"
+    items: tuple[Item, ...]
+
+    @property
+    def newest(self) -> float:
+        return max(i.modified for i in self.items)
+
+    @property
+    def signature(self) -> str:
+        """Changes whenever a file of the group is added, removed or replaced."""
+        return hashlib.sha256("\n".join(f"{i.name}\0{i.etag}" for i in self.items).encode()).hexdigest()[:32]
+
+
+def group_id(relative: str) -> str:
+    path = PurePosixPath(relative)
+    stem = os.path.splitext(path.name)[0]
+    return str(path.parent / stem) if str(path.parent) != "." else stem
+
+
+def _grouped(inbox: str, items: Iterator[tuple[str, Item]]) -> Iterator[Group]:
+    groups: dict[str, list[Item]] = {}
+    for relative, item in items:
+        if item.name.startswith(".") or not item.name:
+            continue
+        groups.setdefault(group_id(relative), []).append(item)
+    for gid in sorted(groups):
+        yield Group(inbox, gid, tuple(sorted(groups[gid], key=lambda i: i.name)))
+
+
+class Inbox:
+    """The contract: list groups, look one up again, fetch its files, finish it."""
+
+    url: str
+
+    def groups(self) -> Iterator[Group]:
+        raise NotImplementedError
+
+    def group(self, gid: str) -> Group | None:
+        raise NotImplementedError
+
+    def fetch(self, group: Group, scratch: Path) -> Path:
+        """A local directory holding the group's files under their own names."""
+        raise NotImplementedError
+
+    def finish(self, group: Group, names: set[str]) -> None:
+        """Move the named files of the group to the done area (or delete them)."""
+        raise NotImplementedError
+
+    def origin(self, group: Group, name: str) -> str:
+        """How an input is named in outcomes, the quarantine list and the audit trail."""
+        raise NotImplementedError
+
+    def ready(self, group: Group, settle: float, now: float | None = None) -> bool:
+        return (now or time.time()) - group.newest >= settle
+
+
+class DirectoryInbox(Inbox):
+    def __init__(self, path: str | Path, done: str = "processed") -> None:
+        self.root = Path(path)
+        self.url = str(self.root)
+        self.done = None if done == "delete" else self.root.parent / done
+        if not self.root.is_dir():
+            raise ConfigError(f"ARCHIVE_INBOX: {self.root} is not a directory", variable="ARCHIVE_INBOX")
+
+    def _items(self, directory: Path) -> Iterator[tuple[str, Item]]:
+        for dirpath, dirnames, filenames in os.walk(directory, followlinks=False):
+            here = Path(dirpath)
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                                 and (self.done is None or here / d != self.done))
+            for name in sorted(filenames):
+                path = here / name
+                try:
+                    st = path.lstat()
+                except FileNotFoundError:
+                    continue  # moved away meanwhile
+                yield (str(path.relative_to(self.root)),
+                       Item(name, str(path), st.st_size, st.st_mtime, f"{st.st_size}-{st.st_mtime_ns}"))
+
+    def groups(self) -> Iterator[Group]:
+        yield from _grouped(self.url, self._items(self.root))
+
+    def group(self, gid: str) -> Group | None:
+        directory = (self.root / gid).parent
+        stem = PurePosixPath(gid).name
+        if not directory.is_dir():
+            return None
+        items = []
+        for name in sorted(os.listdir(directory)):
+            path = directory / name
+            if os.path.splitext(name)[0] == stem and not name.startswith(".") and path.is_file():
+                st = path.lstat()
+                items.append(Item(name, str(path), st.st_size, st.st_mtime, f"{st.st_size}-{st.st_mtime_ns}"))
+        return Group(self.url, gid, tuple(items)) if items else None
+
+    def fetch(self, group: Group, scratch: Path) -> Path:
+        return Path(group.items[0].key).parent  # already local: read in place
+
+    def finish(self, group: Group, names: set[str]) -> None:
+        for item in group.items:
+            if item.name not in names:
+                continue
+            source = Path(item.key)
+            if self.done is None:
+                source.unlink(missing_ok=True)
+                continue
+            target = self.done / source.relative_to(self.root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(source, target)
+            except FileNotFoundError:
+                pass  # finished already (a retry)
+            except OSError:  # another filesystem: copy, make it durable, then remove the source
+                shutil.copyfile(source, target)
+                with open(target, "rb") as f:
+                    os.fsync(f.fileno())
+                source.unlink(missing_ok=True)
+
+    def origin(self, group: Group, name: str) -> str:
+        return str((self.root / group.id).parent / name)
+
+
+class S3Inbox(Inbox):
+    def __init__(self, url: str, client, done: str = "processed") -> None:
+        parsed = urlparse(url)
+        self.url = url.rstrip("/")
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/") + "/" if parsed.path.strip("/") else ""
+        parent = str(PurePosixPath(self.prefix.rstrip("/")).parent) if self.prefix else ""
+        parent = "" if parent in (".", "") else parent + "/"
+        self.done = None if done == "delete" else f"{parent}{done}/"
+        self.client = client
+
+    def _call(self, what: str, fn, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(**kwargs)
+        except ClientError as e:
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise ObjectNotFound(f"{self.url}: {what}: no such object") from e
+            if status >= 500 or code in ("SlowDown", "RequestTimeout", "PreconditionFailed"):
+                # PreconditionFailed: a file was replaced since the listing; the next attempt lists again
+                raise TransientInboxError(f"{self.url}: {what}: {code or status}") from e
+            raise ArchiveError(f"{self.url}: {what} refused: {code} {e}") from e
+        except BotoCoreError as e:
+            raise TransientInboxError(f"{self.url}: {what}: {e}") from e
+
+    def _list(self, prefix: str) -> Iterator[tuple[str, Item]]:
+        token = None
+        while True:
+            kwargs = {"Bucket": self.bucket, "Prefix": prefix, **({"ContinuationToken": token} if token else {})}
+            page = self._call("list", self.client.list_objects_v2, **kwargs)
+            for obj in page.get("Contents", []):
+                key = obj["Key"]
+                if self.done and key.startswith(self.done) or key.endswith("/"):
+                    continue
+                relative = key[len(self.prefix):]
+                yield relative, Item(PurePosixPath(relative).name, key, obj["Size"],
+                                     obj["LastModified"].timestamp(), obj.get("ETag", "").strip('"'))
+            if not page.get("IsTruncated"):
+                return
+            token = page["NextContinuationToken"]
+
+    def groups(self) -> Iterator[Group]:
+        yield from _grouped(self.url, self._list(self.prefix))
+
+    def group(self, gid: str) -> Group | None:
+        found = [(rel, item) for rel, item in self._list(self.prefix + gid) if group_id(rel) == gid]
+        groups = list(_grouped(self.url, iter(found)))
+        return groups[0] if groups and groups[0].id == gid else None
+
+    def fetch(self, group: Group, scratch: Path) -> Path:
+        scratch.mkdir(parents=True, exist_ok=True)
+        for item in group.items:
+            target = scratch / item.name
+            if target.resolve().parent != scratch.resolve():
+                continue  # a name that could escape (the ingest rejects it by name)
+            try:
+                body = self._call(f"get {item.key}", self.client.get_object, Bucket=self.bucket, Key=item.key,
+                                  IfMatch=item.etag) if item.etag else \
+                    self._call(f"get {item.key}", self.client.get_object, Bucket=self.bucket, Key=item.key)
+                with open(target, "wb") as f:
+                    for chunk in body["Body"].iter_chunks(1024 * 1024):
+                        f.write(chunk)
+            except ObjectNotFound:
+                continue  # gone meanwhile (finished by another worker after a lapsed claim)
+        return scratch
+
+    def finish(self, group: Group, names: set[str]) -> None:
+        for item in group.items:
+            if item.name not in names:
+                continue
+            if self.done is not None:
+                target = self.done + item.key[len(self.prefix):]
+                try:
+                    self._call(f"copy {item.key}", self.client.copy,
+                               CopySource={"Bucket": self.bucket, "Key": item.key}, Bucket=self.bucket, Key=target)
+                except ObjectNotFound:
+                    continue  # finished already
+            self._call(f"delete {item.key}", self.client.delete_object, Bucket=self.bucket, Key=item.key)
+
+    def origin(self, group: Group, name: str) -> str:
+        parent = str(PurePosixPath(group.id).parent)
+        return f"s3://{self.bucket}/{self.prefix}{'' if parent == '.' else parent + '/'}{name}"
+
+
+def s3_client(settings):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
+                        aws_access_key_id=settings.s3_access_key_id,
+                        aws_secret_access_key=settings.s3_secret_access_key,
+                        config=Config(retries={"mode": "standard", "max_attempts": 5},
+                                      s3={"addressing_style": "path"} if settings.s3_endpoint_url else {}))
+
+
+def open_inbox(url: str, settings) -> Inbox:
+    if url.startswith("s3://"):
+        return S3Inbox(url, s3_client(settings), settings.inbox_done)
+    return DirectoryInbox(url, settings.inbox_done)
+
+
+def take(inbox: Inbox, group: Group, ingestor, limits, scratch: Path) -> list:
+    """Archive one group: fetch its files, ingest each input in it through the pipeline (archived,
+    duplicate, or quarantined with its reason), and only then move (or delete) the files of the inputs
+    now safely archived. Rejected inputs stay in the inbox. Returns the outcomes; transient errors raise,
+    leaving the inbox as it was, so a retry takes the group again."""
+    from archive.ingest.discover import _hostile
+    from archive.ingest.discover import group as discover_group
+
+    directory = inbox.fetch(group, scratch)
+    names = [i.name for i in group.items if _hostile(i.name) or os.path.lexists(directory / i.name)]
+    outcomes, archived = [], set()
+    prefix = str(directory).rstrip("/") + "/"
+    for found in discover_group(directory, names, limits):
+        shown = found.origin[len(prefix):] if found.origin.startswith(prefix) else found.origin
+        found.origin = inbox.origin(group, shown)
+        if found.rejection is not None:  # name it by where it is in the inbox, not the scratch copy
+            found.rejection = type(found.rejection)(found.rejection.code,
+                                                    str(found.rejection).replace(prefix, inbox.origin(group, "")))
+        outcome = ingestor.ingest(found)
+        if outcome.status in ("archived", "duplicate"):
+            archived.update(found.files)
+        outcomes.append(outcome)
+    ingestor.index.flush()
+    if archived:
+        inbox.finish(group, archived)
+    return outcomes

@@ -1,0 +1,219 @@
+"""Distributed ingest with real parts: SeaweedFS as the inbox and the archive (Object Lock), Redis from
+Debian as broker and coordination, real ``celery worker`` processes and a ``celery beat``.
+
+The acceptance tests: two workers (concurrency 2) take 1,000 mixed inputs from the inbox; one is SIGKILLed
+mid-run and restarted (and, in the second test, Redis is killed and restarted empty instead). Every
+valid input must be archived exactly once — none lost, none duplicated, counted from the store — and
+the inbox must end holding only the rejected inputs, each in the quarantine with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from tests.servers import Redis
+from tests.workerkit import Workers, account, archive_env, inbox_keys, init, upload_inputs, wait_until
+
+pytestmark = pytest.mark.s3
+
+N = 1000
+
+
+@pytest.fixture(scope="module")
+def redis():
+    with Redis() as server:
+        yield server
+
+
+@pytest.fixture
+def setup(seaweed, redis, tmp_path):
+    """A fresh archive bucket (Object Lock), inbox bucket and archive home; Redis emptied."""
+    import redis as redis_client
+
+    redis_client.Redis.from_url(redis.url).flushall()
+    archive_bucket = seaweed.make_locked_bucket(f"a-{uuid.uuid4().hex[:16]}")
+    inbox_bucket = f"i-{uuid.uuid4().hex[:16]}"
+    seaweed.client().create_bucket(Bucket=inbox_bucket)
+    env = archive_env(seaweed, archive_bucket, inbox_bucket, tmp_path / "home", redis.url)
+    init(env)
+    return env, seaweed.client(), inbox_bucket, tmp_path
+
+
+def _run(env, client, inbox_bucket, tmp_path, disrupt) -> tuple[dict, set[str], object]:
+    inputs = upload_inputs(client, inbox_bucket, "drop", N)
+    workers = Workers(env, tmp_path)
+    try:
+        workers.start("w1")
+        workers.start("w2")
+        workers.start_beat()
+        remaining = lambda: inbox_keys(client, inbox_bucket, "drop")  # noqa: E731
+        total = len(remaining())
+        # mid-run: a third of the inputs gone from the inbox
+        wait_until(lambda: len(remaining()) < total * 2 / 3, 300, what="a third of the inbox archived")
+        disrupt(workers)
+        wait_until(lambda: remaining() <= inputs.bad, 600, 1.0, what="the inbox holding only rejected inputs")
+        assert len(workers.alive()) == 3, f"a worker died: {workers.alive()}\n{_logs(tmp_path)}"
+    except BaseException:
+        print(_logs(tmp_path), file=sys.stderr)
+        raise
+    finally:
+        workers.stop()
+    return account(inputs, env), remaining(), inputs
+
+
+def _logs(tmp_path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(tmp_path.glob("*.log")))
+
+
+def _check(result, left, inputs, env, client, inbox_bucket):
+    assert result["lost"] == 0, result
+    assert result["duplicated"] == 0, result
+    assert result["unexpected"] == 0, result
+    assert left == inputs.bad  # rejected inputs stay where they were; everything else moved on
+    processed = inbox_keys(client, inbox_bucket, "processed")
+    assert processed == {k.replace("drop/", "processed/", 1) for keys in inputs.valid.values() for k in keys}
+    quarantine = json.loads(subprocess.run([sys.executable, "-m", "archive.cli", "quarantine", "list", "--json"],
+                                           env={**env, "PATH": ""}, capture_output=True, check=True).stdout)
+    named = {e["origin"] for e in quarantine}
+    for key in inputs.bad:  # every rejected input has its reason, under its inbox name
+        if key.endswith((".docx", ".wav")) or (key.endswith(".json") and key[:-5] + ".wav" not in inputs.bad):
+            assert f"s3://{inbox_bucket}/{key}" in named, (key, sorted(named)[:5])
+
+
+def test_a_killed_worker_loses_and_duplicates_nothing(setup):
+    env, client, inbox_bucket, tmp_path = setup
+
+    def kill_and_restart(workers: Workers) -> None:
+        workers.kill("w1")  # SIGKILL, mid-task: its claims lapse, its inputs stay in the inbox
+        time.sleep(1)
+        workers.start("w1")
+
+    result, left, inputs = _run(env, client, inbox_bucket, tmp_path, kill_and_restart)
+    _check(result, left, inputs, env, client, inbox_bucket)
+
+
+def test_a_redis_restart_loses_and_duplicates_nothing(setup, redis):
+    env, client, inbox_bucket, tmp_path = setup
+
+    def restart_redis(workers: Workers) -> None:
+        redis.restart()  # killed and started empty: queue, claims and markers gone
+
+    result, left, inputs = _run(env, client, inbox_bucket, tmp_path, restart_redis)
+    _check(result, left, inputs, env, client, inbox_bucket)
+
+
+# --- fixity and status, on the embedded default (no servers) ---------------------------------------------
+
+
+def test_fixity_names_an_altered_object_as_a_searchable_finding_and_repairs_nothing(tmp_path):
+    import os
+    from pathlib import Path
+
+    from tests.test_cli import run
+    from tests.workerkit import wav_bytes
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ARCHIVE_")},
+           "ARCHIVE_HOME": str(tmp_path / "home"), "ARCHIVE_ACTOR": "tester"}
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i in range(3):  # calls big enough to be sealed as objects of their own
+        (inbox / f"call-{i}.wav").write_bytes(wav_bytes(8.0, i))
+        (inbox / f"call-{i}.json").write_text(json.dumps({
+            "schema": "archive-record/1", "source": {"system": "t", "interaction_id": f"fx-{i}"},
+            "channel": "phone", "started_at": f"2024-03-0{i + 1}T10:00:00Z",
+            "participants": [{"role": "agent", "id": "7"}]}))
+    run(env, "init")
+    run(env, "ingest", str(inbox))
+    clean = json.loads(run(env, "fixity", "--json").stdout)
+    assert clean["records"] == 3 and clean["failed"] == [] and clean["objects"] >= 6
+
+    target = json.loads(run(env, "search", "interaction:fx-1", "--json").stdout)["records"][0]
+    part = next(p for p in target["parts"] if p["name"] == "audio")
+    data = next((Path(env["ARCHIVE_HOME"]) / "store").rglob(f"*{part['object'].split('/')[-1]}#data"))
+    os.chmod(data, 0o644)
+    blob = bytearray(data.read_bytes())
+    blob[len(blob) // 2] ^= 0x20  # one bit, mid-recording
+    data.write_bytes(bytes(blob))
+    altered = bytes(blob)
+
+    proc = run(env, "fixity", check=False)
+    assert proc.returncode == 1
+    assert f"FAILED  {target['record_id']}  {part['object']}".encode() in proc.stdout
+    assert b"1 failed" in proc.stdout
+    assert data.read_bytes() == altered  # never "repaired"
+    found = json.loads(run(env, "search", "finding:fixity-failed", "--json").stdout)["records"]
+    assert [r["record_id"] for r in found] == [target["record_id"]]
+    run(env, "reindex")  # the finding is in the store, so a rebuilt index still has it
+    found = json.loads(run(env, "search", "finding:fixity-failed", "--json").stdout)["records"]
+    assert [r["record_id"] for r in found] == [target["record_id"]]
+
+    status = json.loads(run(env, "status", "--json").stdout)
+    assert status["records"] == 3 and status["last_fixity_sweep"]["failed"] == 1 and status["workers"] is None
+    assert status["quarantined"] == 0
+    # with an inbox configured the workers' Redis must answer: here none does, which status says (exit 1)
+    proc = run({**env, "ARCHIVE_INBOX": str(inbox), "ARCHIVE_BROKER_URL": "redis://127.0.0.1:1/0"}, "status",
+               check=False)
+    assert proc.returncode == 1 and b"unreachable" in proc.stdout
+    audit = run(env, "audit", "show", "--record", target["record_id"]).stdout.decode()
+    assert "fixity" in audit
+
+
+# --- a directory inbox, driven in-process (the same calls the tasks make) ---------------------------------
+
+
+def test_a_directory_inbox_is_taken_once_moved_after_archival_and_rejects_stay(redis, tmp_path):
+    import os
+
+    import redis as redis_client
+
+    from archive.settings import Settings
+    from archive.work import Work
+    from tests.workerkit import init, wav_bytes
+
+    redis_client.Redis.from_url(redis.url).flushall()
+    inbox = tmp_path / "drop"
+    (inbox / "calls").mkdir(parents=True)
+    env = {"ARCHIVE_HOME": str(tmp_path / "home"), "ARCHIVE_INBOX": str(inbox), "ARCHIVE_BROKER_URL": redis.url,
+           "ARCHIVE_INBOX_SETTLE": "PT30S", "ARCHIVE_ACTOR": "tester"}
+    init(env)
+    doc = {"schema": "archive-record/1", "source": {"system": "t", "interaction_id": "d-1"}, "channel": "phone",
+           "started_at": "2024-03-01T10:00:00Z", "participants": [{"role": "agent", "id": "7"}]}
+    (inbox / "calls" / "d-1.wav").write_bytes(wav_bytes(0.5, 1))
+    (inbox / "calls" / "d-1.json").write_text(json.dumps(doc))
+    (inbox / "chat-2.json").write_text(json.dumps({**doc, "source": {"system": "t", "interaction_id": "d-2"},
+                                                   "channel": "chat", "messages": [{"at": "2024-03-01T10:00:00Z",
+                                                                                    "from": "7", "text": "hello"}]}))
+    (inbox / "bad\x07name.json").write_text("{}")
+    (inbox / "notes.docx").write_bytes(b"PK")
+    old = time.time() - 60
+    for p in [*inbox.rglob("*")]:
+        os.utime(p, (old, old))
+    (inbox / "late.wav").write_bytes(wav_bytes(0.5, 2))  # just uploaded: its sidecar may be on its way
+
+    work = Work(Settings.from_env(env))
+    queued = work.scan()
+    assert sorted(g for _, g in queued) == ["bad\x07name", "calls/d-1", "chat-2", "notes"]  # not "late"
+    assert work.scan() == []  # queued already: a second scan does not queue them again
+    results = {g: work.ingest(url, g) for url, g in queued}
+    assert [o["status"] for o in results["calls/d-1"]["outcomes"]] == ["archived"]
+    assert [o["status"] for o in results["bad\x07name"]["outcomes"]] == ["rejected"]
+    assert results["notes"]["outcomes"][0]["code"] == "unsupported_format"
+    assert results["notes"]["outcomes"][0]["origin"] == str(inbox / "notes.docx")
+    # archived inputs moved beside the inbox; rejected ones untouched where they were
+    done = tmp_path / "processed"
+    assert sorted(str(p.relative_to(done)) for p in done.rglob("*") if p.is_file()) == \
+        ["calls/d-1.json", "calls/d-1.wav", "chat-2.json"]
+    assert sorted(p.name for p in inbox.rglob("*") if p.is_file()) == ["bad\x07name.json", "late.wav", "notes.docx"]
+    assert work.ingest(str(inbox), "calls/d-1")["status"] == "gone"  # a late duplicate delivery: nothing to do
+    assert work.scan() == []  # rejected inputs are not retried while they are unchanged ...
+    (inbox / "notes.docx").write_bytes(b"PK changed")
+    os.utime(inbox / "notes.docx", (old, old))
+    assert [g for _, g in work.scan()] == ["notes"]  # ... and are once they change
+    counters = work.coordinator.counters()
+    assert counters["archived"] == 2 and counters["rejected"] == 2

@@ -1,0 +1,42 @@
+"""The Celery app, configured from settings: Redis broker by default, RabbitMQ by URL.
+
+Tasks are acknowledged after they finish (``acks_late``) and given back when a worker dies
+(``reject_on_worker_lost``), one at a time per process (prefetch 1), JSON only. The beat schedules the
+inbox scan, the fixity sweep and the disposition sweep at the intervals the settings give.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from archive.settings import Settings
+from archive.work import seconds
+
+QUEUE = "archive"
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings.from_env()
+    app = Celery("archive", broker=settings.broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_default_queue=QUEUE,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a broker restart is waited out, not fatal
+        worker_send_task_events=False,
+        beat_schedule={
+            "scan-inboxes": {"task": "archive.scan_inboxes", "schedule": seconds(settings.scan_interval)},
+            "fixity-sweep": {"task": "archive.fixity_sweep", "schedule": seconds(settings.fixity_interval)},
+            "disposition-sweep": {"task": "archive.disposition_sweep",
+                                  "schedule": seconds(settings.disposition_interval)},
+        },
+    )
+    return app
+
+
+app = make_app()

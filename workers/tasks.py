@@ -1,0 +1,92 @@
+"""Celery tasks: ids, keys and JSON in; one call into :class:`archive.work.Work` each.
+
+Transient errors (store, inbox or Redis unreachable) are retried with exponential backoff; permanent ones
+are not — an input that cannot be archived was already quarantined with its reason by the pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+
+from archive.errors import ArchiveError
+from archive.settings import Settings
+from archive.work import Work
+from workers.app import app
+
+_work: dict[int, Work] = {}
+
+
+def work() -> Work:
+    """This process's services (a prefork child opens its own after the fork)."""
+    pid = os.getpid()
+    if pid not in _work:
+        _work.clear()
+        _work[pid] = Work(Settings.from_env())
+    return _work[pid]
+
+
+def _run(task, fn):
+    try:
+        return fn()
+    except ArchiveError as e:
+        if e.transient and task.request.retries < task.max_retries:
+            raise task.retry(exc=e, countdown=min(300, 2 ** task.request.retries)) from e
+        try:
+            work().coordinator.count("failed")
+        except ArchiveError:
+            pass
+        raise
+
+
+@app.task(bind=True, name="archive.scan_inboxes", max_retries=3)
+def scan_inboxes(self) -> int:
+    def scan():
+        pairs = work().scan()
+        for url, gid in pairs:
+            ingest_input.delay(url, gid)
+        return len(pairs)
+    return _run(self, scan)
+
+
+@app.task(bind=True, name="archive.ingest_input", max_retries=10)
+def ingest_input(self, inbox: str, group: str) -> dict:
+    return _run(self, lambda: work().ingest(inbox, group))
+
+
+@app.task(bind=True, name="archive.apply_event", max_retries=10)
+def apply_event(self, kind: str, actor: str, fields: dict) -> dict:
+    def do():
+        event, changed = work().event(kind, actor=actor, **fields)
+        return {"event": event, "changed": len(changed)}
+    return _run(self, do)
+
+
+@app.task(bind=True, name="archive.place_hold", max_retries=10)
+def place_hold(self, case: str, records: list[str], actor: str, reason: str | None = None) -> list[str]:
+    return _run(self, lambda: work().hold(case, records, actor=actor, reason=reason))
+
+
+@app.task(bind=True, name="archive.release_hold", max_retries=10)
+def release_hold(self, case: str, actor: str, approval: str, reason: str | None = None) -> list[str]:
+    return _run(self, lambda: work().release(case, actor=actor, approval=approval, reason=reason))
+
+
+@app.task(bind=True, name="archive.disposition_sweep", max_retries=3)
+def disposition_sweep(self, actor: str | None = None, dispose: bool | None = None) -> dict:
+    w = work()
+    return _run(self, lambda: w.disposition(actor=actor, dispose=w.settings.auto_dispose if dispose is None
+                                            else dispose))
+
+
+@app.task(bind=True, name="archive.reindex", max_retries=3)
+def reindex(self, actor: str | None = None) -> int:
+    return _run(self, lambda: work().reindex(actor=actor))
+
+
+@app.task(bind=True, name="archive.fixity_sweep", max_retries=3)
+def fixity_sweep(self, limit: int | None = None, record_ids: list[str] | None = None,
+                 actor: str | None = None) -> dict:
+    def do():
+        summary = work().fixity(limit=limit, record_ids=record_ids, actor=actor)
+        return {k: summary[k] for k in ("records", "objects", "failed")}
+    return _run(self, do)
