@@ -95,6 +95,19 @@ class Coordinator:
     def unqueue(self, key: str) -> None:
         self._do(self.r.delete, f"{self.ns}:queued:{key}")
 
+    def select_new(self, keyed: list[tuple[str, str]], ttl_seconds: float) -> list[int]:
+        """Of (key, signature) pairs, the positions of those neither rejected with that signature nor
+        queued recently — and mark those queued. Two round trips however many there are."""
+        if not keyed:
+            return []
+        rejected = self._do(self.r.smismember, f"{self.ns}:rejected", [f"{k}|{s}" for k, s in keyed])
+        fresh = [i for i, r in enumerate(rejected) if not r]
+        pipe = self.r.pipeline(transaction=False)
+        for i in fresh:
+            pipe.set(f"{self.ns}:queued:{keyed[i][0]}", 1, nx=True, ex=max(1, int(ttl_seconds)))
+        marked = self._do(pipe.execute)
+        return [i for i, ok in zip(fresh, marked) if ok]
+
     def is_rejected(self, key: str, signature: str) -> bool:
         return bool(self._do(self.r.sismember, f"{self.ns}:rejected", f"{key}|{signature}"))
 

@@ -245,9 +245,14 @@ class S3Inbox(Inbox):
                 continue
             if self.done is not None:
                 target = self.done + item.key[len(self.prefix):]
+                source = {"Bucket": self.bucket, "Key": item.key}
                 try:
-                    self._call(f"copy {item.key}", self.client.copy,
-                               CopySource={"Bucket": self.bucket, "Key": item.key}, Bucket=self.bucket, Key=target)
+                    if item.size < 5 * 1024**3:  # one CopyObject; larger ones need a multipart copy
+                        self._call(f"copy {item.key}", self.client.copy_object, CopySource=source,
+                                   Bucket=self.bucket, Key=target)
+                    else:
+                        self._call(f"copy {item.key}", self.client.copy, CopySource=source, Bucket=self.bucket,
+                                   Key=target)
                 except ObjectNotFound:
                     continue  # finished already
             self._call(f"delete {item.key}", self.client.delete_object, Bucket=self.bucket, Key=item.key)

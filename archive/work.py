@@ -83,12 +83,9 @@ class Work:
         out = []
         for url in self.settings.inboxes:
             inbox = self.inbox(url)
-            for group in inbox.groups():
-                key = f"{url}|{group.id}"
-                if not inbox.ready(group, settle) or self.coordinator.is_rejected(key, group.signature):
-                    continue
-                if self.coordinator.mark_queued(key, requeue):
-                    out.append((url, group.id))
+            ready = [g for g in inbox.groups() if inbox.ready(g, settle)]
+            chosen = self.coordinator.select_new([(f"{url}|{g.id}", g.signature) for g in ready], requeue)
+            out += [(url, ready[i].id) for i in chosen]
         return out
 
     def ingest(self, url: str, gid: str) -> dict:

@@ -129,7 +129,12 @@ class AuditLog:
                     self.store.put(_batch_key(batch + 1), io.BytesIO(body), retain_until=self._retain_until(),
                                    mode=self.lock_mode)
                 except ObjectExists:  # another writer took this number: read its batch, append after it
-                    self._head = None
+                    # (one read per batch written meanwhile, not a new search for the head)
+                    try:
+                        last = self._read_batch(batch + 1)["events"][-1]
+                        self._head = (batch + 1, last["seq"] + 1, leaf_hash(_canonical(last)).hex())
+                    except (ObjectNotFound, AuditError, KeyError, IndexError):
+                        self._head = None
                     continue
                 self._head = (batch + 1, seq + len(raws), prev)
                 return list(range(seq, seq + len(raws)))

@@ -182,7 +182,7 @@ class Ingestor:
                 continue  # a dead run sealed it but never wrote its receipt: WORM, so a new name
             if json.loads(self.vault.read(name)) != manifest:
                 raise ArchiveError(f"{name}: manifest read back differs from what was sealed")
-            self.index.upsert(self.retention.view(manifest, decision, cases=[]))
+            self.index.upsert(self.retention.view(manifest, decision, cases=[], new=True))
             return rid, True
         raise ArchiveError(f"records/{rid}/manifest: too many interrupted attempts")
 

@@ -77,13 +77,23 @@ class Retention:
         self._events: list[dict] | None = None
         self._holds: dict[str, dict] | None = None
         self._fixity: dict[str, list[dict]] | None = None
+        self._policies_stamp: tuple | None = None
+        self._docs: dict[str, dict] = {}  # events, holds and fixity failures read so far (write-once)
         self._lock = threading.Lock()
 
     def refresh(self) -> None:
-        """Forget what was read from the store (policies, events, holds, fixity failures): a long-lived
-        worker calls this before each task so it decides on the store's current state."""
+        """Look at the store's current state again (events, holds, fixity failures) and at the policy
+        files: a long-lived worker calls this before each task. Documents are write-once, so only names
+        not seen before are read; the policy set is reloaded only when its files changed."""
         with self._lock:
-            self._policies = self._events = self._holds = self._fixity = None
+            self._events = self._holds = self._fixity = None
+
+    def _doc(self, name: str) -> dict:
+        """A write-once document (event, hold, fixity failure), read from the store once."""
+        doc = self._docs.get(name)
+        if doc is None:
+            doc = self._docs[name] = self._get(name)
+        return doc
 
     # --- sealed JSON documents -------------------------------------------------------------------------
 
@@ -122,7 +132,8 @@ class Retention:
         """The validated policy set, loaded once; new versions are recorded in the store before first use.
         Raises PolicyError — and then nothing is archived under a set that could be wrong."""
         with self._lock:
-            if self._policies is None:
+            stamp = self._stamp()
+            if self._policies is None or stamp != self._policies_stamp:
                 known = self.known_versions()
                 policies = load_policies(self.policies_dir, known_versions=known)
                 for p in policies.policies:
@@ -133,8 +144,16 @@ class Retention:
                                         Binding(p.id, f"v{p.version}"))
                     except ObjectExists:
                         pass  # another process recorded it first
-                self._policies = policies
+                self._policies, self._policies_stamp = policies, stamp
             return self._policies
+
+    def _stamp(self) -> tuple:
+        """What the policy files are now (names, sizes, modification times): a change means reload."""
+        try:
+            return tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in self.policies_dir.iterdir()
+                                if p.suffix in (".yaml", ".yml") for st in [p.stat()]))
+        except OSError:
+            return ()
 
     def lock_date(self, decision: dict) -> datetime:
         """The object lock for a decision: its date, but never less than ARCHIVE_MIN_LOCK from now."""
@@ -146,7 +165,7 @@ class Retention:
         """Every trigger event in the store (read once per instance)."""
         with self._lock:
             if self._events is None:
-                self._events = [self._get(name) for name in self.vault.names("events/")]
+                self._events = [self._doc(name) for name in sorted(self.vault.names("events/"))]
             return self._events
 
     def add_event(self, kind: str, *, date: str, by: str, account: str | None = None, contract: str | None = None,
@@ -271,14 +290,16 @@ class Retention:
                     progress(count)
         return count
 
-    def view(self, manifest: dict, decision: dict | None = None, cases: list[str] | None = None) -> dict:
-        """What the index keeps of a record: the manifest with its current decision and holds."""
+    def view(self, manifest: dict, decision: dict | None = None, cases: list[str] | None = None, *,
+             new: bool = False) -> dict:
+        """What the index keeps of a record: the manifest with its current decision, holds and fixity
+        findings (``new``: a record just committed, which has none yet)."""
         rid = manifest["record_id"]
         if decision is None:
             decision = self.decision(rid, manifest)
         if cases is None:
             cases = self.held_records().get(rid, [])
-        failures = self.fixity_failures().get(rid, [])
+        failures = [] if new else self.fixity_failures().get(rid, [])
         if failures:  # a fixity check found the record altered or missing: a finding auditors search for
             manifest = {**manifest, "findings": [*manifest.get("findings", []), *(
                 {"code": "fixity-failed", "checked_at": f["checked_at"], "problems": f["problems"]}
@@ -291,7 +312,7 @@ class Retention:
             if self._fixity is None:
                 failures: dict[str, list[dict]] = {}
                 for name in sorted(self.vault.names("fixity/failures/")):
-                    doc = self._get(name)
+                    doc = self._doc(name)
                     failures.setdefault(doc["record_id"], []).append(doc)
                 self._fixity = failures
             return self._fixity
@@ -313,7 +334,7 @@ class Retention:
     def _read_holds(self) -> dict[str, dict]:
         cases: dict[str, dict] = {}
         for name in sorted(self.vault.names("holds/")):
-            doc = self._get(name)
+            doc = self._doc(name)
             case = cases.setdefault(doc["case"], {"case": doc["case"], "records": [], "active": False,
                                                   "history": []})
             case["history"].append({k: doc.get(k) for k in ("action", "at", "by", "reason", "query", "approval")})

@@ -141,7 +141,12 @@ class S3Store:
         if retain_until is not None:
             lock.update(ObjectLockMode=mode.value, ObjectLockRetainUntilDate=_ceil_second(retain_until))
         read = filler(source)
-        first = _read_part(read, self.part_size)
+        # Most objects (manifests, receipts, audit batches, chats) are small: read a little first rather
+        # than allocate (and zero) a whole part for each.
+        probe = min(self.part_size, 256 * 1024)
+        first = _read_part(read, probe)
+        if len(first) == probe < self.part_size:
+            first += _read_part(read, self.part_size - probe)
         if len(first) < self.part_size:
             _, checksum = _b64sha256(first)
             try:
