@@ -862,7 +862,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="What the archive and its workers are doing: records indexed, inputs "
                                    "quarantined, queue depth, inputs in flight, worker outcomes, the last fixity "
                                    "sweep. Exits 1 when the workers' Redis cannot be reached.")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.set_defaults(run=cmd_status)
 
     p = sub.add_parser("worker", help="run a Celery worker (ARCHIVE_BROKER_URL) for ingest and sweeps",
@@ -873,7 +873,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--beat", action="store_true", help="also run the scheduler in this worker")
     g.add_argument("--beat-only", action="store_true", help="run only the scheduler")
-    p.add_argument("-l", "--loglevel", default="info")
+    p.add_argument("-l", "--loglevel", default="info", help="Celery log level (debug, info, warning, error)")
     p.set_defaults(run=cmd_worker, needs_archive=False)
 
     ib = sub.add_parser("inbox", help="the inboxes workers take inputs from (ARCHIVE_INBOX)",
