@@ -37,6 +37,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
                         "quarantine-read", "policy-read", "retention-event", "reindex", "fixity", "status"}),
 }
 NEEDS_REASON = frozenset({"view", "retrieve", "export"})
+NEEDS_CASE = frozenset({"export"})  # evidence leaves the archive only for a named case or matter
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,8 @@ class Access:
                    f"{action}")
         elif needed in NEEDS_REASON and not (reason and reason.strip()):
             why = f"{action} shows content: state a reason with --reason"
+        elif needed in NEEDS_CASE and not (case and case.strip()):
+            why = f"{action} is for a case: name it with --case CASE"
         if why is not None:
             self.record(action, target=target, outcome="denied", reason=reason, case=case,
                         role=role or "none", details={"denied": why})

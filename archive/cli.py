@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from pathlib import Path
 from archive.crypto.stream import Binding
 from archive.dates import parse_datetime, parse_duration
 from archive.access import Identities, Session
-from archive.errors import ArchiveError
+from archive.errors import ArchiveError, InputError
 from archive.services import Archive, init_archive, open_archive
 from archive.settings import Settings
 
@@ -448,6 +449,73 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     os.execv(celery, argv)
 
 
+def cmd_export(archive: Archive, args: argparse.Namespace) -> int:
+    from archive.access import Identities
+    from archive.export import export
+
+    ingestor = _ingestor(archive)
+    index = ingestor.index
+    if args.query_text:
+        ids = index.ids(" ".join(args.query_text))
+    elif args.customer:
+        ids = [m["record_id"] for m in index.timeline("customer.id", args.customer)]
+    else:
+        ids = args.record_ids
+    if not ids:
+        raise InputError("nothing to export: name records, or a --query or --customer that matches some")
+    args.audit_target.update({"records": ids, "bundle": str(args.output)})
+    actor = args.actor or archive.settings.actor
+    role = Identities(archive.settings.identities_path).get(actor).role_for("export")
+    show = sys.stderr.isatty() and not args.json
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rexporting: {done / 1e6:,.0f} of {total / 1e6:,.0f} MB", end="", file=sys.stderr, flush=True)
+
+    result = export(archive, ingestor.retention, ingestor, ids, case=args.case, reason=args.reason, actor=actor,
+                    role=role, out=Path(args.output), split=args.split_size, progress=progress if show else None)
+    if show:
+        print(file=sys.stderr)
+    args.audit_target.update({"manifest_sha256": result.manifest_sha256, "files": result.files})
+    summary = {"bundle": [str(p) for p in result.paths], "records": len(result.records), "files": result.files,
+               "bytes": result.bytes, "manifest_sha256": result.manifest_sha256, "audit_seq": result.audit_seq}
+    if args.json:
+        _out(summary)
+    else:
+        print(f"exported {summary['records']} record(s), {result.files} file(s), {result.bytes:,} bytes for case "
+              f"{args.case}: {', '.join(summary['bundle'])}")
+        print("verify it anywhere with: archive verify-bundle BUNDLE --public-key KEY   (archive keys public)")
+    return 0
+
+
+def cmd_verify_bundle(settings: Settings, args: argparse.Namespace) -> int:
+    from archive.bundle_verify import load_public_key, verify_bundle
+
+    verdict = verify_bundle(Path(args.bundle), load_public_key(args.public_key))
+    for finding in verdict.findings:
+        print(finding)
+    for warning in verdict.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if verdict.ok:
+        print(f"bundle verified: {verdict.files} file(s), {verdict.records} record(s), "
+              f"{len(verdict.parts)} part file(s); signature, manifests, audit proofs and custody all check")
+        return 0
+    print(f"bundle NOT verified: {len(verdict.findings)} problem(s)")
+    return 1
+
+
+def cmd_keys_public(archive: Archive, args: argparse.Namespace) -> int:
+    keys = archive.keys.signing_public_keys() if hasattr(archive.keys, "signing_public_keys") else {}
+    _out({k: v.hex() for k, v in sorted(keys.items())})
+    return 0
+
+
+def _size(text: str) -> int:
+    m = re.fullmatch(r"(\d+)([KMGT]?)i?B?", text.strip().upper())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 2G or 500M")
+    return int(m.group(1)) * 1024 ** "_KMGT".index(m.group(2) or "_")
+
+
 def cmd_quarantine_list(archive: Archive, args: argparse.Namespace) -> int:
     entries = list(_ingestor(archive).quarantine())
     if args.json:
@@ -679,7 +747,8 @@ OPERATION_OF: dict[Callable, str | Callable] = {
     cmd_hold: lambda archive, args: "hold" if args.state == "on" else "hold-release-request",
     cmd_approve: "approve", cmd_extend: "retention-extend", cmd_delete: "object-delete", cmd_ingest: "ingest",
     cmd_show: "view", cmd_get: "retrieve", cmd_search: "search", cmd_timeline: "search", cmd_reindex: "reindex", cmd_quarantine_list: "quarantine-list",
-    cmd_fixity: "fixity", cmd_status: "status", cmd_inbox_scan: "ingest",
+    cmd_fixity: "fixity", cmd_status: "status", cmd_inbox_scan: "ingest", cmd_export: "export",
+    cmd_keys_public: "key-status",
     cmd_keys_status: "key-status", cmd_keys_rotate: "key-rotation", cmd_keys_destroy: "key-destroy",
     cmd_audit_checkpoint: "audit-checkpoint", cmd_audit_verify: "audit-verify", cmd_audit_show: "audit-show",
     cmd_identity_list: "identity-list", cmd_identity_set: "identity-change",
@@ -876,6 +945,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", "--loglevel", default="info", help="Celery log level (debug, info, warning, error)")
     p.set_defaults(run=cmd_worker, needs_archive=False)
 
+    p = sub.add_parser("export", help="an evidence bundle for a case (legal role; --case and --reason)",
+                       description="Write a self-verifying evidence bundle (BagIt in ZIP): decrypted recordings and "
+                                   "transcripts, metadata, retention decisions, chain of custody, index.html for an "
+                                   "examiner, audit inclusion proofs, all signed. Select records by id, --query or "
+                                   "--customer. Needs the legal role, --case and --reason; recorded in the audit trail.")
+    p.add_argument("record_ids", nargs="*", metavar="ID", help="records to export")
+    p.add_argument("--query", dest="query_text", nargs="+", metavar="Q", help="records matching this search")
+    p.add_argument("--customer", help="every record of this customer id (the timeline)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="the bundle to write, e.g. case-17.zip")
+    p.add_argument("--split-size", type=_size, metavar="SIZE",
+                   help="split into NAME.partNNN.zip files of about this size (e.g. 4G)")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+    p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("verify-bundle", help="check an evidence bundle offline (signature, hashes, proofs)",
+                       description="Verify an evidence bundle with only the archive's public key: the signature, "
+                                   "every file's SHA-256, the audit inclusion proofs against the signed checkpoint, "
+                                   "and the chain of custody. Names every altered, missing or added file; exits 1.")
+    p.add_argument("bundle", help="the bundle (for a split bundle, any of its part files)")
+    p.add_argument("--public-key", metavar="KEY",
+                   help="the archive's public signing key: a file or value, hex or the JSON of 'archive keys public'")
+    p.set_defaults(run=cmd_verify_bundle, needs_archive=False)
+
     ib = sub.add_parser("inbox", help="the inboxes workers take inputs from (ARCHIVE_INBOX)",
                         description="Inboxes: S3 prefixes or directories where recorders drop inputs.")
     ibs = ib.add_subparsers(dest="inbox_command", required=True, metavar="ACTION")
@@ -1010,6 +1102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--signing", action="store_true",
                    help="rotate the audit checkpoint signing key (Ed25519) instead of the KEK")
     p.set_defaults(run=cmd_keys_rotate)
+    p = ksub.add_parser("public", help="the public signing keys, to verify bundles and checkpoints",
+                        description="Print the archive's Ed25519 public signing keys (JSON, key id → hex): what a "
+                                    "recipient needs for archive verify-bundle --public-key.")
+    p.set_defaults(run=cmd_keys_public)
     p = ksub.add_parser("destroy", help="destroy a retired KEK nothing needs",
                         description="Irreversibly destroy KEK_ID; refused while any object still needs it.")
     p.add_argument("kek_id")

@@ -133,7 +133,8 @@ class DirectoryInbox(Inbox):
     def group(self, gid: str) -> Group | None:
         directory = (self.root / gid).parent
         stem = PurePosixPath(gid).name
-        if not directory.is_dir():
+        # a group id comes back through the broker: it must name a directory inside the inbox
+        if not directory.resolve().is_relative_to(self.root.resolve()) or not directory.is_dir():
             return None
         items = []
         for name in sorted(os.listdir(directory)):

@@ -225,7 +225,8 @@ SAMPLES = {
     ("event",): ["contract-terminated", "--contract", "C-1", "--date", "2024-01-01"],
     ("hold", "place"): ["CASE-1", "rx"], ("hold", "release"): ["CASE-1"], ("hold", "list"): [],
     ("dispose",): ["--dry-run"], ("timeline",): ["--customer", "u1"], ("reindex",): [],
-    ("fixity",): [], ("status",): [], ("inbox", "scan"): [],
+    ("fixity",): [], ("status",): [], ("inbox", "scan"): [], ("export",): ["rx", "-o", "{dir}/x.zip"],
+    ("keys", "public"): [],
 }
 
 

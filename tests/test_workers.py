@@ -211,6 +211,9 @@ def test_a_directory_inbox_is_taken_once_moved_after_archival_and_rejects_stay(r
         ["calls/d-1.json", "calls/d-1.wav", "chat-2.json"]
     assert sorted(p.name for p in inbox.rglob("*") if p.is_file()) == ["bad\x07name.json", "late.wav", "notes.docx"]
     assert work.ingest(str(inbox), "calls/d-1")["status"] == "gone"  # a late duplicate delivery: nothing to do
+    (tmp_path / "secret.json").write_text("{}")
+    assert work.ingest(str(inbox), "../secret")["status"] == "gone"  # a forged task cannot leave the inbox
+    assert (tmp_path / "secret.json").exists()
     assert work.scan() == []  # rejected inputs are not retried while they are unchanged ...
     (inbox / "notes.docx").write_bytes(b"PK changed")
     os.utime(inbox / "notes.docx", (old, old))

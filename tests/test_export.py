@@ -1,0 +1,189 @@
+"""Evidence bundles: a mixed case (calls, a chat, an email, a dual-recording video session) exported by a
+legal identity, verified offline with only the public key — then one byte altered, a file removed, a file
+added and the signature swapped, each named by verify-bundle. Split bundles, access rules, the audit
+trail, and index.html opened in a real headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import run
+from tests.workerkit import wav_bytes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _doc(iid: str, channel: str, started: str, **extra) -> dict:
+    return {"schema": "archive-record/1", "source": {"system": "t", "interaction_id": iid}, "channel": channel,
+            "started_at": started, "participants": [{"role": "agent", "id": "A7", "name": "Agent Seven"},
+                                                    {"role": "customer", "id": "C-9", "account": "AC-9"}], **extra}
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """An archive holding a mixed case for customer C-9, and the env to act in it."""
+    tmp = tmp_path_factory.mktemp("export")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ARCHIVE_")},
+           "ARCHIVE_HOME": str(tmp / "home"), "ARCHIVE_ACTOR": "admin"}
+    inbox = tmp / "inbox"
+    inbox.mkdir()
+    (inbox / "call-1.wav").write_bytes(wav_bytes(6.0, 1))
+    (inbox / "call-1.json").write_text(json.dumps(_doc("call-1", "phone", "2024-03-01T09:00:00+08:00")))
+    (inbox / "call-1.txt").write_text("Agent: this product is not a deposit.\nCustomer: I want a refund.\n")
+    (inbox / "chat-2.json").write_text(json.dumps(_doc("chat-2", "chat", "2024-03-02T10:00:00Z", messages=[
+        {"at": "2024-03-02T10:00:00Z", "from": "C-9", "text": "Where is my refund? <script>alert(1)</script>"},
+        {"at": "2024-03-02T10:01:00Z", "from": "A7", "text": "It was sent today."}])))
+    shutil.copy(ROOT / "tests" / "fixtures" / "email" / "attachments.eml", inbox / "mail-3.eml")
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=3",
+                    "-f", "lavfi", "-i", "sine=frequency=440:duration=3", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                    "-c:a", "aac", "-shortest", str(inbox / "dual-4.mp4")], check=True)
+    (inbox / "dual-4.json").write_text(json.dumps(_doc(
+        "dual-4", "video", "2024-03-04T15:00:00+08:00", business_line="bancassurance", product_type="unit-linked",
+        jurisdiction="CN", contract_id="HU-4", contract_term="P5Y")))
+    (inbox / "dual-4.txt").write_text("坐席：本产品不是存款，投资有风险。\n")
+    run(env, "init")
+    run(env, "identity", "add", "lee", "--role", "legal")
+    run(env, "identity", "add", "ann", "--role", "auditor")
+    run(env, "ingest", str(inbox))
+    ids = [r["record_id"] for r in json.loads(run(env, "search", "", "--json").stdout)["records"]]
+    assert len(ids) == 4
+    key = tmp / "public-key.json"
+    key.write_bytes(run(env, "keys", "public").stdout)
+    return env, ids, tmp, key
+
+
+def test_export_needs_the_legal_role_a_case_and_a_reason(case):
+    env, ids, tmp, _ = case
+    out = tmp / "denied.zip"
+    proc = run({**env, "ARCHIVE_ACTOR": "ann"}, "export", *ids, "-o", str(out), "--case", "C1", "--reason", "r",
+               check=False)
+    assert proc.returncode == 77 and b"may not export" in proc.stderr
+    proc = run({**env, "ARCHIVE_ACTOR": "lee"}, "export", *ids, "-o", str(out), "--reason", "r", check=False)
+    assert proc.returncode == 77 and b"--case" in proc.stderr
+    proc = run({**env, "ARCHIVE_ACTOR": "lee"}, "export", *ids, "-o", str(out), "--case", "C1", check=False)
+    assert proc.returncode == 77 and b"reason" in proc.stderr
+    assert not out.exists() and not list(tmp.glob(".denied*"))
+
+
+def test_a_mixed_case_verifies_offline_and_every_tampering_is_named(case):
+    env, ids, tmp, key = case
+    bundle = tmp / "case-17.zip"
+    out = json.loads(run({**env, "ARCHIVE_ACTOR": "lee"}, "export", *ids, "-o", str(bundle),
+                         "--case", "CASE-17", "--reason", "complaint 17: customer disputes the sale", "--json").stdout)
+    assert out["records"] == 4 and out["bundle"] == [str(bundle)]
+    ok = run(env, "verify-bundle", str(bundle), "--public-key", str(key))
+    assert b"bundle verified" in ok.stdout
+
+    with zipfile.ZipFile(bundle) as zf:
+        names = zf.namelist()
+        assert {"bagit.txt", "bag-info.txt", "manifest-sha256.txt", "tagmanifest-sha256.txt", "signature.json",
+                "audit/events.json", "audit/checkpoint.json", "data/index.html"} <= set(names)
+        for rid in ids:
+            assert {f"data/records/{rid}/{n}.json" for n in ("metadata", "retention", "custody")} <= set(names)
+        call = next(n for n in names if n.endswith("/audio.wav"))
+        assert zf.read(call) == (tmp / "inbox" / "call-1.wav").read_bytes()  # decrypted, byte for byte
+        assert any(n.endswith("/video.mp4") for n in names)
+        assert "CASE-17" in zf.read("bag-info.txt").decode()
+        events = json.loads(zf.read("audit/events.json"))
+        assert {json.loads(e["event"])["action"] for e in events} == {"ingest", "export-bundle"}
+
+    def tampered(name: str, change) -> Path:
+        copy = tmp / f"t-{name}.zip"
+        with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(copy, "w") as dst:
+            members = {n: src.read(n) for n in src.namelist()}
+            change(members)
+            for n, data in members.items():
+                dst.writestr(n, data)
+        return copy
+
+    def flip(members):
+        data = bytearray(members[call])
+        data[len(data) // 2] ^= 1
+        members[call] = bytes(data)
+
+    other = tmp / "other.zip"
+    run({**env, "ARCHIVE_ACTOR": "lee"}, "export", ids[0], "-o", str(other), "--case", "CASE-18", "--reason", "r")
+    with zipfile.ZipFile(other) as zf:
+        foreign = json.loads(zf.read("signature.json"))
+
+    def swap_signature(members):
+        sig = json.loads(members["signature.json"])
+        sig["signature"] = foreign["signature"]  # a genuine signature, of another bundle
+        members["signature.json"] = json.dumps(sig).encode()
+
+    cases = {
+        "altered": (flip, [f"ALTERED   {call}"]),
+        "removed": (lambda m: m.pop(f"data/records/{ids[1]}/metadata.json"),
+                    [f"MISSING   data/records/{ids[1]}/metadata.json"]),
+        "added": (lambda m: m.__setitem__("data/records/extra.txt", b"planted"), ["ADDED     data/records/extra.txt"]),
+        "signature": (swap_signature, ["SIGNATURE signature.json"]),
+    }
+    for label, (change, expected) in cases.items():
+        proc = run(env, "verify-bundle", str(tampered(label, change)), "--public-key", str(key), check=False)
+        assert proc.returncode == 1, (label, proc.stdout)
+        for line in expected:
+            assert line.encode() in proc.stdout, (label, proc.stdout.decode())
+    # all four at once: each is named
+    everything = tampered("all", lambda m: [change(m) for change, _ in cases.values()])
+    proc = run(env, "verify-bundle", str(everything), "--public-key", str(key), check=False)
+    assert proc.returncode == 1
+    for _, expected in cases.values():
+        assert all(line.encode() in proc.stdout for line in expected), proc.stdout.decode()
+    # a bundle signed by someone else's key is refused against the archive's key
+    wrong_key = tmp / "wrong-key.json"
+    wrong_key.write_text(json.dumps({json.loads(key.read_text()).popitem()[0]: "00" * 32}))
+    assert run(env, "verify-bundle", str(bundle), "--public-key", str(wrong_key), check=False).returncode == 1
+
+    # the export is in the audit trail of every record, with the case and the reason
+    audit = run(env, "audit", "show", "--record", ids[0]).stdout.decode()
+    assert "lee (legal)  export-bundle ok" in audit and "lee (legal)  export ok" in audit
+
+
+def test_a_split_bundle_verifies_whole_and_a_missing_part_is_named(case):
+    env, ids, tmp, key = case
+    out = json.loads(run({**env, "ARCHIVE_ACTOR": "lee"}, "export", "--customer", "C-9", "-o", str(tmp / "split.zip"),
+                         "--case", "CASE-19", "--reason", "r", "--split-size", "16K", "--json").stdout)
+    assert out["records"] == 3  # the customer's calls, chat and video session (the email is another sender's)
+    parts = [Path(p) for p in out["bundle"]]
+    assert len(parts) >= 3 and all(p.name.startswith("split.part") for p in parts)
+    assert b"bundle verified" in run(env, "verify-bundle", str(parts[-1]), "--public-key", str(key)).stdout
+    parts[1].unlink()
+    proc = run(env, "verify-bundle", str(parts[0]), "--public-key", str(key), check=False)
+    assert proc.returncode == 1 and b"MISSING" in proc.stdout
+
+
+def test_index_html_opens_in_headless_chromium_and_shows_every_record(case):
+    env, ids, tmp, _ = case
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:  # a missing browser is a failure, not a skip
+        pytest.fail("chromium not found: apt-get install -y chromium (scripts/test does)")
+    bundle = tmp / "browse.zip"
+    run({**env, "ARCHIVE_ACTOR": "lee"}, "export", *ids, "-o", str(bundle), "--case", "CASE-20", "--reason", "r")
+    site = tmp / "browse"
+    with zipfile.ZipFile(bundle) as zf:
+        zf.extractall(site)
+    page = (site / "data" / "index.html").as_uri()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp / 'chromium-profile'}"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page], capture_output=True, timeout=120, check=True).stdout
+    dom = dom.decode()
+    for rid in ids:
+        assert f"data-record=\"{rid}\"" in dom, rid
+    assert dom.count("<section class=\"record\"") == 4
+    assert "<audio" in dom and "<video" in dom
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom and "<script>alert(1)" not in dom  # text, not markup
+    shots = ROOT / "tests" / "screenshots"
+    shots.mkdir(exist_ok=True)
+    shot = shots / "export-index.png"
+    shot.unlink(missing_ok=True)
+    subprocess.run([chromium, *flags, "--hide-scrollbars", "--window-size=1280,1600", f"--screenshot={shot}", page],
+                   capture_output=True, timeout=120, check=True)
+    assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
