@@ -15,6 +15,7 @@ they are; ``archive quarantine list`` says why.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -101,6 +102,21 @@ class Inbox:
         """How an input is named in outcomes, the quarantine list and the audit trail."""
         raise NotImplementedError
 
+    # A group of several files is finished file by file; a worker dying halfway would leave, say, a sidecar
+    # whose recording already moved, which alone would be refused. So before moving, the worker writes a
+    # marker naming the files that were archived (MARKERS, a hidden folder inside the inbox), and the next
+    # worker to take the group finishes moving them instead of ingesting what is left.
+    MARKERS = ".archive-finishing"
+
+    def read_marker(self, gid: str) -> dict | None:
+        raise NotImplementedError
+
+    def write_marker(self, gid: str, doc: dict) -> None:
+        raise NotImplementedError
+
+    def drop_marker(self, gid: str) -> None:
+        raise NotImplementedError
+
     def ready(self, group: Group, settle: float, now: float | None = None) -> bool:
         return (now or time.time()) - group.newest >= settle
 
@@ -170,6 +186,28 @@ class DirectoryInbox(Inbox):
     def origin(self, group: Group, name: str) -> str:
         return str((self.root / group.id).parent / name)
 
+    def _marker(self, gid: str) -> Path:
+        return self.root / self.MARKERS / (hashlib.sha256(gid.encode()).hexdigest() + ".json")
+
+    def read_marker(self, gid: str) -> dict | None:
+        try:
+            return json.loads(self._marker(gid).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def write_marker(self, gid: str, doc: dict) -> None:
+        path = self._marker(gid)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def drop_marker(self, gid: str) -> None:
+        self._marker(gid).unlink(missing_ok=True)
+
 
 class S3Inbox(Inbox):
     def __init__(self, url: str, client, done: str = "processed") -> None:
@@ -209,6 +247,8 @@ class S3Inbox(Inbox):
                 if self.done and key.startswith(self.done) or key.endswith("/"):
                     continue
                 relative = key[len(self.prefix):]
+                if any(segment.startswith(".") for segment in relative.split("/")[:-1]):
+                    continue  # hidden folders (the finishing markers) are not inputs
                 yield relative, Item(PurePosixPath(relative).name, key, obj["Size"],
                                      obj["LastModified"].timestamp(), obj.get("ETag", "").strip('"'))
             if not page.get("IsTruncated"):
@@ -258,6 +298,23 @@ class S3Inbox(Inbox):
                     continue  # finished already
             self._call(f"delete {item.key}", self.client.delete_object, Bucket=self.bucket, Key=item.key)
 
+    def _marker(self, gid: str) -> str:
+        return f"{self.prefix}{self.MARKERS}/{hashlib.sha256(gid.encode()).hexdigest()}.json"
+
+    def read_marker(self, gid: str) -> dict | None:
+        try:
+            body = self._call("read marker", self.client.get_object, Bucket=self.bucket, Key=self._marker(gid))
+            return json.loads(body["Body"].read())
+        except (ObjectNotFound, ValueError):
+            return None
+
+    def write_marker(self, gid: str, doc: dict) -> None:
+        self._call("write marker", self.client.put_object, Bucket=self.bucket, Key=self._marker(gid),
+                   Body=json.dumps(doc).encode())
+
+    def drop_marker(self, gid: str) -> None:
+        self._call("drop marker", self.client.delete_object, Bucket=self.bucket, Key=self._marker(gid))
+
     def origin(self, group: Group, name: str) -> str:
         parent = str(PurePosixPath(group.id).parent)
         return f"s3://{self.bucket}/{self.prefix}{'' if parent == '.' else parent + '/'}{name}"
@@ -288,6 +345,16 @@ def take(inbox: Inbox, group: Group, ingestor, limits, scratch: Path) -> list:
     from archive.ingest.discover import _hostile
     from archive.ingest.discover import group as discover_group
 
+    several = len(group.items) > 1
+    marker = inbox.read_marker(group.id)  # (a lone file may be what a dying worker left of a group)
+    if marker is not None:  # a worker died while moving this group: finish what it had archived
+        finishing = {i.name for i in group.items if marker.get("files", {}).get(i.name) == i.etag}
+        if finishing:
+            inbox.finish(group, finishing)
+        inbox.drop_marker(group.id)
+        group = Group(group.inbox, group.id, tuple(i for i in group.items if i.name not in finishing))
+        if not group.items:
+            return []
     directory = inbox.fetch(group, scratch)
     names = [i.name for i in group.items if _hostile(i.name) or os.path.lexists(directory / i.name)]
     outcomes, archived = [], set()
@@ -304,5 +371,9 @@ def take(inbox: Inbox, group: Group, ingestor, limits, scratch: Path) -> list:
         outcomes.append(outcome)
     ingestor.index.flush()
     if archived:
+        if several:
+            inbox.write_marker(group.id, {"files": {i.name: i.etag for i in group.items if i.name in archived}})
         inbox.finish(group, archived)
+        if several:
+            inbox.drop_marker(group.id)
     return outcomes

@@ -220,3 +220,53 @@ def test_a_directory_inbox_is_taken_once_moved_after_archival_and_rejects_stay(r
     assert [g for _, g in work.scan()] == ["notes"]  # ... and are once they change
     counters = work.coordinator.counters()
     assert counters["archived"] == 2 and counters["rejected"] == 2
+
+
+def test_a_worker_dying_halfway_through_moving_a_group_leaves_nothing_stranded(redis, tmp_path):
+    """A recording moved, its sidecar not yet, and the worker dies: the next worker finishes the move
+    from the marker instead of taking the lone sidecar for a new (and refused) input."""
+    import os
+
+    import redis as redis_client
+
+    from archive.inbox import DirectoryInbox
+    from archive.settings import Settings
+    from archive.work import Work
+    from tests.workerkit import init, wav_bytes
+
+    redis_client.Redis.from_url(redis.url).flushall()
+    inbox = tmp_path / "drop"
+    inbox.mkdir()
+    env = {"ARCHIVE_HOME": str(tmp_path / "home"), "ARCHIVE_INBOX": str(inbox), "ARCHIVE_BROKER_URL": redis.url,
+           "ARCHIVE_INBOX_SETTLE": "PT0S", "ARCHIVE_CLAIM_TTL": "PT1S", "ARCHIVE_ACTOR": "tester"}
+    init(env)
+    (inbox / "c-1.wav").write_bytes(wav_bytes(0.5, 1))
+    (inbox / "c-1.json").write_text(json.dumps({
+        "schema": "archive-record/1", "source": {"system": "t", "interaction_id": "c-1"}, "channel": "phone",
+        "started_at": "2024-03-01T10:00:00Z", "participants": [{"role": "agent", "id": "7"}]}))
+
+    class Died(Exception):
+        pass
+
+    real_finish = DirectoryInbox.finish
+
+    def finish_one_then_die(self, group, names):
+        real_finish(self, group, {sorted(names)[-1]})  # the recording moves ...
+        raise Died  # ... and the worker is gone before the sidecar follows
+
+    work = Work(Settings.from_env(env))
+    [(url, gid)] = work.scan()
+    DirectoryInbox.finish = finish_one_then_die
+    try:
+        with pytest.raises(Died):
+            work.ingest(url, gid)
+    finally:
+        DirectoryInbox.finish = real_finish
+    assert sorted(os.listdir(inbox)) == [".archive-finishing", "c-1.json"]  # the sidecar, stranded
+    time.sleep(1.2)  # the dead worker's claim lapses
+    fresh = Work(Settings.from_env(env))
+    assert [g for _, g in fresh.scan()] == ["c-1"]
+    assert fresh.ingest(url, "c-1")["status"] == "done"
+    assert sorted(p.name for p in inbox.rglob("*") if p.is_file()) == []  # moved on; the marker gone
+    assert sorted(p.name for p in (tmp_path / "processed").iterdir()) == ["c-1.json", "c-1.wav"]
+    assert list(fresh.ingestor.quarantine()) == []  # the sidecar was never refused
