@@ -516,6 +516,50 @@ def _size(text: str) -> int:
     return int(m.group(1)) * 1024 ** "_KMGT".index(m.group(2) or "_")
 
 
+def _tokens(archive: Archive):
+    from archive.tokens import Tokens
+
+    return Tokens(archive.settings.home / "tokens.json", Identities(archive.settings.identities_path))
+
+
+def cmd_token_create(archive: Archive, args: argparse.Namespace) -> int:
+    token, entry = _tokens(archive).create(args.identity, args.role, expires=args.expires, note=args.note)
+    args.audit_target.update({"token": entry["id"], "role": args.role, "expires_at": entry["expires_at"]})
+    if args.json:
+        _out({"token": token, **entry})
+    else:
+        print(token)
+        print(f"token {entry['id']} for {args.identity} as {args.role}, expires {entry['expires_at']}; shown once, "
+              "stored only as a hash", file=sys.stderr)
+    return 0
+
+
+def cmd_token_revoke(archive: Archive, args: argparse.Namespace) -> int:
+    entry = _tokens(archive).revoke(args.token_id)
+    args.audit_target["token"] = args.token_id
+    print(f"token {entry['id']} of {entry['actor']} revoked at {entry['revoked_at']}")
+    return 0
+
+
+def cmd_token_list(archive: Archive, args: argparse.Namespace) -> int:
+    tokens = _tokens(archive).list()
+    if args.json:
+        _out(tokens)
+        return 0
+    for t in tokens:
+        state = f"revoked {t['revoked_at']}" if t["revoked_at"] else f"expires {t['expires_at']}"
+        print(f"{t['id']}  {t['actor']:<16} {t['role']:<8} {state}  {t.get('note', '')}")
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from archive.api import serve
+
+    print(f"archive API on http://{args.host}:{args.port}/api/v1 (OpenAPI: /api/v1/openapi.json)", file=sys.stderr)
+    serve(settings, args.host, args.port)
+    return 0
+
+
 def cmd_quarantine_list(archive: Archive, args: argparse.Namespace) -> int:
     entries = list(_ingestor(archive).quarantine())
     if args.json:
@@ -748,7 +792,8 @@ OPERATION_OF: dict[Callable, str | Callable] = {
     cmd_approve: "approve", cmd_extend: "retention-extend", cmd_delete: "object-delete", cmd_ingest: "ingest",
     cmd_show: "view", cmd_get: "retrieve", cmd_search: "search", cmd_timeline: "search", cmd_reindex: "reindex", cmd_quarantine_list: "quarantine-list",
     cmd_fixity: "fixity", cmd_status: "status", cmd_inbox_scan: "ingest", cmd_export: "export",
-    cmd_keys_public: "key-status",
+    cmd_keys_public: "key-status", cmd_token_create: "identity-change", cmd_token_revoke: "identity-change",
+    cmd_token_list: "identity-list",
     cmd_keys_status: "key-status", cmd_keys_rotate: "key-rotation", cmd_keys_destroy: "key-destroy",
     cmd_audit_checkpoint: "audit-checkpoint", cmd_audit_verify: "audit-verify", cmd_audit_show: "audit-show",
     cmd_identity_list: "identity-list", cmd_identity_set: "identity-change",
@@ -967,6 +1012,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public-key", metavar="KEY",
                    help="the archive's public signing key: a file or value, hex or the JSON of 'archive keys public'")
     p.set_defaults(run=cmd_verify_bundle, needs_archive=False)
+
+    tok = sub.add_parser("token", help="API tokens: create, revoke, list (admin)",
+                         description="Tokens for the HTTP API, each bound to one identity and one of its roles, "
+                                     "expiring, stored only as a hash.")
+    tsub = tok.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    p = tsub.add_parser("create", help="a new token (printed once)",
+                        description="Create a token for IDENTITY acting with ROLE only; it is printed once.")
+    p.add_argument("identity", help="the identity the token acts as")
+    p.add_argument("--role", required=True, help="the one role it carries (the identity must hold it)")
+    p.add_argument("--expires", default="P30D", help="ISO-8601 period until it expires (default P30D, at most P1Y)")
+    p.add_argument("--note", help="what the token is for (shown in lists)")
+    p.add_argument("--json", action="store_true", help="print the token and its entry as JSON")
+    p.set_defaults(run=cmd_token_create)
+    p = tsub.add_parser("revoke", help="revoke a token now", description="Revoke token TOKEN_ID at once.")
+    p.add_argument("token_id", help="the token's id (arc_<id>_…)")
+    p.set_defaults(run=cmd_token_revoke)
+    p = tsub.add_parser("list", help="every token (never the secrets)", description="List tokens.")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(run=cmd_token_list)
+
+    p = sub.add_parser("serve", help="the HTTP API (OpenAPI at /api/v1/openapi.json)",
+                       description="Serve the HTTP API: search, records, parts with HTTP Range, retention, holds, "
+                                   "status. Every request needs a token (archive token create) and is audited.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.set_defaults(run=cmd_serve, needs_archive=False)
 
     ib = sub.add_parser("inbox", help="the inboxes workers take inputs from (ARCHIVE_INBOX)",
                         description="Inboxes: S3 prefixes or directories where recorders drop inputs.")

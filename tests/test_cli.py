@@ -226,7 +226,8 @@ SAMPLES = {
     ("hold", "place"): ["CASE-1", "rx"], ("hold", "release"): ["CASE-1"], ("hold", "list"): [],
     ("dispose",): ["--dry-run"], ("timeline",): ["--customer", "u1"], ("reindex",): [],
     ("fixity",): [], ("status",): [], ("inbox", "scan"): [], ("export",): ["rx", "-o", "{dir}/x.zip"],
-    ("keys", "public"): [],
+    ("keys", "public"): [], ("token", "create"): ["tester", "--role", "auditor"], ("token", "revoke"): ["x"],
+    ("token", "list"): [],
 }
 
 

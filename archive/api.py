@@ -1,0 +1,225 @@
+"""The HTTP API (FastAPI; the OpenAPI document at ``/api/v1/openapi.json``), served by ``archive serve``.
+
+Every request authenticates with a token (``Authorization: Bearer arc_…``, see :mod:`archive.tokens`) and
+every operation goes through the same :class:`archive.access.Session` as the CLI, so it is authorised and
+recorded in the audit trail — refusals included, and requests with no valid token too. Content (a
+record's detail, a part's bytes) needs a stated reason: the ``X-Archive-Reason`` header, or ``reason`` in
+the query for players that cannot set headers.
+
+Errors are JSON ``{"code", "message", "details"}`` with the error's HTTP status: 401 for a missing,
+unknown, revoked or expired token, 403 for a refusal, 404, 416, 422 for bad input. Nothing else reaches a
+client: an unexpected failure is a 500 saying only that, with the details in the server's log.
+
+Parts are served with HTTP Range (RFC 9110): a request for ``bytes=a-b`` answers 206 with only the
+covering sealed segments decrypted, so playback can start anywhere in an hour-long call at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from urllib.parse import unquote
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from archive.access import Identities, Session, denied_without_identity
+from archive.errors import ArchiveError, InputError, ObjectNotFound
+from archive.settings import Settings
+from archive.tokens import TokenInvalid, Tokens
+
+log = logging.getLogger("archive.api")
+API = "/api/v1"
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+class RangeNotSatisfiable(InputError):
+    code = "range_not_satisfiable"
+    http_status = 416
+
+
+class Services:
+    """The archive's services, opened once per server process."""
+
+    def __init__(self, settings: Settings) -> None:
+        from archive.index import open_index
+        from archive.ingest.pipeline import Ingestor
+        from archive.retention.service import Retention
+        from archive.services import open_archive
+
+        self.settings = settings
+        self.archive = open_archive(settings)
+        self.index = open_index(settings)
+        self.retention = Retention(self.archive, self.index, policies_dir=settings.policies_dir,
+                                   min_lock=settings.min_lock)
+        self.ingestor = Ingestor(self.archive, self.index, retention=self.retention)
+        self.identities = Identities(settings.identities_path)
+        self.tokens = Tokens(settings.home / "tokens.json", self.identities)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    services = Services(settings or Settings.from_env())
+    app = FastAPI(title="Compliance archive API", version="1", openapi_url=f"{API}/openapi.json",
+                  docs_url=f"{API}/docs", redoc_url=None,
+                  description="Search, review and retrieve archived interactions. Every call needs a bearer token "
+                              "and is recorded in the audit trail; content needs a stated reason.")
+    app.state.services = services
+
+    @app.exception_handler(ArchiveError)
+    async def archive_error(request: Request, e: ArchiveError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if e.http_status == 401 else {}
+        if isinstance(e, RangeNotSatisfiable) and "size" in e.details:
+            headers["Content-Range"] = f"bytes */{e.details['size']}"
+        return JSONResponse(e.to_dict(), status_code=e.http_status, headers=headers or None)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, e: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"code": "internal_error", "message": "the server failed; the error is in its log"},
+                            status_code=500)
+
+    def session(request: Request, operation: str, target: dict) -> Session:
+        """The caller's session, from the bearer token; a missing or bad token is recorded and refused."""
+        header = request.headers.get("authorization", "")
+        presented = header[7:].strip() if header[:7].lower() == "bearer " else None
+        try:
+            token = services.tokens.authenticate(presented)
+        except TokenInvalid as e:
+            denied_without_identity(services.archive.audit, None, operation, {**target, "via": "api"}, e)
+            raise
+        return Session(services.archive.audit, token, token.actor)
+
+    def reason_of(request: Request, reason: str | None) -> str | None:
+        header = request.headers.get("x-archive-reason")
+        return unquote(header) if header else reason
+
+    def run(request: Request, operation: str, do, target: dict, reason: str | None = None, case: str | None = None):
+        s = session(request, operation, target)
+        return s.run(operation, do, target={**target, "via": "api"}, reason=reason_of(request, reason),
+                     case=request.headers.get("x-archive-case") or case)
+
+    @app.get(f"{API}/search", summary="Search with the query language (docs/search.md)")
+    def search(request: Request, q: str = Query("", description="e.g. agent:1042 \"not a deposit\""),
+               limit: int = Query(50, ge=1, le=500), cursor: str | None = None,
+               facets: str = Query("", description="comma-separated: channel,agent,policy,hold,finding,month"),
+               total: bool = False) -> dict:
+        wanted = tuple(f for f in facets.split(",") if f)
+        target = {"query": q}
+
+        def do():
+            page = services.index.query(q, limit=limit, cursor=cursor, facets=wanted, total=total)
+            target["results"] = len(page.records)
+            return {"records": page.records, "next": page.next, "total": page.total,
+                    "facets": {k: [{"value": v, "count": n} for v, n in vs] for k, vs in page.facets.items()}}
+        return run(request, "search", do, target)
+
+    @app.get(f"{API}/timeline", summary="Every interaction of one customer, all channels, oldest first")
+    def timeline(request: Request, customer: str | None = None, account: str | None = None,
+                 phone: str | None = None) -> dict:
+        chosen = [(f, v) for f, v in (("customer.id", customer), ("customer.account", account),
+                                      ("customer.phone", phone)) if v]
+        if len(chosen) != 1:
+            raise InputError("give exactly one of customer, account, phone")
+        field, value = chosen[0]
+        return run(request, "search", lambda: {"records": services.index.timeline(field, value)},
+                   {"timeline": {field: value}})
+
+    def manifest_of(rid: str) -> dict:
+        if not re.fullmatch(r"r[a-z2-7]{32}", rid):
+            raise ObjectNotFound(f"no record {rid!r}", record_id=rid)
+        return services.retention.manifest(rid)
+
+    @app.get(f"{API}/records/{{record_id}}", summary="A record: metadata, parts, retention, holds (needs a reason)")
+    def record(request: Request, record_id: str, reason: str | None = None) -> dict:
+        def do():
+            services.retention.refresh()
+            manifest = manifest_of(record_id)
+            return {**{k: v for k, v in manifest.items() if k != "parts"},
+                    "parts": [{k: v for k, v in p.items() if k != "inline"} for p in manifest["parts"]],
+                    "retention": services.retention.decision(record_id, manifest),
+                    "holds": services.retention.held_records().get(record_id, [])}
+        return run(request, "view", do, {"records": [record_id]}, reason)
+
+    @app.get(f"{API}/records/{{record_id}}/parts/{{part}}",
+             summary="A part's bytes, verified; HTTP Range for playback from any point (needs a reason)",
+             responses={206: {"description": "the requested range"}, 416: {"description": "range not satisfiable"}})
+    def part(request: Request, record_id: str, part: str, reason: str | None = None):
+        target = {"records": [record_id], "part": part}
+        header = request.headers.get("range")
+
+        def do():
+            manifest = manifest_of(record_id)
+            info = next((p for p in manifest["parts"] if p["name"] == part), None)
+            if info is None:
+                raise ObjectNotFound(f"record {record_id} has no part {part!r}", part=part)
+            size = info["size"]
+            media = info.get("media_type") or "application/octet-stream"
+            headers = {"Accept-Ranges": "bytes", "Cache-Control": "private, no-store",
+                       "Content-Disposition": f"inline; filename=\"{record_id}-{re.sub(r'[^A-Za-z0-9._-]', '_', part)}\""}
+            if header:
+                start, end = _parse_range(header, size)
+                target["range"] = f"{start}-{end - 1}"
+                body = b"".join(services.ingestor.read_part(manifest, part, start, end))
+                return Response(body, status_code=206, media_type=media, headers={
+                    **headers, "Content-Range": f"bytes {start}-{end - 1}/{size}"})
+            return StreamingResponse(services.ingestor.read_part(manifest, part), media_type=media,
+                                     headers={**headers, "Content-Length": str(size)})
+        return run(request, "retrieve", do, target, reason)
+
+    @app.get(f"{API}/records/{{record_id}}/retention", summary="Why a record is kept until when, holds, findings")
+    def explain(request: Request, record_id: str) -> dict:
+        from archive.retention.decide import explain as words
+
+        def do():
+            services.retention.refresh()
+            manifest = manifest_of(record_id)
+            decision = services.retention.decision(record_id, manifest)
+            return {"record_id": record_id, "explanation": words(decision), "decision": decision,
+                    "holds": services.retention.held_records().get(record_id, []),
+                    "findings": manifest.get("findings", [])}
+        return run(request, "policy-explain", do, {"records": [record_id]})
+
+    @app.get(f"{API}/holds", summary="Legal holds: cases, records, history")
+    def holds(request: Request) -> dict:
+        def do():
+            services.retention.refresh()
+            return {"holds": list(services.retention.holds().values())}
+        return run(request, "hold-list", do, {"holds": "all"})
+
+    @app.get(f"{API}/status", summary="Records, quarantine, the last fixity sweep")
+    def status(request: Request) -> dict:
+        from archive import fixity
+
+        def do():
+            services.retention.refresh()
+            sweep = fixity.last_sweep(services.retention)
+            return {"records": services.index.count(),
+                    "quarantined": sum(1 for _ in services.archive.vault.names("quarantine/")),
+                    "last_fixity_sweep": None if sweep is None else {
+                        k: sweep.get(k) for k in ("started_at", "finished_at", "records", "objects")}}
+        return run(request, "status", do, {"status": "archive"})
+
+    return app
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int]:
+    """[start, end) of a single-range ``bytes=`` header (RFC 9110 §14.1.2); raises RangeNotSatisfiable."""
+    m = _RANGE.fullmatch(header.strip())
+    if not m or not (m.group(1) or m.group(2)):
+        raise RangeNotSatisfiable(f"only a single bytes range is served, not {header[:60]!r}")
+    first, last = m.group(1), m.group(2)
+    if first:
+        start = int(first)
+        end = min(int(last) + 1, size) if last else size
+    else:  # a suffix: the last N bytes
+        start, end = max(0, size - int(last)), size
+    if start >= size or start >= end:
+        raise RangeNotSatisfiable(f"range {header!r} is outside the part's {size} bytes", size=size)
+    return start, end
+
+
+def serve(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False,
+                server_header=False)

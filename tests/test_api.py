@@ -1,0 +1,167 @@
+"""The HTTP API against a real server (``archive serve`` in its own process, uvicorn): tokens (missing,
+unknown, expired, revoked, wrong role), reasons for content, search, record detail, part download with
+HTTP Range (206 with exactly the bytes asked for, suffix ranges, 416), JSON errors that are never stack
+traces, the OpenAPI document, and every request in the audit trail."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import run
+from tests.workerkit import wav_bytes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    from archive.access import Identities
+    from archive.tokens import Tokens
+
+    tmp = tmp_path_factory.mktemp("api")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ARCHIVE_")},
+           "ARCHIVE_HOME": str(tmp / "home"), "ARCHIVE_ACTOR": "admin"}
+    inbox = tmp / "inbox"
+    inbox.mkdir()
+    audio = wav_bytes(200.0, 3)  # 3.2 MB: several sealed segments
+    (inbox / "call-1.wav").write_bytes(audio)
+    (inbox / "call-1.json").write_text(json.dumps({
+        "schema": "archive-record/1", "source": {"system": "t", "interaction_id": "call-1"}, "channel": "phone",
+        "started_at": "2024-03-01T09:00:00Z", "participants": [{"role": "agent", "id": "1042"},
+                                                               {"role": "customer", "id": "C-1"}]}))
+    run(env, "init")
+    run(env, "identity", "add", "ann", "--role", "auditor")
+    run(env, "identity", "add", "rec", "--role", "ingest")
+    run(env, "ingest", str(inbox))
+    rid = json.loads(run(env, "search", "", "--json").stdout)["records"][0]["record_id"]
+    auditor = run(env, "token", "create", "ann", "--role", "auditor").stdout.decode().strip()
+    ingest = run(env, "token", "create", "rec", "--role", "ingest").stdout.decode().strip()
+    revoked = run(env, "token", "create", "ann", "--role", "auditor").stdout.decode().strip()
+    run(env, "token", "revoke", revoked.split("_")[1])
+    tokens = Tokens(tmp / "home" / "tokens.json", Identities(tmp / "home" / "identities.json"))
+    expired, _ = tokens.create("ann", "auditor", expires="PT1H", now=datetime.now(UTC) - timedelta(hours=2))
+    port = _free_port()
+    log = open(tmp / "server.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "archive", "serve", "--port", str(port)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/api/v1"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/openapi.json", timeout=2).read()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError((tmp / "server.log").read_text())
+            time.sleep(0.1)
+    yield {"base": base, "env": env, "rid": rid, "audio": audio, "auditor": auditor, "ingest": ingest,
+           "revoked": revoked, "expired": expired, "log": tmp / "server.log"}
+    proc.terminate()
+    proc.wait(10)
+
+
+def call(api, path: str, token: str | None = None, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(api["base"] + path, headers={
+        **({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def test_tokens_missing_unknown_expired_revoked_or_of_the_wrong_role_are_refused_and_recorded(api):
+    for token, words in [(None, "authentication required"), ("arc_nope_secret", "unknown token"),
+                         (api["expired"], "expired"), (api["revoked"], "revoked"), ("Basic xyz", "not an archive")]:
+        status, headers, body = call(api, "/search?q=refund", token)
+        doc = json.loads(body)
+        assert status == 401 and doc["code"] == "token_invalid" and words in doc["message"], (token, doc)
+        assert headers.get("www-authenticate") == "Bearer"
+    status, _, body = call(api, "/search?q=refund", api["ingest"])  # an ingest token may not search
+    assert status == 403 and json.loads(body)["code"] == "access_denied"
+    trail = run(api["env"], "audit", "show", "--json", "--record", "x", check=False)  # (no record named)
+    assert trail.returncode == 0
+    from archive.services import open_archive
+    from archive.settings import Settings
+
+    events = [e.event for e in open_archive(Settings.from_env(api["env"])).audit.events()]
+    denied = [e for e in events if e["outcome"] == "denied" and e["target"].get("via") == "api"]
+    assert len(denied) >= 6 and {"(none)", "rec"} <= {e["actor"] for e in denied}
+
+
+def test_search_and_content_with_a_reason(api):
+    token, rid = api["auditor"], api["rid"]
+    status, _, body = call(api, "/search?q=agent:1042&facets=channel,month&total=true", token)
+    doc = json.loads(body)
+    assert status == 200 and doc["total"] == 1 and doc["records"][0]["record_id"] == rid
+    assert doc["facets"]["channel"] == [{"value": "phone", "count": 1}]
+    status, _, body = call(api, f"/records/{rid}", token)  # content needs a reason
+    assert status == 403 and "reason" in json.loads(body)["message"]
+    status, _, body = call(api, f"/records/{rid}", token, {"X-Archive-Reason": "QA%20sample"})
+    doc = json.loads(body)
+    assert status == 200 and doc["record_id"] == rid and doc["retention"]["retain_until"]
+    assert all("inline" not in p for p in doc["parts"])
+    status, _, body = call(api, f"/records/{rid}/retention", token)
+    assert status == 200 and json.loads(body)["explanation"]
+    audit = run(api["env"], "audit", "show", "--record", rid).stdout.decode()
+    assert "ann (auditor)  view ok  reason: QA sample" in audit
+
+
+def test_parts_stream_whole_and_serve_ranges_from_any_point(api):
+    token, rid, audio = api["auditor"], api["rid"], api["audio"]
+    status, headers, body = call(api, f"/records/{rid}/parts/audio?reason=playback", token)
+    assert status == 200 and body == audio and headers["accept-ranges"] == "bytes"
+    assert headers["content-type"].startswith("audio/")
+    middle = len(audio) // 2
+    status, headers, body = call(api, f"/records/{rid}/parts/audio?reason=seek", token,
+                                 {"Range": f"bytes={middle}-{middle + 65535}"})
+    assert status == 206 and body == audio[middle:middle + 65536]
+    assert headers["content-range"] == f"bytes {middle}-{middle + 65535}/{len(audio)}"
+    status, headers, body = call(api, f"/records/{rid}/parts/audio?reason=tail", token, {"Range": "bytes=-100"})
+    assert status == 206 and body == audio[-100:]
+    status, headers, body = call(api, f"/records/{rid}/parts/audio?reason=x", token,
+                                 {"Range": f"bytes={len(audio)}-"})
+    assert status == 416 and headers["content-range"] == f"bytes */{len(audio)}"
+    audit = run(api["env"], "audit", "show", "--record", rid).stdout.decode()
+    assert "retrieve ok  reason: seek" in audit
+
+
+def test_bad_requests_get_json_errors_never_a_stack_trace(api):
+    token = api["auditor"]
+    cases = [("/records/rnot-a-record?reason=x", 404), (f"/records/r{'a' * 32}?reason=x", 404),
+             (f"/records/{api['rid']}/parts/nothing?reason=x", 404), ("/search?q=(unclosed", 400),
+             ("/search?cursor=junk", 400), ("/search?facets=colour", 422), ("/search?limit=0", 422),
+             ("/timeline", 422), ("/timeline?customer=C-1&account=A", 422)]
+    for path, expected in cases:
+        status, _, body = call(api, path, token)
+        assert status == expected, (path, status, body)
+        doc = json.loads(body)
+        assert "Traceback" not in body.decode() and ("code" in doc or "detail" in doc), (path, doc)
+    status, _, body = call(api, "/timeline?customer=C-1", token)
+    assert status == 200 and [r["record_id"] for r in json.loads(body)["records"]] == [api["rid"]]
+    assert "Traceback" not in api["log"].read_text()
+
+
+def test_the_openapi_document_describes_every_endpoint(api):
+    status, _, body = call(api, "/openapi.json")
+    paths = json.loads(body)["paths"]
+    assert status == 200
+    assert {"/api/v1/search", "/api/v1/timeline", "/api/v1/records/{record_id}",
+            "/api/v1/records/{record_id}/parts/{part}", "/api/v1/records/{record_id}/retention", "/api/v1/holds",
+            "/api/v1/status"} <= set(paths)
