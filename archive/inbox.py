@@ -117,6 +117,10 @@ class Inbox:
     def drop_marker(self, gid: str) -> None:
         raise NotImplementedError
 
+    def marked(self) -> list[str]:
+        """The groups that have a marker (usually none)."""
+        raise NotImplementedError
+
     def ready(self, group: Group, settle: float, now: float | None = None) -> bool:
         return (now or time.time()) - group.newest >= settle
 
@@ -207,6 +211,15 @@ class DirectoryInbox(Inbox):
 
     def drop_marker(self, gid: str) -> None:
         self._marker(gid).unlink(missing_ok=True)
+
+    def marked(self) -> list[str]:
+        out = []
+        for path in sorted((self.root / self.MARKERS).glob("*.json")):
+            try:
+                out.append(json.loads(path.read_text())["group"])
+            except (OSError, ValueError, KeyError):
+                continue
+        return out
 
 
 class S3Inbox(Inbox):
@@ -315,6 +328,18 @@ class S3Inbox(Inbox):
     def drop_marker(self, gid: str) -> None:
         self._call("drop marker", self.client.delete_object, Bucket=self.bucket, Key=self._marker(gid))
 
+    def marked(self) -> list[str]:
+        page = self._call("list markers", self.client.list_objects_v2, Bucket=self.bucket,
+                          Prefix=f"{self.prefix}{self.MARKERS}/")
+        out = []
+        for obj in page.get("Contents", []):
+            try:
+                body = self._call("read marker", self.client.get_object, Bucket=self.bucket, Key=obj["Key"])
+                out.append(json.loads(body["Body"].read())["group"])
+            except (ObjectNotFound, ValueError, KeyError):
+                continue
+        return out
+
     def origin(self, group: Group, name: str) -> str:
         parent = str(PurePosixPath(group.id).parent)
         return f"s3://{self.bucket}/{self.prefix}{'' if parent == '.' else parent + '/'}{name}"
@@ -372,7 +397,8 @@ def take(inbox: Inbox, group: Group, ingestor, limits, scratch: Path) -> list:
     ingestor.index.flush()
     if archived:
         if several:
-            inbox.write_marker(group.id, {"files": {i.name: i.etag for i in group.items if i.name in archived}})
+            inbox.write_marker(group.id, {"group": group.id,
+                                          "files": {i.name: i.etag for i in group.items if i.name in archived}})
         inbox.finish(group, archived)
         if several:
             inbox.drop_marker(group.id)

@@ -83,7 +83,13 @@ class Work:
         out = []
         for url in self.settings.inboxes:
             inbox = self.inbox(url)
-            ready = [g for g in inbox.groups() if inbox.ready(g, settle)]
+            marked = inbox.marked()  # listed before the groups: a marker whose group is gone is finished
+            groups = list(inbox.groups())
+            present = {g.id for g in groups}
+            for gid in marked:
+                if gid not in present:  # a worker died after moving every file, before dropping its marker
+                    inbox.drop_marker(gid)
+            ready = [g for g in groups if inbox.ready(g, settle)]
             chosen = self.coordinator.select_new([(f"{url}|{g.id}", g.signature) for g in ready], requeue)
             out += [(url, ready[i].id) for i in chosen]
         return out

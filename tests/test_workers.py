@@ -270,3 +270,7 @@ def test_a_worker_dying_halfway_through_moving_a_group_leaves_nothing_stranded(r
     assert sorted(p.name for p in inbox.rglob("*") if p.is_file()) == []  # moved on; the marker gone
     assert sorted(p.name for p in (tmp_path / "processed").iterdir()) == ["c-1.json", "c-1.wav"]
     assert list(fresh.ingestor.quarantine()) == []  # the sidecar was never refused
+    # a worker that died after moving every file but before dropping its marker: the next scan drops it
+    inbox_ = work.inbox(url)
+    inbox_.write_marker("gone-1", {"group": "gone-1", "files": {"gone-1.wav": "x"}})
+    assert fresh.scan() == [] and not list((inbox / ".archive-finishing").glob("*.json"))
