@@ -20,7 +20,8 @@ import logging
 import re
 from urllib.parse import unquote
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Body, FastAPI, Query, Request
+from pydantic import BaseModel, Field
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from archive.access import Identities, Session, denied_without_identity
@@ -36,6 +37,30 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 class RangeNotSatisfiable(InputError):
     code = "range_not_satisfiable"
     http_status = 416
+
+
+class HoldRequest(BaseModel):
+    case: str = Field(description="case or matter id, e.g. CASE-2024-17")
+    records: list[str] = Field(default_factory=list, description="record ids to hold")
+    query: str | None = Field(None, description="also hold every record this query matches")
+    reason: str = Field(min_length=1, description="why, for the audit trail")
+
+
+class ReleaseRequest(BaseModel):
+    reason: str = Field(min_length=1)
+
+
+class EventRequest(BaseModel):
+    kind: str = Field(description="contract-terminated, account-closed, dispute-opened, dispute-resolved, "
+                                  "retention-extended")
+    date: str = Field(description="ISO-8601 date it happened (not in the future)")
+    account: str | None = None
+    contract: str | None = None
+    customer: str | None = None
+    records: list[str] | None = None
+    dispute: str | None = None
+    until: str | None = None
+    note: str | None = None
 
 
 class Services:
@@ -87,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except TokenInvalid as e:
             denied_without_identity(services.archive.audit, None, operation, {**target, "via": "api"}, e)
             raise
+        request.state.actor = token.actor
         return Session(services.archive.audit, token, token.actor)
 
     def reason_of(request: Request, reason: str | None) -> str | None:
@@ -95,7 +121,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def run(request: Request, operation: str, do, target: dict, reason: str | None = None, case: str | None = None):
         s = session(request, operation, target)
-        return s.run(operation, do, target={**target, "via": "api"}, reason=reason_of(request, reason),
+        target["via"] = "api"  # the same dict: what do() adds (record ids, counts) is recorded with it
+        return s.run(operation, do, target=target, reason=reason_of(request, reason),
                      case=request.headers.get("x-archive-case") or case)
 
     @app.get(f"{API}/search", summary="Search with the query language (docs/search.md)")
@@ -185,6 +212,52 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             services.retention.refresh()
             return {"holds": list(services.retention.holds().values())}
         return run(request, "hold-list", do, {"holds": "all"})
+
+    @app.post(f"{API}/holds", summary="Place a legal hold on records (legal role)", status_code=201)
+    def place_hold(request: Request, body: HoldRequest = Body(...)) -> dict:
+        target: dict = {"case": body.case}
+
+        def do():
+            services.retention.refresh()
+            records = sorted(set(body.records) | set(services.index.ids(body.query) if body.query else []))
+            held = services.retention.place_hold(body.case, records, by=request.state.actor, reason=body.reason,
+                                                 query=body.query)
+            target["records"] = held
+            return {"case": body.case, "records": held}
+        return run(request, "hold", do, target, body.reason, body.case)
+
+    @app.post(f"{API}/holds/{{case}}/release-requests", status_code=202,
+              summary="Request the release of a hold; a second, different legal identity approves it")
+    def request_release(request: Request, case: str, body: ReleaseRequest = Body(...)) -> dict:
+        def do():
+            services.retention.refresh()
+            request_id = services.retention.request_release(case=case, by=request.state.actor, reason=body.reason)
+            return {"case": case, "request": request_id,
+                    "next": "a second, different legal identity approves: archive approve " + request_id}
+        return run(request, "hold-release-request", do, {"case": case}, body.reason, case)
+
+    @app.post(f"{API}/events", summary="Record a retention trigger event (legal or admin)", status_code=201)
+    def event(request: Request, body: EventRequest = Body(...)) -> dict:
+        target: dict = {"event": body.kind}
+
+        def do():
+            services.retention.refresh()
+            event, changed = services.retention.add_event(
+                body.kind, date=body.date, by=request.state.actor, account=body.account, contract=body.contract,
+                customer=body.customer, records=body.records, dispute=body.dispute, until=body.until, note=body.note)
+            target["records"] = [c["record_id"] for c in changed]
+            return {"event": event, "changed": changed}
+        return run(request, "retention-event", do, target)
+
+    @app.get(f"{API}/records/{{record_id}}/audit", summary="Who touched a record, when and why")
+    def history(request: Request, record_id: str) -> dict:
+        def do():
+            rows = [{"seq": e.seq, **{k: e.event.get(k) for k in ("time", "actor", "role", "action", "outcome",
+                                                                   "reason", "case")}}
+                    for e in services.archive.audit.events()
+                    if record_id in e.event.get("target", {}).get("records", [])]
+            return {"record_id": record_id, "events": rows}
+        return run(request, "audit-show", do, {"records": [record_id]})
 
     @app.get(f"{API}/status", summary="Records, quarantine, the last fixity sweep")
     def status(request: Request) -> dict:

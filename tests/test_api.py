@@ -47,10 +47,12 @@ def api(tmp_path_factory):
     run(env, "init")
     run(env, "identity", "add", "ann", "--role", "auditor")
     run(env, "identity", "add", "rec", "--role", "ingest")
+    run(env, "identity", "add", "lee", "--role", "legal")
     run(env, "ingest", str(inbox))
     rid = json.loads(run(env, "search", "", "--json").stdout)["records"][0]["record_id"]
     auditor = run(env, "token", "create", "ann", "--role", "auditor").stdout.decode().strip()
     ingest = run(env, "token", "create", "rec", "--role", "ingest").stdout.decode().strip()
+    legal = run(env, "token", "create", "lee", "--role", "legal").stdout.decode().strip()
     revoked = run(env, "token", "create", "ann", "--role", "auditor").stdout.decode().strip()
     run(env, "token", "revoke", revoked.split("_")[1])
     tokens = Tokens(tmp / "home" / "tokens.json", Identities(tmp / "home" / "identities.json"))
@@ -70,15 +72,18 @@ def api(tmp_path_factory):
                 proc.kill()
                 raise RuntimeError((tmp / "server.log").read_text())
             time.sleep(0.1)
-    yield {"base": base, "env": env, "rid": rid, "audio": audio, "auditor": auditor, "ingest": ingest,
+    yield {"base": base, "env": env, "rid": rid, "audio": audio, "auditor": auditor, "ingest": ingest, "legal": legal,
            "revoked": revoked, "expired": expired, "log": tmp / "server.log"}
     proc.terminate()
     proc.wait(10)
 
 
-def call(api, path: str, token: str | None = None, headers: dict | None = None) -> tuple[int, dict, bytes]:
-    req = urllib.request.Request(api["base"] + path, headers={
-        **({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})})
+def call(api, path: str, token: str | None = None, headers: dict | None = None,
+         body: dict | None = None) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(api["base"] + path, data=None if body is None else json.dumps(body).encode(),
+                                 method="GET" if body is None else "POST", headers={
+        **({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {}),
+        **({"Content-Type": "application/json"} if body is not None else {})})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, dict(r.headers), r.read()
@@ -165,3 +170,28 @@ def test_the_openapi_document_describes_every_endpoint(api):
     assert {"/api/v1/search", "/api/v1/timeline", "/api/v1/records/{record_id}",
             "/api/v1/records/{record_id}/parts/{part}", "/api/v1/records/{record_id}/retention", "/api/v1/holds",
             "/api/v1/status"} <= set(paths)
+
+
+def test_holds_events_and_a_records_audit_history_over_http(api):
+    rid = api["rid"]
+    status, _, body = call(api, "/holds", api["auditor"], body={"case": "CASE-9", "records": [rid], "reason": "r"})
+    assert status == 403  # an auditor may not place holds
+    status, _, body = call(api, "/holds", api["legal"], body={"case": "CASE-9", "records": [rid], "reason": "dispute"})
+    assert status == 201 and json.loads(body)["records"] == [rid]
+    status, _, body = call(api, "/holds", api["legal"])
+    assert status == 200 and json.loads(body)["holds"][0]["case"] == "CASE-9"
+    status, _, body = call(api, "/search?q=hold:case-9", api["auditor"])
+    assert [r["record_id"] for r in json.loads(body)["records"]] == [rid]
+    status, _, body = call(api, "/holds/CASE-9/release-requests", api["legal"], body={"reason": "settled"})
+    assert status == 202 and "approve" in json.loads(body)["next"]
+    status, _, body = call(api, "/holds", api["legal"], body={"case": "CASE-9", "records": [rid]})
+    assert status == 422 and "Traceback" not in body.decode()  # no reason: refused by the schema
+    status, _, body = call(api, "/events", api["legal"], body={"kind": "dispute-opened", "date": "2024-06-01",
+                                                                "customer": "C-1", "dispute": "D-1"})
+    assert status == 201, body
+    status, _, body = call(api, "/events", api["legal"], body={"kind": "dispute-opened", "date": "2999-01-01",
+                                                                "customer": "C-1", "dispute": "D-2"})
+    assert status in (400, 422) and "future" in json.loads(body)["message"]
+    status, _, body = call(api, f"/records/{rid}/audit", api["auditor"])
+    actions = [(e["actor"], e["action"]) for e in json.loads(body)["events"]]
+    assert ("lee", "hold") in actions and ("ann", "retrieve") in actions
