@@ -21,10 +21,10 @@ import re
 from urllib.parse import unquote
 
 from fastapi import Body, FastAPI, Query, Request
-from pydantic import BaseModel, Field
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
 
-from archive.access import Identities, Session, denied_without_identity
+from archive.access import Session, denied_without_identity
 from archive.errors import ArchiveError, InputError, ObjectNotFound
 from archive.settings import Settings
 from archive.tokens import TokenInvalid, Tokens
@@ -63,27 +63,11 @@ class EventRequest(BaseModel):
     note: str | None = None
 
 
-class Services:
-    """The archive's services, opened once per server process."""
-
-    def __init__(self, settings: Settings) -> None:
-        from archive.index import open_index
-        from archive.ingest.pipeline import Ingestor
-        from archive.retention.service import Retention
-        from archive.services import open_archive
-
-        self.settings = settings
-        self.archive = open_archive(settings)
-        self.index = open_index(settings)
-        self.retention = Retention(self.archive, self.index, policies_dir=settings.policies_dir,
-                                   min_lock=settings.min_lock)
-        self.ingestor = Ingestor(self.archive, self.index, retention=self.retention)
-        self.identities = Identities(settings.identities_path)
-        self.tokens = Tokens(settings.home / "tokens.json", self.identities)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
-    services = Services(settings or Settings.from_env())
+    from archive.services import open_archive, services_for
+
+    services = services_for(open_archive(settings or Settings.from_env()))
+    tokens = Tokens(services.settings.tokens_path, services.identities)
     app = FastAPI(title="Compliance archive API", version="1", openapi_url=f"{API}/openapi.json",
                   docs_url=f"{API}/docs", redoc_url=None,
                   description="Search, review and retrieve archived interactions. Every call needs a bearer token "
@@ -108,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         header = request.headers.get("authorization", "")
         presented = header[7:].strip() if header[:7].lower() == "bearer " else None
         try:
-            token = services.tokens.authenticate(presented)
+            token = tokens.authenticate(presented)
         except TokenInvalid as e:
             denied_without_identity(services.archive.audit, None, operation, {**target, "via": "api"}, e)
             raise
@@ -261,15 +245,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get(f"{API}/status", summary="Records, quarantine, the last fixity sweep")
     def status(request: Request) -> dict:
-        from archive import fixity
-
         def do():
             services.retention.refresh()
-            sweep = fixity.last_sweep(services.retention)
-            return {"records": services.index.count(),
-                    "quarantined": sum(1 for _ in services.archive.vault.names("quarantine/")),
-                    "last_fixity_sweep": None if sweep is None else {
-                        k: sweep.get(k) for k in ("started_at", "finished_at", "records", "objects")}}
+            return services.status()
         return run(request, "status", do, {"status": "archive"})
 
     return app

@@ -191,18 +191,15 @@ def cmd_keys_destroy(archive: Archive, args: argparse.Namespace) -> int:
 
 
 def _retention(archive: Archive):
-    from archive.index import open_index
-    from archive.retention.service import Retention
+    from archive.services import services_for
 
-    return Retention(archive, open_index(archive.settings), policies_dir=archive.settings.policies_dir,
-                     min_lock=archive.settings.min_lock)
+    return services_for(archive).retention
 
 
 def _ingestor(archive: Archive):
-    from archive.ingest.pipeline import Ingestor
+    from archive.services import services_for
 
-    retention = _retention(archive)
-    return Ingestor(archive, retention.index, retention=retention)
+    return services_for(archive).ingestor
 
 
 def cmd_ingest(archive: Archive, args: argparse.Namespace) -> int:
@@ -372,21 +369,11 @@ def cmd_fixity(archive: Archive, args: argparse.Namespace) -> int:
 
 
 def cmd_status(archive: Archive, args: argparse.Namespace) -> int:
-    from archive import fixity
     from archive.coordination import Coordinator
+    from archive.services import services_for
 
-    retention = _retention(archive)
     settings = archive.settings
-    sweep = fixity.last_sweep(retention)
-    status = {
-        "records": retention.index.count(),
-        "quarantined": sum(1 for _ in archive.vault.names("quarantine/")),
-        "inboxes": list(settings.inboxes),
-        "last_fixity_sweep": None if sweep is None else {
-            k: sweep.get(k) for k in ("started_at", "finished_at", "records", "objects")} | {
-            "failed": len(sweep["failed"])},
-        "workers": None,
-    }
+    status = {**services_for(archive).status(), "inboxes": list(settings.inboxes), "workers": None}
     code = 0
     if settings.inboxes and settings.redis_url:  # workers are configured: their Redis must answer
         try:
@@ -413,7 +400,7 @@ def cmd_status(archive: Archive, args: argparse.Namespace) -> int:
         print(f"queue             {w['queued']} queued, {w['in_flight']} in flight")
         print("worker outcomes   " + ", ".join(f"{w.get(k, 0)} {k}" for k in ("archived", "duplicate", "rejected",
                                                                                   "failed")))
-    if sweep is None:
+    if status["last_fixity_sweep"] is None:
         print("last fixity sweep never")
     else:
         s = status["last_fixity_sweep"]
@@ -519,7 +506,7 @@ def _size(text: str) -> int:
 def _tokens(archive: Archive):
     from archive.tokens import Tokens
 
-    return Tokens(archive.settings.home / "tokens.json", Identities(archive.settings.identities_path))
+    return Tokens(archive.settings.tokens_path, Identities(archive.settings.identities_path))
 
 
 def cmd_token_create(archive: Archive, args: argparse.Namespace) -> int:

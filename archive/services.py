@@ -89,3 +89,44 @@ def init_archive(settings: Settings, *, create_bucket: bool = False) -> tuple[Ar
     else:
         done.append(f"archive kept: {home}")
     return open_archive(settings), done
+
+
+@dataclass
+class Services:
+    """An open archive with everything an edge (CLI command, worker process, API server) works through:
+    its index, retention (policies, events, holds), the ingest pipeline and the identity file."""
+
+    archive: Archive
+    index: object
+    retention: object
+    ingestor: object
+    identities: object
+
+    @property
+    def settings(self) -> Settings:
+        return self.archive.settings
+
+    def status(self) -> dict:
+        """Records indexed, inputs quarantined and the last fixity sweep (``archive status``, the API)."""
+        from archive import fixity
+
+        sweep = fixity.last_sweep(self.retention)
+        return {"records": self.index.count(),
+                "quarantined": sum(1 for _ in self.archive.vault.names("quarantine/")),
+                "last_fixity_sweep": None if sweep is None else {
+                    **{k: sweep.get(k) for k in ("started_at", "finished_at", "records", "objects")},
+                    "failed": len(sweep["failed"])}}
+
+
+def services_for(archive: Archive) -> Services:
+    """The services of an open archive, each built once from its settings."""
+    from archive.access import Identities
+    from archive.index import open_index
+    from archive.ingest.pipeline import Ingestor
+    from archive.retention.service import Retention
+
+    settings = archive.settings
+    index = open_index(settings)
+    retention = Retention(archive, index, policies_dir=settings.policies_dir, min_lock=settings.min_lock)
+    return Services(archive, index, retention, Ingestor(archive, index, retention=retention),
+                    Identities(settings.identities_path))

@@ -107,6 +107,11 @@ class Settings:
         return self.home / "identities.json"
 
     @property
+    def tokens_path(self) -> Path:
+        """API tokens, stored as hashes (archive/tokens.py)."""
+        return self.home / "tokens.json"
+
+    @property
     def audit_witness_path(self) -> Path:
         """The newest audit checkpoint this archive verified, kept outside the store (rollback check)."""
         return self.home / "audit-witness.json"

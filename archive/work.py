@@ -20,7 +20,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from archive.access import Identities, Session
+from archive.access import Session
 from archive.coordination import Coordinator
 from archive.dates import parse_duration
 from archive.errors import ConfigError
@@ -37,18 +37,12 @@ class Work:
     """The services a worker process uses, opened once."""
 
     def __init__(self, settings: Settings) -> None:
-        from archive.index import open_index
-        from archive.ingest.pipeline import Ingestor
-        from archive.retention.service import Retention
-        from archive.services import open_archive
+        from archive.services import open_archive, services_for
 
         self.settings = settings
-        self.archive = open_archive(settings)
-        self.index = open_index(settings)
-        self.retention = Retention(self.archive, self.index, policies_dir=settings.policies_dir,
-                                   min_lock=settings.min_lock)
-        self.ingestor = Ingestor(self.archive, self.index, retention=self.retention)
-        self.identities = Identities(settings.identities_path)
+        services = services_for(open_archive(settings))
+        self.archive, self.index, self.retention = services.archive, services.index, services.retention
+        self.ingestor, self.identities = services.ingestor, services.identities
         self._coordinator: Coordinator | None = None
         self._inboxes: dict[str, Inbox] = {}
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
