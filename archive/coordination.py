@@ -36,15 +36,14 @@ class Lease:
 
     def __init__(self, coordinator: Coordinator, key: str, token: str, ttl_ms: int) -> None:
         self.c, self.key, self.token, self.ttl_ms = coordinator, key, token, ttl_ms
-        self.lost = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew_loop, daemon=True, name=f"lease {key[:40]}")
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.ttl_ms / 3000):
             try:
-                if not self.c._eval(_RENEW, self.key, self.token, self.ttl_ms):
-                    self.lost = True  # lapsed or taken over; the work is idempotent, so it may finish
+                # 0: lapsed or taken over; the work is idempotent (content addressing), so it may finish
+                self.c._eval(_RENEW, self.key, self.token, self.ttl_ms)
             except CoordinationUnavailable:
                 pass
 
@@ -88,10 +87,6 @@ class Coordinator:
         finally:
             lease.release()
 
-    def mark_queued(self, key: str, ttl_seconds: float) -> bool:
-        """True when ``key`` was not queued recently (and now is)."""
-        return bool(self._do(self.r.set, f"{self.ns}:queued:{key}", 1, nx=True, ex=max(1, int(ttl_seconds))))
-
     def unqueue(self, key: str) -> None:
         self._do(self.r.delete, f"{self.ns}:queued:{key}")
 
@@ -108,9 +103,6 @@ class Coordinator:
         marked = self._do(pipe.execute)
         return [i for i, ok in zip(fresh, marked) if ok]
 
-    def is_rejected(self, key: str, signature: str) -> bool:
-        return bool(self._do(self.r.sismember, f"{self.ns}:rejected", f"{key}|{signature}"))
-
     def add_rejected(self, key: str, signature: str) -> None:
         self._do(self.r.sadd, f"{self.ns}:rejected", f"{key}|{signature}")
 
@@ -125,10 +117,3 @@ class Coordinator:
 
     def queue_length(self, queue: str) -> int:
         return int(self._do(self.r.llen, queue))
-
-    def set(self, name: str, value: str) -> None:
-        self._do(self.r.hset, f"{self.ns}:state", name, value)
-
-    def get(self, name: str) -> str | None:
-        v = self._do(self.r.hget, f"{self.ns}:state", name)
-        return v.decode() if v is not None else None

@@ -42,13 +42,12 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from archive import __version__
-from archive.audit.log import Event, _canonical, signed_bytes
+from archive.audit.log import Event
 from archive.audit.merkle import inclusion_proof
 from archive.dates import parse_datetime
 from archive.errors import ArchiveError, InputError, IntegrityError
 
 BUNDLE_FORMAT = "archive-evidence-bundle/1"
-CHUNK = 1024 * 1024
 
 
 class ExportError(ArchiveError):
@@ -329,10 +328,3 @@ def render_index(entries: list[tuple[dict, list[dict]]], *, case: str, reason: s
                "tagmanifest-sha256.txt, which covers manifest-sha256.txt and the audit proofs.</footer></body></html>")
     return "\n".join(out)
 
-
-def checkpoint_message(head: dict) -> bytes:
-    return signed_bytes(head)
-
-
-def canonical(doc: dict) -> bytes:
-    return _canonical(doc)
