@@ -6,7 +6,6 @@ traces, the OpenAPI document, and every request in the audit trail."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -14,11 +13,10 @@ import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-from tests.test_cli import run
+from tests.test_cli import cli_env, run
 from tests.workerkit import wav_bytes
 
 
@@ -34,8 +32,7 @@ def api(tmp_path_factory):
     from archive.tokens import Tokens
 
     tmp = tmp_path_factory.mktemp("api")
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ARCHIVE_")},
-           "ARCHIVE_HOME": str(tmp / "home"), "ARCHIVE_ACTOR": "admin"}
+    env = cli_env(tmp / "home", "admin")
     inbox = tmp / "inbox"
     inbox.mkdir()
     audio = wav_bytes(200.0, 3)  # 3.2 MB: several sealed segments

@@ -27,11 +27,16 @@ def run(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProces
     return proc
 
 
+def cli_env(home: Path, actor: str) -> dict:
+    """This process's environment without any ARCHIVE_* setting, for an archive in ``home`` acting as
+    ``actor`` (init registers it as the first identity, with every role)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVE_")}
+    return {**clean, "ARCHIVE_HOME": str(home), "ARCHIVE_ACTOR": actor}
+
+
 @pytest.fixture
 def env(tmp_path) -> dict:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVE_")}
-    # init registers ARCHIVE_ACTOR as the first identity, with every role
-    return {**clean, "ARCHIVE_HOME": str(tmp_path / "home"), "ARCHIVE_ACTOR": "tester"}
+    return cli_env(tmp_path / "home", "tester")
 
 
 @pytest.fixture

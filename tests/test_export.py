@@ -6,7 +6,6 @@ trail, and index.html opened in a real headless Chromium."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import zipfile
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import run
+from tests.test_cli import cli_env, run
 from tests.workerkit import wav_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,8 +29,7 @@ def _doc(iid: str, channel: str, started: str, **extra) -> dict:
 def case(tmp_path_factory):
     """An archive holding a mixed case for customer C-9, and the env to act in it."""
     tmp = tmp_path_factory.mktemp("export")
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ARCHIVE_")},
-           "ARCHIVE_HOME": str(tmp / "home"), "ARCHIVE_ACTOR": "admin"}
+    env = cli_env(tmp / "home", "admin")
     inbox = tmp / "inbox"
     inbox.mkdir()
     (inbox / "call-1.wav").write_bytes(wav_bytes(6.0, 1))

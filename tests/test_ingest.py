@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -25,6 +24,7 @@ from archive.ingest.discover import Limits
 from archive.ingest.pipeline import Ingestor
 from archive.services import init_archive
 from archive.settings import Settings
+from tests.test_cli import cli_env
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -190,8 +190,7 @@ def test_sigkill_mid_run_then_rerun_archives_every_input_exactly_once(tmp_path):
     n = 300
     for i in range(n):
         (inbox / f"chat-{i:03d}.json").write_text(json.dumps(chat_doc(i)))
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ARCHIVE_")},
-           "ARCHIVE_HOME": str(tmp_path / "home"), "ARCHIVE_ACTOR": "recorder"}
+    env = cli_env(tmp_path / "home", "recorder")
     subprocess.run([sys.executable, "-m", "archive", "init"], env=env, check=True, capture_output=True)
     index_path = tmp_path / "home" / "index.sqlite"
 

@@ -115,11 +115,10 @@ def test_fixity_names_an_altered_object_as_a_searchable_finding_and_repairs_noth
     import os
     from pathlib import Path
 
-    from tests.test_cli import run
+    from tests.test_cli import cli_env, run
     from tests.workerkit import wav_bytes
 
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ARCHIVE_")},
-           "ARCHIVE_HOME": str(tmp_path / "home"), "ARCHIVE_ACTOR": "tester"}
+    env = cli_env(tmp_path / "home", "tester")
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     for i in range(3):  # calls big enough to be sealed as objects of their own
