@@ -32,7 +32,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "ingest": frozenset({"ingest", "fixity", "status"}),
     "auditor": frozenset({"search", "view", "retrieve", "quarantine-read", "audit-read", "policy-read", "status"}),
     "legal": frozenset({"search", "view", "retrieve", "quarantine-read", "audit-read", "policy-read", "hold",
-                        "export", "retention-event", "status"}),
+                        "export", "export-read", "retention-event", "status"}),
     "admin": frozenset({"keys", "identity", "audit-checkpoint", "audit-read", "object-admin", "disposition",
                         "quarantine-read", "policy-read", "retention-event", "reindex", "fixity", "status"}),
 }
@@ -147,7 +147,9 @@ OPERATIONS: dict[str, str] = {
     "reindex": "reindex", "fixity": "fixity", "status": "status",
     # four-eyes (archive/approvals.py): releasing a hold is requested by one legal identity and approved
     # by another; approving needs the permission of the action approved — "hold" for the only one so far
-    "hold-release-request": "hold", "approve": "hold",
+    "hold-release-request": "hold", "approve": "hold", "approval-list": "hold",
+    # the API: signing in to the console; export jobs (listing them shows no content; a download is an export)
+    "session-start": "status", "export-list": "export-read", "export-download": "export",
     "object-put": "object-admin", "object-retrieve": "retrieve", "object-head": "object-admin",
     "object-list": "object-admin", "retention-extend": "object-admin", "object-delete": "disposition",
     "key-status": "keys", "key-rotation": "keys", "key-destroy": "keys",

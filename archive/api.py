@@ -1,37 +1,64 @@
-"""The HTTP API (FastAPI; the OpenAPI document at ``/api/v1/openapi.json``), served by ``archive serve``.
+"""The HTTP API (FastAPI; the OpenAPI document at ``/api/v1/openapi.json``) and the auditors' web console
+(``/``), served by ``archive serve``.
 
-Every request authenticates with a token (``Authorization: Bearer arc_…``, see :mod:`archive.tokens`) and
-every operation goes through the same :class:`archive.access.Session` as the CLI, so it is authorised and
-recorded in the audit trail — refusals included, and requests with no valid token too. Content (a
-record's detail, a part's bytes) needs a stated reason: the ``X-Archive-Reason`` header, or ``reason`` in
-the query for players that cannot set headers.
+Every request authenticates with a token (``Authorization: Bearer arc_…``, see :mod:`archive.tokens`), or,
+for the console, with the session cookie ``POST /api/v1/session`` sets from a token (HttpOnly,
+SameSite=Strict; a state-changing request with the cookie must also carry ``X-Archive-Console: 1``, which
+no cross-site form can send). Every operation goes through the same :class:`archive.access.Session` as the
+CLI, so it is authorised and recorded in the audit trail — refusals included, and requests with no valid
+token too. Content (a record's detail, a part's bytes) needs a stated reason: the ``X-Archive-Reason``
+header, or ``reason`` in the query for players that cannot set headers.
+
+Search results are summaries — who, when, which channel, which parts, findings, holds — never content:
+message text and transcripts are shown only by the record endpoint, with a reason, and there with card
+numbers masked (PCI DSS 3.3.1). The original bytes stay available, unmasked, as parts.
 
 Errors are JSON ``{"code", "message", "details"}`` with the error's HTTP status: 401 for a missing,
-unknown, revoked or expired token, 403 for a refusal, 404, 416, 422 for bad input. Nothing else reaches a
-client: an unexpected failure is a 500 saying only that, with the details in the server's log.
+unknown, revoked or expired token, 403 for a refusal, 404, 413, 416, 422 for bad input. Nothing else
+reaches a client: an unexpected failure is a 500 saying only that, with the details in the server's log.
 
-Parts are served with HTTP Range (RFC 9110): a request for ``bytes=a-b`` answers 206 with only the
-covering sealed segments decrypted, so playback can start anywhere in an hour-long call at once.
+Parts are served with HTTP Range (RFC 9110): a request for ``bytes=a-`` answers 206, decrypting only the
+covering sealed segments, a few at a time, so playback starts anywhere in an hour-long call at once.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import unquote
 
-from fastapi import Body, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi import Body, FastAPI, File, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from archive.access import Session, denied_without_identity
-from archive.errors import ArchiveError, InputError, ObjectNotFound
+from archive.access import AccessDenied, Session, denied_without_identity
+from archive.dates import parse_datetime
+from archive.errors import ArchiveError, ConfigError, InputError, ObjectNotFound
+from archive.search.document import mask_pci
 from archive.settings import Settings
 from archive.tokens import TokenInvalid, Tokens
 
 log = logging.getLogger("archive.api")
 API = "/api/v1"
+COOKIE = "archive_session"
+CONSOLE = Path(__file__).with_name("console")
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_RECORD_ID = re.compile(r"r[a-z2-7]{32}")
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "media-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+                               "form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
 
 
 class RangeNotSatisfiable(InputError):
@@ -39,15 +66,36 @@ class RangeNotSatisfiable(InputError):
     http_status = 416
 
 
+class TooLarge(InputError):
+    code = "input_too_large"
+    http_status = 413
+
+
+class Rejected(InputError):
+    code = "input_rejected"
+    http_status = 422
+
+
+class CrossSite(AccessDenied):
+    code = "console_header_missing"
+
+
+# --- request bodies -----------------------------------------------------------------------------------
+
+
+class SessionRequest(BaseModel):
+    token: str = Field(description="an API token (arc_…) from 'archive token create'")
+
+
 class HoldRequest(BaseModel):
-    case: str = Field(description="case or matter id, e.g. CASE-2024-17")
+    case: str = Field(min_length=1, max_length=200, description="case or matter id, e.g. CASE-2024-17")
     records: list[str] = Field(default_factory=list, description="record ids to hold")
     query: str | None = Field(None, description="also hold every record this query matches")
     reason: str = Field(min_length=1, description="why, for the audit trail")
 
 
-class ReleaseRequest(BaseModel):
-    reason: str = Field(min_length=1)
+class ReasonBody(BaseModel):
+    reason: str = Field(min_length=1, description="why, for the audit trail")
 
 
 class EventRequest(BaseModel):
@@ -63,16 +111,91 @@ class EventRequest(BaseModel):
     note: str | None = None
 
 
+class ExportRequest(BaseModel):
+    case: str = Field(min_length=1, max_length=200, description="the case or matter the evidence is for")
+    reason: str = Field(min_length=1, description="why it leaves the archive, for the audit trail and bag-info")
+    records: list[str] = Field(default_factory=list, description="record ids")
+    query: str | None = Field(None, description="or every record this query matches")
+    customer: str | None = Field(None, description="or every record of this customer id")
+
+
+class RegisterRequest(BaseModel):
+    name: str = Field(min_length=1, description="a file's path in the inbox, relative to it; its whole group "
+                                                "(recording and sidecar) is ingested")
+    inbox: str | None = Field(None, description="which of ARCHIVE_INBOX (when there are several)")
+
+
+# --- what clients see of a record --------------------------------------------------------------------
+
+
+def summary(manifest: dict) -> dict:
+    """A record as a search result: who, when, what — never message text or transcript content."""
+    meta = manifest["metadata"]
+    return {
+        "record_id": manifest["record_id"],
+        "started_at": meta.get("started_at"), "ended_at": meta.get("ended_at"), "duration_s": meta.get("duration_s"),
+        "channel": meta.get("channel"), "direction": meta.get("direction"),
+        "subject": mask_pci(meta["subject"]) if meta.get("subject") else None,
+        "source": {k: meta.get("source", {}).get(k) for k in ("system", "interaction_id")},
+        "business_line": meta.get("business_line"), "product": meta.get("product"),
+        "jurisdiction": meta.get("jurisdiction"), "language": meta.get("language"), "tags": meta.get("tags", []),
+        "participants": [{k: p[k] for k in ("role", "id", "name") if p.get(k)} for p in meta.get("participants", [])],
+        "messages": len(meta.get("messages") or []),
+        "parts": [{k: p.get(k) for k in ("name", "media_type", "size")} for p in manifest["parts"]],
+        "findings": manifest.get("findings", []), "holds": manifest.get("holds", []),
+        "retain_until": manifest.get("retention", {}).get("retain_until"),
+        "policy": manifest.get("retention", {}).get("governing"),
+    }
+
+
+def _masked(value):
+    if isinstance(value, str):
+        return mask_pci(value)
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    return value
+
+
+def detail(manifest: dict, ingestor) -> dict:
+    """A record for review: metadata with message text, subjects and transcripts card-masked."""
+    meta = dict(manifest["metadata"])
+    for key in ("messages", "subject"):
+        if meta.get(key) is not None:
+            meta[key] = _masked(meta[key])
+    transcript = None
+    for p in manifest["parts"]:
+        if p["name"] == "transcript" and str(p.get("media_type", "")).startswith("text/") and p["size"] <= 2**20:
+            transcript = mask_pci(b"".join(ingestor.read_part(manifest, p["name"])).decode("utf-8", "replace"))
+    return {"record_id": manifest["record_id"], "ingested_at": manifest.get("ingested_at"),
+            "input": manifest.get("input"), "metadata": meta, "transcript": transcript,
+            "parts": [{k: v for k, v in p.items() if k not in ("inline", "object", "tag_digest")}
+                      for p in manifest["parts"]],
+            "findings": manifest.get("findings", [])}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
+    from archive.jobs import ExportJobs
     from archive.services import open_archive, services_for
 
     services = services_for(open_archive(settings or Settings.from_env()))
-    tokens = Tokens(services.settings.tokens_path, services.identities)
+    settings = services.settings
+    tokens = Tokens(settings.tokens_path, services.identities)
+    jobs = ExportJobs(settings.home / "exports", services)
     app = FastAPI(title="Compliance archive API", version="1", openapi_url=f"{API}/openapi.json",
                   docs_url=f"{API}/docs", redoc_url=None,
                   description="Search, review and retrieve archived interactions. Every call needs a bearer token "
                               "and is recorded in the audit trail; content needs a stated reason.")
     app.state.services = services
+    app.state.jobs = jobs
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        for k, v in SECURITY_HEADERS.items():
+            response.headers.setdefault(k, v)
+        return response
 
     @app.exception_handler(ArchiveError)
     async def archive_error(request: Request, e: ArchiveError) -> JSONResponse:
@@ -87,16 +210,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"code": "internal_error", "message": "the server failed; the error is in its log"},
                             status_code=500)
 
-    def session(request: Request, operation: str, target: dict) -> Session:
-        """The caller's session, from the bearer token; a missing or bad token is recorded and refused."""
+    def authenticate(request: Request, operation: str, target: dict):
         header = request.headers.get("authorization", "")
-        presented = header[7:].strip() if header[:7].lower() == "bearer " else None
+        presented = header[7:].strip() if header[:7].lower() == "bearer " else (header or None)
         try:
-            token = tokens.authenticate(presented)
-        except TokenInvalid as e:
+            if presented is None and COOKIE in request.cookies:
+                presented = request.cookies[COOKIE]
+                if request.method not in _SAFE_METHODS and request.headers.get("x-archive-console") != "1":
+                    raise CrossSite("a console request must carry the header X-Archive-Console: 1")
+            return tokens.authenticate(presented)
+        except AccessDenied as e:
             denied_without_identity(services.archive.audit, None, operation, {**target, "via": "api"}, e)
             raise
-        request.state.actor = token.actor
+
+    def session(request: Request, operation: str, target: dict) -> Session:
+        """The caller's session, from the bearer token or the console's cookie; a missing or bad token is
+        recorded and refused."""
+        token = authenticate(request, operation, target)
+        request.state.actor, request.state.role = token.actor, token.role
         return Session(services.archive.audit, token, token.actor)
 
     def reason_of(request: Request, reason: str | None) -> str | None:
@@ -109,9 +240,46 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return s.run(operation, do, target=target, reason=reason_of(request, reason),
                      case=request.headers.get("x-archive-case") or case)
 
-    @app.get(f"{API}/search", summary="Search with the query language (docs/search.md)")
-    def search(request: Request, q: str = Query("", description="e.g. agent:1042 \"not a deposit\""),
-               limit: int = Query(50, ge=1, le=500), cursor: str | None = None,
+    def manifest_of(rid: str) -> dict:
+        if not _RECORD_ID.fullmatch(rid):
+            raise ObjectNotFound(f"no record {rid!r}", record_id=rid)
+        return services.retention.manifest(rid)
+
+    # --- session (the console's sign-in) ----------------------------------------------------------------
+
+    @app.post(f"{API}/session", summary="Sign in with a token: sets the console's session cookie")
+    def sign_in(request: Request, body: SessionRequest = Body(...)) -> JSONResponse:
+        target: dict = {"session": "start", "via": "api"}
+        try:
+            token = tokens.authenticate(body.token)
+        except AccessDenied as e:
+            denied_without_identity(services.archive.audit, None, "session-start", target, e)
+            raise
+        target["token"] = token.token_id
+        Session(services.archive.audit, token, token.actor).run("session-start", lambda: None, target=target)
+        left = int((parse_datetime(token.expires_at) - datetime.now(UTC)).total_seconds())
+        response = JSONResponse({"actor": token.actor, "role": token.role, "token": token.token_id,
+                                 "expires_at": token.expires_at})
+        response.set_cookie(COOKIE, body.token, max_age=max(1, min(left, 12 * 3600)), path=API, httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https")
+        return response
+
+    @app.get(f"{API}/session", summary="Who the token or session cookie acts as")
+    def whoami(request: Request) -> dict:
+        token = authenticate(request, "session-check", {"session": "check"})
+        return {"actor": token.actor, "role": token.role, "token": token.token_id, "expires_at": token.expires_at}
+
+    @app.delete(f"{API}/session", summary="Sign out: clears the session cookie", status_code=204)
+    def sign_out() -> Response:
+        response = Response(status_code=204)
+        response.delete_cookie(COOKIE, path=API)
+        return response
+
+    # --- search and review ------------------------------------------------------------------------------
+
+    @app.get(f"{API}/search", summary="Search with the query language (docs/search.md); summaries, no content")
+    def search(request: Request, q: str = Query("", max_length=2000, description='e.g. agent:1042 "not a deposit"'),
+               limit: int = Query(50, ge=1, le=500), cursor: str | None = Query(None, max_length=2000),
                facets: str = Query("", description="comma-separated: channel,agent,policy,hold,finding,month"),
                total: bool = False) -> dict:
         wanted = tuple(f for f in facets.split(",") if f)
@@ -120,7 +288,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         def do():
             page = services.index.query(q, limit=limit, cursor=cursor, facets=wanted, total=total)
             target["results"] = len(page.records)
-            return {"records": page.records, "next": page.next, "total": page.total,
+            return {"records": [summary(m) for m in page.records], "next": page.next, "total": page.total,
                     "facets": {k: [{"value": v, "count": n} for v, n in vs] for k, vs in page.facets.items()}}
         return run(request, "search", do, target)
 
@@ -132,21 +300,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if len(chosen) != 1:
             raise InputError("give exactly one of customer, account, phone")
         field, value = chosen[0]
-        return run(request, "search", lambda: {"records": services.index.timeline(field, value)},
+        return run(request, "search", lambda: {"records": [summary(m) for m in services.index.timeline(field, value)]},
                    {"timeline": {field: value}})
 
-    def manifest_of(rid: str) -> dict:
-        if not re.fullmatch(r"r[a-z2-7]{32}", rid):
-            raise ObjectNotFound(f"no record {rid!r}", record_id=rid)
-        return services.retention.manifest(rid)
-
-    @app.get(f"{API}/records/{{record_id}}", summary="A record: metadata, parts, retention, holds (needs a reason)")
+    @app.get(f"{API}/records/{{record_id}}", summary="A record: metadata, messages (card numbers masked), parts, "
+                                                    "retention, holds (needs a reason)")
     def record(request: Request, record_id: str, reason: str | None = None) -> dict:
         def do():
             services.retention.refresh()
             manifest = manifest_of(record_id)
-            return {**{k: v for k, v in manifest.items() if k != "parts"},
-                    "parts": [{k: v for k, v in p.items() if k != "inline"} for p in manifest["parts"]],
+            return {**detail(manifest, services.ingestor),
                     "retention": services.retention.decision(record_id, manifest),
                     "holds": services.retention.held_records().get(record_id, [])}
         return run(request, "view", do, {"records": [record_id]}, reason)
@@ -154,7 +317,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get(f"{API}/records/{{record_id}}/parts/{{part}}",
              summary="A part's bytes, verified; HTTP Range for playback from any point (needs a reason)",
              responses={206: {"description": "the requested range"}, 416: {"description": "range not satisfiable"}})
-    def part(request: Request, record_id: str, part: str, reason: str | None = None):
+    def part(request: Request, record_id: str, part: str, reason: str | None = None,
+             download: bool = False):
         target = {"records": [record_id], "part": part}
         header = request.headers.get("range")
 
@@ -165,15 +329,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise ObjectNotFound(f"record {record_id} has no part {part!r}", part=part)
             size = info["size"]
             media = info.get("media_type") or "application/octet-stream"
+            name = f"{record_id}-{re.sub(r'[^A-Za-z0-9._-]', '_', info.get('filename') or part)}"
             headers = {"Accept-Ranges": "bytes", "Cache-Control": "private, no-store",
-                       "Content-Disposition": f"inline; filename=\"{record_id}-{re.sub(r'[^A-Za-z0-9._-]', '_', part)}\""}
+                       "Content-Disposition": f"{'attachment' if download else 'inline'}; filename=\"{name}\""}
             if header:
                 start, end = _parse_range(header, size)
                 target["range"] = f"{start}-{end - 1}"
-                body = b"".join(services.ingestor.read_part(manifest, part, start, end))
-                return Response(body, status_code=206, media_type=media, headers={
-                    **headers, "Content-Range": f"bytes {start}-{end - 1}/{size}"})
-            return StreamingResponse(services.ingestor.read_part(manifest, part), media_type=media,
+                chunks = services.ingestor.read_part(manifest, part, start, end)
+                first = next(chunks, b"")  # the key and header are checked before the status is sent
+                return StreamingResponse(itertools.chain([first], chunks), status_code=206, media_type=media,
+                                         headers={**headers, "Content-Range": f"bytes {start}-{end - 1}/{size}",
+                                                  "Content-Length": str(end - start)})
+            chunks = services.ingestor.read_part(manifest, part)
+            first = next(chunks, b"")
+            return StreamingResponse(itertools.chain([first], chunks), media_type=media,
                                      headers={**headers, "Content-Length": str(size)})
         return run(request, "retrieve", do, target, reason)
 
@@ -190,6 +359,106 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "findings": manifest.get("findings", [])}
         return run(request, "policy-explain", do, {"records": [record_id]})
 
+    @app.get(f"{API}/records/{{record_id}}/audit", summary="Who touched a record, when and why")
+    def history(request: Request, record_id: str) -> dict:
+        def do():
+            rows = [{"seq": e.seq, **{k: e.event.get(k) for k in ("time", "actor", "role", "action", "outcome",
+                                                                   "reason", "case")},
+                     "range": e.event.get("target", {}).get("range"), "part": e.event.get("target", {}).get("part")}
+                    for e in services.archive.audit.events()
+                    if record_id in e.event.get("target", {}).get("records", [])]
+            return {"record_id": record_id, "events": rows}
+        return run(request, "audit-show", do, {"records": [record_id]})
+
+    # --- ingest -----------------------------------------------------------------------------------------
+
+    @app.post(f"{API}/ingest", summary="Upload one input: a recording with its sidecar (.json or SIPREC .xml), "
+                                       "a chat transcript, or an .eml", status_code=201,
+              responses={200: {"description": "every input was archived before (duplicates)"},
+                         413: {"description": "larger than ARCHIVE_MAX_INPUT_BYTES"},
+                         422: {"description": "rejected, with the reason (and quarantined)"}})
+    def ingest(request: Request, files: list[UploadFile] = File(..., description="the files of one input "
+                                                                                 "(formats are detected)")) -> JSONResponse:
+        from archive.ingest.discover import Limits, _hostile
+        from archive.ingest.discover import group as discover_group
+        from archive.ingest.pipeline import Summary, as_json
+
+        target: dict = {"upload": [f.filename for f in files][:20]}
+
+        def do():
+            names = []
+            for f in files:
+                name = f.filename or ""
+                problem = _hostile(name) if name else "is empty"
+                if problem or name.startswith("."):
+                    raise InputError(f"file name {name[:80]!r} {problem or 'is hidden'}", file=name[:80])
+                if name in names:
+                    raise InputError(f"file {name!r} is uploaded twice", file=name)
+                if (f.size or 0) > settings.max_input_bytes:
+                    raise TooLarge(f"{name} is {f.size:,} bytes; the limit is {settings.max_input_bytes:,} "
+                                   "(ARCHIVE_MAX_INPUT_BYTES)", file=name)
+                names.append(name)
+            uploads = settings.home / "uploads"
+            uploads.mkdir(exist_ok=True, mode=0o700)
+            with tempfile.TemporaryDirectory(dir=uploads) as scratch:
+                for f, name in zip(files, names):
+                    with open(Path(scratch) / name, "wb") as out:
+                        shutil.copyfileobj(f.file, out, 1 << 20)
+                prefix = scratch.rstrip("/") + "/"
+                outcomes = []
+                services.retention.refresh()
+                for found in discover_group(Path(scratch), names, Limits(settings.max_input_bytes)):
+                    found.origin = "upload:" + found.origin.removeprefix(prefix)
+                    if found.rejection is not None:
+                        found.rejection = type(found.rejection)(found.rejection.code,
+                                                                str(found.rejection).replace(prefix, "upload:"))
+                    outcomes.append(services.ingestor.ingest(found))
+                services.index.flush()
+            target["records"] = sorted({r for o in outcomes for r in o.record_ids})
+            target.update({s: sum(o.status == s for o in outcomes) for s in ("archived", "duplicate", "rejected")})
+            return outcomes
+
+        outcomes = run(request, "ingest", do, target)
+        result = Summary()
+        for o in outcomes:
+            result.add(o)
+        body = as_json(result)
+        if result.rejected:
+            raise Rejected(f"{result.rejected} input(s) rejected: " +
+                           "; ".join(f"{o.origin}: [{o.code}] {o.reason}" for o in outcomes if o.status == "rejected"),
+                           **body)
+        return JSONResponse(body, status_code=201 if result.archived else 200)
+
+    @app.post(f"{API}/ingest/register", status_code=202,
+              summary="Queue the ingest of a file already in an inbox (ARCHIVE_INBOX) for the workers")
+    def register(request: Request, body: RegisterRequest = Body(...)) -> dict:
+        from archive.inbox import group_id
+
+        target: dict = {"inbox": body.inbox, "input": body.name}
+
+        def do():
+            inboxes = settings.inboxes
+            url = body.inbox or (inboxes[0] if len(inboxes) == 1 else None)
+            if url not in inboxes:
+                raise ConfigError("no such inbox: " + (f"configured are {', '.join(inboxes)}" if inboxes else
+                                                       "none is configured (ARCHIVE_INBOX)"), variable="ARCHIVE_INBOX")
+            parts = body.name.split("/")
+            if body.name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+                raise InputError(f"{body.name[:80]!r} is not a path inside the inbox")
+            gid = group_id(body.name)
+            from workers.app import app as celery
+
+            try:
+                task = celery.send_task("archive.ingest_input", args=[url, gid])
+            except Exception as e:  # kombu's OperationalError and friends: the broker is not there
+                raise ConfigError(f"the work queue does not answer ({type(e).__name__}); is the broker running?",
+                                  variable="ARCHIVE_BROKER_URL") from None
+            target.update({"inbox": url, "group": gid, "task": task.id})
+            return {"queued": {"inbox": url, "group": gid, "task": task.id}}
+        return run(request, "ingest", do, target)
+
+    # --- holds, approvals, events -----------------------------------------------------------------------
+
     @app.get(f"{API}/holds", summary="Legal holds: cases, records, history")
     def holds(request: Request) -> dict:
         def do():
@@ -204,6 +473,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         def do():
             services.retention.refresh()
             records = sorted(set(body.records) | set(services.index.ids(body.query) if body.query else []))
+            if not records:
+                raise InputError("nothing to hold: name records, or a query that matches some")
             held = services.retention.place_hold(body.case, records, by=request.state.actor, reason=body.reason,
                                                  query=body.query)
             target["records"] = held
@@ -212,13 +483,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post(f"{API}/holds/{{case}}/release-requests", status_code=202,
               summary="Request the release of a hold; a second, different legal identity approves it")
-    def request_release(request: Request, case: str, body: ReleaseRequest = Body(...)) -> dict:
+    def request_release(request: Request, case: str, body: ReasonBody = Body(...)) -> dict:
+        target: dict = {"case": case}
+
         def do():
             services.retention.refresh()
             request_id = services.retention.request_release(case=case, by=request.state.actor, reason=body.reason)
+            target["request"] = request_id
             return {"case": case, "request": request_id,
-                    "next": "a second, different legal identity approves: archive approve " + request_id}
-        return run(request, "hold-release-request", do, {"case": case}, body.reason, case)
+                    "next": f"a second, different legal identity approves: POST {API}/approvals/{request_id}"}
+        return run(request, "hold-release-request", do, target, body.reason, case)
+
+    @app.get(f"{API}/approvals", summary="Four-eyes requests waiting for a second person")
+    def approvals(request: Request) -> dict:
+        from archive.approvals import Approvals
+
+        return run(request, "approval-list", lambda: {"pending": Approvals(services.archive.store).pending()},
+                   {"approvals": "pending"})
+
+    @app.post(f"{API}/approvals/{{request_id}}", summary="Approve another person's request and carry it out")
+    def approve(request: Request, request_id: str, body: ReasonBody = Body(...)) -> dict:
+        target: dict = {"request": request_id}
+
+        def do():
+            services.retention.refresh()
+            done = services.retention.approve(request_id, by=request.state.actor, reason=body.reason)
+            t = done["target"]
+            target.update(t)
+            if "case" in t:
+                target["records"] = done["released"]
+                return {"approved": request_id, "requested_by": done["requested_by"], "case": t["case"],
+                        "released": done["released"]}
+            return {"approved": request_id, "requested_by": done["requested_by"], **t}
+        return run(request, "approve", do, target, body.reason)
 
     @app.post(f"{API}/events", summary="Record a retention trigger event (legal or admin)", status_code=201)
     def event(request: Request, body: EventRequest = Body(...)) -> dict:
@@ -233,15 +530,87 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return {"event": event, "changed": changed}
         return run(request, "retention-event", do, target)
 
-    @app.get(f"{API}/records/{{record_id}}/audit", summary="Who touched a record, when and why")
-    def history(request: Request, record_id: str) -> dict:
+    @app.get(f"{API}/policies", summary="The retention policies in force")
+    def policies(request: Request) -> dict:
         def do():
-            rows = [{"seq": e.seq, **{k: e.event.get(k) for k in ("time", "actor", "role", "action", "outcome",
-                                                                   "reason", "case")}}
-                    for e in services.archive.audit.events()
-                    if record_id in e.event.get("target", {}).get("records", [])]
-            return {"record_id": record_id, "events": rows}
-        return run(request, "audit-show", do, {"records": [record_id]})
+            services.retention.refresh()
+            return {"policies": [{"id": p.id, "version": p.version, "title": p.title, "citation": p.citation,
+                                  "default": p.default, "lock_mode": p.lock_mode,
+                                  "retain": [f"{c.period.text} from {c.trigger}" for c in p.retain]}
+                                 for p in services.retention.policy_set().policies]}
+        return run(request, "policy-list", do, {"policies": "all"})
+
+    # --- exports ----------------------------------------------------------------------------------------
+
+    @app.post(f"{API}/exports", status_code=202,
+              summary="Start building a signed evidence bundle (legal role); download it when done")
+    def start_export(request: Request, body: ExportRequest = Body(...)) -> dict:
+        target: dict = {"case": body.case}
+
+        def do():
+            services.retention.refresh()
+            if body.query:
+                ids = services.index.ids(body.query)
+            elif body.customer:
+                ids = [m["record_id"] for m in services.index.timeline("customer.id", body.customer)]
+            else:
+                ids = list(dict.fromkeys(body.records))
+            for rid in ids:
+                manifest_of(rid)
+            if not ids:
+                raise InputError("nothing to export: name records, or a query or customer that matches some")
+            job = jobs.start(ids, case=body.case, reason=body.reason, actor=request.state.actor,
+                             role=request.state.role)
+            target.update({"records": ids, "export": job["id"]})
+            return job
+        return run(request, "export", do, target, body.reason, body.case)
+
+    @app.get(f"{API}/exports", summary="Export jobs, newest first")
+    def list_exports(request: Request) -> dict:
+        return run(request, "export-list", lambda: {"exports": jobs.list()}, {"exports": "all"})
+
+    @app.get(f"{API}/exports/{{export_id}}", summary="One export job: state and progress")
+    def get_export(request: Request, export_id: str) -> dict:
+        return run(request, "export-list", lambda: jobs.get(export_id), {"export": export_id})
+
+    @app.get(f"{API}/exports/{{export_id}}/bundle", summary="Download a finished bundle (BagIt ZIP, signed)",
+             response_class=FileResponse)
+    def download_export(request: Request, export_id: str):
+        try:
+            job = jobs.get(export_id)
+        except ObjectNotFound as e:  # said only to someone who may list exports
+            def missing():
+                raise e
+            return run(request, "export-list", missing, {"export": export_id})
+        target = {"export": export_id, "records": job["records"]}
+
+        def do():
+            path = jobs.bundle(export_id)
+            safe = re.sub(r"[^A-Za-z0-9._-]+", "_", job["case"])
+            return FileResponse(path, media_type="application/zip", filename=f"{safe}-{export_id}.zip",
+                                headers={"Cache-Control": "private, no-store"})
+        return run(request, "export-download", do, target, f"download of export {export_id}: {job['reason']}",
+                   job["case"])
+
+    # --- audit, quarantine, status ----------------------------------------------------------------------
+
+    @app.get(f"{API}/audit/verify", summary="Recompute the audit log's hash chain and signed checkpoints")
+    def audit_verify(request: Request) -> dict:
+        from archive.audit.verify import verify
+
+        def do():
+            trusted = services.archive.keys.signing_public_keys() \
+                if hasattr(services.archive.keys, "signing_public_keys") else {}
+            report = verify(services.archive.audit, trusted, witness=settings.audit_witness_path)
+            return {"ok": report.ok, "events": report.events, "batches": report.batches,
+                    "checkpoints": report.checkpoints, "latest_checkpoint": report.latest_checkpoint,
+                    "problems": [p.__dict__ for p in report.problems]}
+        return run(request, "audit-verify", do, {"audit": "verify"})
+
+    @app.get(f"{API}/quarantine", summary="Rejected inputs and why")
+    def quarantine(request: Request) -> dict:
+        return run(request, "quarantine-list", lambda: {"rejected": list(services.ingestor.quarantine())},
+                   {"quarantine": "list"})
 
     @app.get(f"{API}/status", summary="Records, quarantine, the last fixity sweep")
     def status(request: Request) -> dict:
@@ -250,6 +619,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return services.status()
         return run(request, "status", do, {"status": "archive"})
 
+    # --- the console ------------------------------------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    def console() -> FileResponse:
+        return FileResponse(CONSOLE / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/console", StaticFiles(directory=CONSOLE), name="console")
     return app
 
 

@@ -64,3 +64,13 @@ class Approvals:
         except ObjectExists:
             raise ApprovalError(f"{request_id} was approved already", request_id=request_id) from None
         return request
+
+    def pending(self) -> list[dict]:
+        """Requests no one has approved yet, oldest first."""
+        keys = set(self.store.list("approvals/"))
+        out = []
+        for key in sorted(keys):
+            if key.endswith("/request.json") and key[: -len("request.json")] + "approval.json" not in keys:
+                with self.store.open(key) as f:
+                    out.append(json.loads(f.read()))
+        return sorted(out, key=lambda r: (r["requested_at"], r["id"]))

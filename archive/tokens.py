@@ -44,6 +44,7 @@ class TokenIdentity:
     actor: str
     role: str
     token_id: str
+    expires_at: str = ""
 
     def get(self, actor: str | None) -> Identity:
         identity = self.identities.get(actor)
@@ -128,4 +129,4 @@ class Tokens:
             raise TokenInvalid(f"token {token_id} was revoked at {entry['revoked_at']}")
         if parse_datetime(entry["expires_at"]) <= (now or datetime.now(UTC)):
             raise TokenInvalid(f"token {token_id} expired at {entry['expires_at']}")
-        return TokenIdentity(self.identities, entry["actor"], entry["role"], token_id)
+        return TokenIdentity(self.identities, entry["actor"], entry["role"], token_id, entry["expires_at"])

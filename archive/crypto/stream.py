@@ -428,6 +428,17 @@ def unseal_range(read_at: Callable[[int, int], bytes], sealed_length: int, data_
                  binding: Binding, start: int, end: int, *, object_key: str = "?") -> bytes:
     """Return plaintext bytes [start, end) reading only the header and the covering segments through
     ``read_at(offset, length)``. ``end`` is clamped to the plaintext length. Raises IntegrityError."""
+    return b"".join(iter_unseal_range(read_at, sealed_length, data_key, binding, start, end,
+                                      object_key=object_key, window=2**62))
+
+
+def iter_unseal_range(read_at: Callable[[int, int], bytes], sealed_length: int, data_key: bytes,
+                      binding: Binding, start: int, end: int, *, object_key: str = "?",
+                      window: int = 4) -> Iterator[bytes]:
+    """Plaintext bytes [start, end), as :func:`unseal_range`, but yielded ``window`` segments at a time,
+    so serving the rest of an hour-long recording from its middle holds a few MiB, not all of it. The
+    header is read and the key commitment checked before the first chunk; each chunk is authenticated
+    before it is yielded. ``end`` is clamped to the plaintext length. Raises IntegrityError."""
     header, keys = _open_keys(read_at(0, HEADER_SIZE), data_key, binding, object_key)
     seg = header.segment_size
     total = plaintext_size(sealed_length, seg, object_key=object_key)
@@ -436,19 +447,19 @@ def unseal_range(read_at: Callable[[int, int], bytes], sealed_length: int, data_
     if start < 0 or start > end:
         raise ValueError(f"invalid range [{start}, {end}) for {total} bytes")
     if start == end:
-        return b""
+        return
     first, last = start // seg, (end - 1) // seg
-    offset = HEADER_SIZE + first * (seg + TAG_SIZE)
-    length = min(sealed_length, HEADER_SIZE + (last + 1) * (seg + TAG_SIZE)) - offset
-    blob = read_at(offset, length)
-    if len(blob) != length:
-        raise IntegrityError(f"{object_key}: segment {first}…{last} read returned {len(blob)} of {length} "
-                             "bytes (object truncated)", object_key=object_key, segment=first)
-    view = memoryview(blob)
-    out = []
-    for i in range(first, last + 1):
-        lo = (i - first) * (seg + TAG_SIZE)
-        out.append(keys.open(i, view[lo:lo + seg + TAG_SIZE], last=(i == count - 1)))
-    plain = b"".join(out)
-    skip = start - first * seg
-    return plain[skip:skip + (end - start)]
+    for lo_seg in range(first, last + 1, window):
+        hi_seg = min(last, lo_seg + window - 1)
+        offset = HEADER_SIZE + lo_seg * (seg + TAG_SIZE)
+        length = min(sealed_length, HEADER_SIZE + (hi_seg + 1) * (seg + TAG_SIZE)) - offset
+        blob = read_at(offset, length)
+        if len(blob) != length:
+            raise IntegrityError(f"{object_key}: segment {lo_seg}…{hi_seg} read returned {len(blob)} of {length} "
+                                 "bytes (object truncated)", object_key=object_key, segment=lo_seg)
+        view = memoryview(blob)
+        plain = b"".join(keys.open(i, view[(i - lo_seg) * (seg + TAG_SIZE):(i - lo_seg + 1) * (seg + TAG_SIZE)],
+                                   last=(i == count - 1)) for i in range(lo_seg, hi_seg + 1))
+        lo = max(start, lo_seg * seg) - lo_seg * seg
+        hi = min(end, (hi_seg + 1) * seg) - lo_seg * seg
+        yield plain[lo:hi]

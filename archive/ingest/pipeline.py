@@ -240,8 +240,8 @@ class Ingestor:
             data = base64.b64decode(part["inline"])
             yield data if start is None else data[start:end]
         elif start is not None:
-            yield self.vault.read_range(part["object"], start, end if end is not None else 2**63,
-                                        Binding(manifest["record_id"], name))
+            yield from self.vault.iter_range(part["object"], start, end if end is not None else 2**63,
+                                             Binding(manifest["record_id"], name))
         else:
             yield from self.vault.open(part["object"], Binding(manifest["record_id"], name), verify_digest=True)
 
