@@ -6,24 +6,15 @@ traces, the OpenAPI document, and every request in the audit trail."""
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.apikit import served
 from tests.test_cli import cli_env, run
 from tests.workerkit import wav_bytes
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -54,25 +45,9 @@ def api(tmp_path_factory):
     run(env, "token", "revoke", revoked.split("_")[1])
     tokens = Tokens(tmp / "home" / "tokens.json", Identities(tmp / "home" / "identities.json"))
     expired, _ = tokens.create("ann", "auditor", expires="PT1H", now=datetime.now(UTC) - timedelta(hours=2))
-    port = _free_port()
-    log = open(tmp / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "archive", "serve", "--port", str(port)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}/api/v1"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/openapi.json", timeout=2).read()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError((tmp / "server.log").read_text())
-            time.sleep(0.1)
-    yield {"base": base, "env": env, "rid": rid, "audio": audio, "auditor": auditor, "ingest": ingest, "legal": legal,
-           "revoked": revoked, "expired": expired, "log": tmp / "server.log"}
-    proc.terminate()
-    proc.wait(10)
+    with served(env, tmp / "server.log") as server:
+        yield {"base": server + "/api/v1", "env": env, "rid": rid, "audio": audio, "auditor": auditor, "ingest": ingest,
+               "legal": legal, "revoked": revoked, "expired": expired, "log": tmp / "server.log"}
 
 
 def call(api, path: str, token: str | None = None, headers: dict | None = None,

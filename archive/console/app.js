@@ -261,14 +261,19 @@ async function recordView(rid) {
   let reason = state.reasons[rid];
   if (!reason) {
     reason = await askReason(rid);
-    if (!reason) { say("Nothing shown: a reason is needed to open a record.", "info"); history.back(); return; }
+    if (!reason) {
+      say("Nothing shown: a reason is needed to open a record.", "info");
+      show(title("Record"), h("p", {}, h("a", { href: "#/search" }, "Back to search"), " · ",
+        h("button", { type: "button", onclick: () => recordView(rid) }, "Give a reason")));
+      return;
+    }
     state.reasons[rid] = reason;
     sessionStorage.setItem("archive.reasons", JSON.stringify(state.reasons));
   }
   let rec, why, trail;
   try {
-    [rec, why, trail] = await Promise.all([api(`/records/${rid}`, { reason }), api(`/records/${rid}/retention`),
-      api(`/records/${rid}/audit`).catch(() => null)]);
+    [rec, why] = await Promise.all([api(`/records/${rid}`, { reason }), api(`/records/${rid}/retention`)]);
+    trail = await api(`/records/${rid}/audit`).catch(() => null);  // after the view, so it lists this one
   } catch (e) { fail(e); return; }
   say("");
   const meta = rec.metadata;
@@ -283,7 +288,7 @@ async function recordView(rid) {
     h("dl", { class: "meta" }, h("dt", {}, "Kept until"), h("dd", {}, d.retain_until ? when(d.retain_until) : "—"),
       h("dt", {}, "Governing policy"), h("dd", {}, d.governing || "—"),
       h("dt", {}, "Legal holds"), h("dd", {}, why.holds.length ? why.holds.join(", ") : "none")),
-    h("p", {}, h("a", { href: `#/holds?record=${rid}` }, "Place a legal hold on this record")));
+    state.me.role === "legal" ? h("p", {}, h("a", { href: `#/holds?record=${rid}` }, "Place a legal hold on this record")) : null);
   const findings = rec.findings.length ? h("section", {}, h("h2", {}, "Findings"),
     h("ul", {}, rec.findings.map(f => h("li", {}, h("span", { class: "tag finding" }, f.code), " ", f.detail || "",
       f.policy ? h("span", { class: "muted" }, ` (${f.policy})`) : null)))) : null;
