@@ -32,17 +32,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote
 
-from fastapi import Body, FastAPI, File, Query, Request, UploadFile
+from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from archive.access import AccessDenied, Session, denied_without_identity
 from archive.dates import parse_datetime
-from archive.errors import ArchiveError, ConfigError, InputError, ObjectNotFound
+from archive.errors import ArchiveError, InputError, ObjectNotFound
 from archive.search.document import mask_pci
 from archive.settings import Settings
-from archive.tokens import TokenInvalid, Tokens
+from archive.tokens import Tokens
 
 log = logging.getLogger("archive.api")
 API = "/api/v1"
@@ -74,6 +74,17 @@ class TooLarge(InputError):
 class Rejected(InputError):
     code = "input_rejected"
     http_status = 422
+
+
+class NoInbox(InputError):
+    code = "inbox_not_configured"
+    http_status = 409
+
+
+class QueueUnavailable(ArchiveError):
+    code = "queue_unavailable"
+    http_status = 503
+    transient = True
 
 
 class CrossSite(AccessDenied):
@@ -248,7 +259,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # --- session (the console's sign-in) ----------------------------------------------------------------
 
     @app.post(f"{API}/session", summary="Sign in with a token: sets the console's session cookie")
-    def sign_in(request: Request, body: SessionRequest = Body(...)) -> JSONResponse:
+    def sign_in(request: Request, body: SessionRequest) -> JSONResponse:
         target: dict = {"session": "start", "via": "api"}
         try:
             token = tokens.authenticate(body.token)
@@ -377,7 +388,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
               responses={200: {"description": "every input was archived before (duplicates)"},
                          413: {"description": "larger than ARCHIVE_MAX_INPUT_BYTES"},
                          422: {"description": "rejected, with the reason (and quarantined)"}})
-    def ingest(request: Request, files: list[UploadFile] = File(..., description="the files of one input "
+    def ingest(request: Request, files: list[UploadFile] = File(..., description="the files of one input "  # noqa: B008
                                                                                  "(formats are detected)")) -> JSONResponse:
         from archive.ingest.discover import Limits, _hostile
         from archive.ingest.discover import group as discover_group
@@ -431,7 +442,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post(f"{API}/ingest/register", status_code=202,
               summary="Queue the ingest of a file already in an inbox (ARCHIVE_INBOX) for the workers")
-    def register(request: Request, body: RegisterRequest = Body(...)) -> dict:
+    def register(request: Request, body: RegisterRequest) -> dict:
         from archive.inbox import group_id
 
         target: dict = {"inbox": body.inbox, "input": body.name}
@@ -440,8 +451,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             inboxes = settings.inboxes
             url = body.inbox or (inboxes[0] if len(inboxes) == 1 else None)
             if url not in inboxes:
-                raise ConfigError("no such inbox: " + (f"configured are {', '.join(inboxes)}" if inboxes else
-                                                       "none is configured (ARCHIVE_INBOX)"), variable="ARCHIVE_INBOX")
+                raise NoInbox("no such inbox: " + (f"configured are {', '.join(inboxes)}" if inboxes else
+                                                   "none is configured (ARCHIVE_INBOX)"), inbox=body.inbox)
             parts = body.name.split("/")
             if body.name.startswith("/") or any(p in ("", ".", "..") for p in parts):
                 raise InputError(f"{body.name[:80]!r} is not a path inside the inbox")
@@ -450,9 +461,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             try:
                 task = celery.send_task("archive.ingest_input", args=[url, gid])
-            except Exception as e:  # kombu's OperationalError and friends: the broker is not there
-                raise ConfigError(f"the work queue does not answer ({type(e).__name__}); is the broker running?",
-                                  variable="ARCHIVE_BROKER_URL") from None
+            except Exception as e:  # noqa: BLE001 — kombu's OperationalError and friends: the broker is not there
+                raise QueueUnavailable(f"the work queue does not answer ({type(e).__name__}); is the broker "
+                                       "(ARCHIVE_BROKER_URL) running?") from None
             target.update({"inbox": url, "group": gid, "task": task.id})
             return {"queued": {"inbox": url, "group": gid, "task": task.id}}
         return run(request, "ingest", do, target)
@@ -467,7 +478,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return run(request, "hold-list", do, {"holds": "all"})
 
     @app.post(f"{API}/holds", summary="Place a legal hold on records (legal role)", status_code=201)
-    def place_hold(request: Request, body: HoldRequest = Body(...)) -> dict:
+    def place_hold(request: Request, body: HoldRequest) -> dict:
         target: dict = {"case": body.case}
 
         def do():
@@ -483,7 +494,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post(f"{API}/holds/{{case}}/release-requests", status_code=202,
               summary="Request the release of a hold; a second, different legal identity approves it")
-    def request_release(request: Request, case: str, body: ReasonBody = Body(...)) -> dict:
+    def request_release(request: Request, case: str, body: ReasonBody) -> dict:
         target: dict = {"case": case}
 
         def do():
@@ -502,7 +513,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    {"approvals": "pending"})
 
     @app.post(f"{API}/approvals/{{request_id}}", summary="Approve another person's request and carry it out")
-    def approve(request: Request, request_id: str, body: ReasonBody = Body(...)) -> dict:
+    def approve(request: Request, request_id: str, body: ReasonBody) -> dict:
         target: dict = {"request": request_id}
 
         def do():
@@ -518,7 +529,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return run(request, "approve", do, target, body.reason)
 
     @app.post(f"{API}/events", summary="Record a retention trigger event (legal or admin)", status_code=201)
-    def event(request: Request, body: EventRequest = Body(...)) -> dict:
+    def event(request: Request, body: EventRequest) -> dict:
         target: dict = {"event": body.kind}
 
         def do():
@@ -544,7 +555,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post(f"{API}/exports", status_code=202,
               summary="Start building a signed evidence bundle (legal role); download it when done")
-    def start_export(request: Request, body: ExportRequest = Body(...)) -> dict:
+    def start_export(request: Request, body: ExportRequest) -> dict:
         target: dict = {"case": body.case}
 
         def do():
@@ -579,8 +590,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             job = jobs.get(export_id)
         except ObjectNotFound as e:  # said only to someone who may list exports
+            error = e
+
             def missing():
-                raise e
+                raise error
             return run(request, "export-list", missing, {"export": export_id})
         target = {"export": export_id, "records": job["records"]}
 
