@@ -201,13 +201,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     app.state.jobs = jobs
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        for k, v in SECURITY_HEADERS.items():
-            response.headers.setdefault(k, v)
-        return response
-
     @app.exception_handler(ArchiveError)
     async def archive_error(request: Request, e: ArchiveError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if e.http_status == 401 else {}
@@ -639,7 +632,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return FileResponse(CONSOLE / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/console", StaticFiles(directory=CONSOLE), name="console")
+    app.add_middleware(SecurityHeaders)
     return app
+
+
+class SecurityHeaders:
+    """Adds :data:`SECURITY_HEADERS` to every response (plain ASGI: streamed bodies pass straight through)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = [*message.get("headers", []), *(h for h in self.headers if h[0] not in present)]
+            await send(message)
+        return await self.app(scope, receive, with_headers)
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int]:
@@ -658,8 +671,16 @@ def _parse_range(header: str, size: int) -> tuple[int, int]:
     return start, end
 
 
-def serve(settings: Settings, host: str, port: int) -> None:
+def app_from_env() -> FastAPI:
+    """The app for each of ``archive serve --workers N``'s processes (settings from the environment)."""
+    return create_app(Settings.from_env())
+
+
+def serve(settings: Settings, host: str, port: int, workers: int = 1) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False,
-                server_header=False)
+    options = {"host": host, "port": port, "log_level": "warning", "access_log": False, "server_header": False}
+    if workers > 1:  # processes share nothing but the archive: its store, index and audit log take it
+        uvicorn.run("archive.api:app_from_env", factory=True, workers=workers, **options)
+    else:
+        uvicorn.run(create_app(settings), **options)

@@ -542,8 +542,9 @@ def cmd_token_list(archive: Archive, args: argparse.Namespace) -> int:
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from archive.api import serve
 
-    print(f"archive API on http://{args.host}:{args.port}/api/v1 (OpenAPI: /api/v1/openapi.json)", file=sys.stderr)
-    serve(settings, args.host, args.port)
+    print(f"archive console on http://{args.host}:{args.port}/ and API on http://{args.host}:{args.port}/api/v1 "
+          f"(OpenAPI: /api/v1/openapi.json)", file=sys.stderr)
+    serve(settings, args.host, args.port, args.workers)
     return 0
 
 
@@ -1019,11 +1020,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(run=cmd_token_list)
 
-    p = sub.add_parser("serve", help="the HTTP API (OpenAPI at /api/v1/openapi.json)",
-                       description="Serve the HTTP API: search, records, parts with HTTP Range, retention, holds, "
-                                   "status. Every request needs a token (archive token create) and is audited.")
+    p = sub.add_parser("serve", help="the web console (/) and the HTTP API (OpenAPI at /api/v1/openapi.json)",
+                       description="Serve the auditors' web console and the HTTP API: search, records, playback with "
+                                   "HTTP Range, retention, holds, approvals, exports, ingest, audit, status. Every "
+                                   "request needs a token (archive token create) and is audited.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--workers", type=int, default=1, help="server processes (default 1; one per core under load)")
     p.set_defaults(run=cmd_serve, needs_archive=False)
 
     ib = sub.add_parser("inbox", help="the inboxes workers take inputs from (ARCHIVE_INBOX)",

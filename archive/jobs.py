@@ -3,8 +3,8 @@
 A job is a directory under ``$ARCHIVE_HOME/exports/<id>/`` holding ``job.json`` (who asked, for which
 case and why, which records, its state and progress) and, once done, ``bundle.zip``
 (:func:`archive.export.export`, which writes under a temporary name and renames when complete, so a
-download never sees half a bundle). A job still ``running`` when the server starts again was interrupted:
-it is marked ``failed`` and what it had written is removed (start it again).
+download never sees half a bundle). A job still ``running`` when the server starts again was interrupted
+(its process is gone): it is marked ``failed`` and what it had written is removed (start it again).
 
 Jobs run in one background thread each, inside the API process; the export itself records its
 ``export-bundle`` audit event, and every download is recorded by the API. (With several API processes
@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,19 @@ from pathlib import Path
 from archive.errors import ArchiveError, InputError, ObjectNotFound
 
 _ID_CHARS = set("0123456789abcdef-x")
+
+
+def _alive(host: str | None, pid: int | None) -> bool:
+    """Whether the process that runs a job is still there (another server process on this host)."""
+    if host != socket.gethostname() or not pid:
+        return host is not None and host != socket.gethostname()  # another host's: not ours to judge
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
 
 
 def _now() -> str:
@@ -36,7 +50,7 @@ class ExportJobs:
         self._lock = threading.Lock()
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         for job in self.list():
-            if job["state"] == "running":
+            if job["state"] == "running" and not _alive(job.get("host"), job.get("pid")):
                 self._update(job["id"], state="failed", error="interrupted: the server stopped during the export; "
                                                                 "start it again", finished_at=_now())
                 for tmp in (self.root / job["id"]).glob(".bundle.zip.*.tmp"):
@@ -86,6 +100,7 @@ class ExportJobs:
         job_id = f"x-{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(6)}"
         (self.root / job_id).mkdir(mode=0o700)
         job = {"id": job_id, "state": "running", "case": case, "reason": reason, "actor": actor, "records": ids,
+               "host": socket.gethostname(), "pid": os.getpid(),
                "created_at": _now(), "finished_at": None, "done_bytes": 0, "total_bytes": None, "error": None}
         self._write(job)
         threading.Thread(target=self._run, args=(job_id, ids, case, reason, actor, role), daemon=True,
@@ -114,6 +129,6 @@ class ExportJobs:
                          size=(self.root / job_id / "bundle.zip").stat().st_size)
         except ArchiveError as e:
             self._update(job_id, state="failed", finished_at=_now(), error=f"[{e.code}] {e}")
-        except Exception as e:  # noqa: BLE001 — a job must end in a state, whatever went wrong
+        except Exception as e:  # a job must end in a state, whatever went wrong
             self._update(job_id, state="failed", finished_at=_now(), error=f"the export failed: {type(e).__name__}")
             raise

@@ -9,6 +9,7 @@ import json
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -167,3 +168,94 @@ def test_holds_events_and_a_records_audit_history_over_http(api):
     status, _, body = call(api, f"/records/{rid}/audit", api["auditor"])
     actions = [(e["actor"], e["action"]) for e in json.loads(body)["events"]]
     assert ("lee", "hold") in actions and ("ann", "retrieve") in actions
+
+
+def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+    boundary = "archive-test-boundary-7d1e"
+    out = b""
+    for name, data in files:
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+                f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def upload(api, token: str, files: list[tuple[str, bytes]]) -> tuple[int, dict]:
+    body, kind = multipart(files)
+    req = urllib.request.Request(api["base"] + "/ingest", data=body, method="POST",
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": kind})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_an_upload_is_ingested_once_and_bad_uploads_are_refused_with_their_reason(api):
+    audio = wav_bytes(20.0, 5)
+    sidecar = json.dumps({"schema": "archive-record/1", "source": {"system": "t", "interaction_id": "up-1"},
+                          "channel": "phone", "started_at": "2024-04-02T09:00:00Z",
+                          "participants": [{"role": "agent", "id": "77"}]}).encode()
+    status, doc = upload(api, api["auditor"], [("up-1.wav", audio), ("up-1.json", sidecar)])
+    assert status == 403  # an auditor may not ingest
+    status, doc = upload(api, api["ingest"], [("up-1.wav", audio), ("up-1.json", sidecar)])
+    assert status == 201 and doc["archived"] == 1, doc
+    rid = doc["outcomes"][0]["record_ids"][0]
+    assert doc["outcomes"][0]["origin"] == "upload:up-1.wav"
+    status, doc = upload(api, api["ingest"], [("up-1.wav", audio), ("up-1.json", sidecar)])
+    assert status == 200 and doc["duplicate"] == 1 and doc["outcomes"][0]["record_ids"] == [rid]
+    status, _, body = call(api, f"/records/{rid}/parts/audio?reason=check", api["auditor"])
+    assert status == 200 and body == audio
+    status, doc = upload(api, api["ingest"], [("broken.wav", audio[:2000]), ("broken.json", sidecar)])
+    assert status == 422 and doc["code"] == "input_rejected" and "upload:broken.wav" in doc["message"], doc
+    assert doc["details"]["outcomes"][0]["code"] in ("corrupt_media", "media_error")
+    for hostile in ("../evil.json", "a\x07b.json", ".hidden.json"):
+        status, doc = upload(api, api["ingest"], [(hostile, sidecar)])
+        assert status == 422 and doc["code"] == "input_error", (hostile, doc)
+    assert not any((Path(api["env"]["ARCHIVE_HOME"]) / "uploads").iterdir())  # nothing left behind
+    status, _, body = call(api, "/quarantine", api["auditor"])
+    assert any(e["origin"] == "upload:broken.wav" for e in json.loads(body)["rejected"])
+
+
+def test_registering_an_inbox_file_needs_an_inbox(api):
+    status, _, body = call(api, "/ingest/register", api["ingest"], body={"name": "calls/c-1.wav"})
+    assert status == 409 and json.loads(body)["code"] == "inbox_not_configured"
+
+
+def test_the_console_session_cookie_and_its_cross_site_guard(api):
+    status, headers, body = call(api, "/session", body={"token": api["auditor"]})
+    assert status == 200 and json.loads(body)["role"] == "auditor"
+    cookie = headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/api/v1" in cookie
+    session = {"Cookie": cookie.split(";")[0]}
+    status, _, body = call(api, "/session", headers=session)
+    assert status == 200 and json.loads(body)["actor"] == "ann"
+    status, _, body = call(api, "/search?q=agent:1042", headers=session)
+    assert status == 200 and json.loads(body)["records"]
+    # a state-changing request with only the cookie (what a cross-site form could send) is refused
+    status, _, body = call(api, "/holds", headers=session, body={"case": "X", "records": [api["rid"]], "reason": "r"})
+    assert status == 403 and json.loads(body)["code"] == "console_header_missing"
+    status, _, body = call(api, "/session", body={"token": "arc_x_nope"})
+    assert status == 401
+    status, headers, _ = call(api, "/openapi.json")
+    assert "default-src 'self'" in headers["content-security-policy"] and headers["x-frame-options"] == "DENY"
+
+
+def test_search_results_are_summaries_without_content(api):
+    status, _, body = call(api, "/search?q=", api["auditor"])
+    for r in json.loads(body)["records"]:
+        assert "metadata" not in r and isinstance(r["messages"], int)  # how many, not what they say
+        assert set(r) >= {"record_id", "started_at", "channel", "participants", "parts", "findings", "holds"}
+
+
+def test_an_export_job_interrupted_by_a_restart_is_marked_failed(tmp_path):
+    from archive.jobs import ExportJobs
+
+    root = tmp_path / "exports"
+    (root / "x-20240101-0123456789ab").mkdir(parents=True)
+    job = {"id": "x-20240101-0123456789ab", "state": "running", "created_at": "2024-01-01T00:00:00+00:00",
+           "host": __import__("socket").gethostname(), "pid": 2**22 + 12345, "records": []}
+    (root / job["id"] / "job.json").write_text(json.dumps(job))
+    (root / job["id"] / ".bundle.zip.1.tmp").write_bytes(b"half")
+    jobs = ExportJobs(root, services=None)
+    assert jobs.get(job["id"])["state"] == "failed" and "interrupted" in jobs.get(job["id"])["error"]
+    assert not (root / job["id"] / ".bundle.zip.1.tmp").exists()

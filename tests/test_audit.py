@@ -205,6 +205,28 @@ def test_concurrent_writers_neither_fork_nor_reorder(log, trusted):
     assert report.ok and report.events == 60 and report.batches == 20, report.problems
 
 
+def test_threads_of_one_writer_share_batches_and_each_learns_its_own_positions(log, trusted):
+    seqs: dict[int, list[int]] = {}
+
+    def writer(w: int) -> None:
+        for i in range(10):
+            seqs[w * 100 + i] = log.append_many([event(w * 100 + i), event(w * 100 + i + 50)])
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.checkpoint()
+    report = verify(log, trusted)
+    assert report.ok and report.events == 320, report.problems
+    assert report.batches < 320 / 2  # concurrent appends were grouped (one write for several callers)
+    by_seq = {e.seq: e.event for e in log.events()}
+    for key, (first, second) in seqs.items():  # each caller got the positions its events hold, in order
+        assert second == first + 1
+        assert by_seq[first]["target"] == event(key).target and by_seq[second]["target"] == event(key + 50).target
+
+
 def test_signing_key_rotation_keeps_old_checkpoints_verifiable(log, keyring):
     fill(log, batches=2)
     keyring.rotate_signing()

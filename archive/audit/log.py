@@ -89,6 +89,13 @@ class Logged:
         return json.loads(self.raw)
 
 
+@dataclass
+class _Pending:
+    docs: list[dict]
+    seqs: list[int] | None = None
+    error: BaseException | None = None
+
+
 class AuditLog:
     """Append events; read them back in order; write signed checkpoints."""
 
@@ -98,7 +105,9 @@ class AuditLog:
         self.signer = signer
         self.retention = retention
         self.lock_mode = lock_mode
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the writer's: one batch at a time from this process
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Pending] = []  # events waiting for the next batch (group commit)
         self._head: tuple[int, int, str] | None = None  # (batch number, next seq, last leaf hash hex)
 
     # --- appending -------------------------------------------------------------------------------------
@@ -108,36 +117,64 @@ class AuditLog:
         return self.append_many([event])[0]
 
     def append_many(self, events: Iterable[Event]) -> list[int]:
-        """Append events as one batch, in order; returns their sequence numbers."""
+        """Append events as one batch, in order; returns their sequence numbers (once they are stored).
+
+        Group commit: threads appending at the same time share one batch. A thread queues its events, then
+        whoever holds the writer's lock next writes every queued event as one batch, in queue order, so
+        an API under load makes one store write for many requests instead of one each."""
         docs = [e.as_dict() for e in events]
         for doc in docs:
             if doc["outcome"] not in OUTCOMES:
                 raise AuditError(f"event outcome must be one of {OUTCOMES}, not {doc['outcome']!r}")
         if not docs:
             return []
+        mine = _Pending(docs)
+        with self._queue_lock:
+            self._queue.append(mine)
         with self._lock:
-            for _ in range(1000):
-                batch, seq, prev = self._head or self._find_head()
-                raws = []
-                for i, doc in enumerate(docs):
-                    raw = _canonical({**doc, "seq": seq + i, "prev": prev})
-                    prev = leaf_hash(raw).hex()
-                    raws.append(raw)
-                body = b"".join([b'{"format":"', BATCH_FORMAT.encode(), b'","batch":', str(batch + 1).encode(),
-                                 b',"first_seq":', str(seq).encode(), b',"events":[', b",".join(raws), b"]}"])
+            if mine.seqs is None and mine.error is None:  # no one wrote it meanwhile: write all that waits
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
                 try:
-                    self.store.put(_batch_key(batch + 1), io.BytesIO(body), retain_until=self._retain_until(),
-                                   mode=self.lock_mode)
-                except ObjectExists:  # another writer took this number: read its batch, append after it
-                    # (one read per batch written meanwhile, not a new search for the head)
-                    try:
-                        last = self._read_batch(batch + 1)["events"][-1]
-                        self._head = (batch + 1, last["seq"] + 1, leaf_hash(_canonical(last)).hex())
-                    except (ObjectNotFound, AuditError, KeyError, IndexError):
-                        self._head = None
-                    continue
-                self._head = (batch + 1, seq + len(raws), prev)
-                return list(range(seq, seq + len(raws)))
+                    first = self._write_batch([d for p in group for d in p.docs])
+                except BaseException as e:  # every waiting event fails with it
+                    for p in group:
+                        p.error = e
+                else:
+                    for p in group:
+                        p.seqs = list(range(first, first + len(p.docs)))
+                        first += len(p.docs)
+        if mine.error is not None:
+            raise mine.error
+        return mine.seqs
+
+    def _write_batch(self, docs: list[dict]) -> int:
+        """Write ``docs`` as the next batch (the writer's lock held); returns the first sequence number."""
+        for _ in range(1000):
+            batch, seq, prev = self._head or self._find_head()
+            raws = []
+            for i, doc in enumerate(docs):
+                raw = _canonical({**doc, "seq": seq + i, "prev": prev})
+                prev = leaf_hash(raw).hex()
+                raws.append(raw)
+            body = b"".join([b'{"format":"', BATCH_FORMAT.encode(), b'","batch":', str(batch + 1).encode(),
+                             b',"first_seq":', str(seq).encode(), b',"events":[', b",".join(raws), b"]}"])
+            try:
+                self.store.put(_batch_key(batch + 1), io.BytesIO(body), retain_until=self._retain_until(),
+                               mode=self.lock_mode)
+            except ObjectExists:  # another writer took this number: read its batch, append after it
+                # (one read per batch written meanwhile, not a new search for the head)
+                try:
+                    last = self._read_batch(batch + 1)["events"][-1]
+                    self._head = (batch + 1, last["seq"] + 1, leaf_hash(_canonical(last)).hex())
+                except (ObjectNotFound, AuditError, KeyError, IndexError):
+                    self._head = None
+                continue
+            except BaseException:
+                self._head = None  # whatever happened to the write, find the head again next time
+                raise
+            self._head = (batch + 1, seq + len(raws), prev)
+            return seq
         raise AuditError("could not append to the audit log: too many concurrent writers")
 
     def _retain_until(self) -> datetime:
