@@ -22,5 +22,11 @@ if [ ! -x "$ROOT/.venv/bin/python" ]; then
 fi
 spec="$ROOT"
 [ -n "${1:-}" ] && spec="$ROOT[$1]"
-"$ROOT/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$spec"
+# (pip's output goes to a log, shown only when the install fails: setuptools warns on every editable build)
+if ! "$ROOT/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$spec" \
+    >"$ROOT/.venv/pip-install.log" 2>&1; then
+  cat "$ROOT/.venv/pip-install.log" >&2
+  echo "error: installing the project into $ROOT/.venv failed (log above)" >&2
+  exit 1
+fi
 export PATH="$ROOT/.venv/bin:$PATH"
