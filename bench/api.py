@@ -4,7 +4,7 @@ Run ``python bench/api.py [--records N] [--clients C] [--seconds S]`` (defaults 
 line of stdout is one JSON object; progress goes to stderr.
 
 Set-up: a fresh embedded archive with N chat transcripts and one one-hour call (8 kHz stereo 16-bit WAV,
-115 MB, made by sox), served by ``archive serve`` (one uvicorn process) on loopback.
+115 MB, made by sox), served by ``archive serve --workers W`` (default 2, one per core) on loopback.
 
 Load: C client threads, each with its own keep-alive connection and an auditor token, for S seconds,
 alternating
@@ -171,6 +171,7 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=5000)
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--workers", type=int, default=2, help="archive serve --workers (default 2: one per core)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-api-"))
@@ -212,7 +213,7 @@ def main() -> None:
         lib_ms.append((time.perf_counter() - t) * 1000)
 
     port = free_port()
-    server = start([sys.executable, "-m", "archive", "serve", "--port", str(port)], env, port,
+    server = start([sys.executable, "-m", "archive", "serve", "--port", str(port), "--workers", str(args.workers)], env, port,
                    "/api/v1/openapi.json", work / "server.log")
     static_port = free_port()
     static_app = work / "static_app.py"
@@ -247,7 +248,7 @@ def main() -> None:
         "requests_per_s": round((len(search_ms) + len(ttfb_ms)) / args.seconds, 1),
         "baseline_static_ttfb_ms": pct(static_ttfb, 0.95), "baseline_static_errors": len(static_errors),
         "baseline_library_search_p95_ms": pct(lib_ms, 0.95),
-        "clients": args.clients, "records": args.records + 1, "recording_mb": round(size / 1e6, 1),
+        "clients": args.clients, "workers": args.workers, "records": args.records + 1, "recording_mb": round(size / 1e6, 1),
         "searches": len(search_ms), "seeks": len(ttfb_ms),
         "search_mean_ms": round(statistics.fmean(search_ms), 2) if search_ms else None,
     }

@@ -313,3 +313,27 @@ def test_seal_and_unseal_run_in_constant_memory():
     # A few segments, whatever the size: the sealer's ring of 4 plaintext buffers and its output
     # buffer, the unsealer's current and next segment and the plaintext it releases.
     assert peak < 12 * 1024 * 1024, f"peak traced memory {peak / 2**20:.1f} MiB for a 64 MiB object"
+
+
+def test_streamed_ranges_equal_whole_ranges_whatever_the_windows():
+    from archive.crypto.stream import iter_unseal_range
+
+    rng = random.Random(5)
+    data = rng.randbytes(10 * 4096 + 123)
+    key = os.urandom(32)
+    sealed = b"".join(seal_stream(io.BytesIO(data), key, BINDING, segment_size=4096))
+
+    def read_at(off: int, n: int) -> bytes:
+        return sealed[off:off + n]
+
+    for _ in range(60):
+        start = rng.randrange(len(data))
+        end = rng.randrange(start, len(data) + 5000)
+        whole = unseal_range(read_at, len(sealed), key, BINDING, start, end)
+        assert whole == data[start:end]
+        for window, first in ((1, 1), (3, 1), (4, 2), (100, 100)):
+            chunks = list(iter_unseal_range(read_at, len(sealed), key, BINDING, start, end, window=window,
+                                            first_window=first))
+            assert b"".join(chunks) == whole
+            if start < end:
+                assert len(chunks[0]) <= first * 4096  # the first bytes cost one window's work

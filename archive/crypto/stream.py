@@ -429,14 +429,15 @@ def unseal_range(read_at: Callable[[int, int], bytes], sealed_length: int, data_
     """Return plaintext bytes [start, end) reading only the header and the covering segments through
     ``read_at(offset, length)``. ``end`` is clamped to the plaintext length. Raises IntegrityError."""
     return b"".join(iter_unseal_range(read_at, sealed_length, data_key, binding, start, end,
-                                      object_key=object_key, window=2**62))
+                                      object_key=object_key, window=2**62, first_window=2**62))
 
 
 def iter_unseal_range(read_at: Callable[[int, int], bytes], sealed_length: int, data_key: bytes,
                       binding: Binding, start: int, end: int, *, object_key: str = "?",
-                      window: int = 4) -> Iterator[bytes]:
-    """Plaintext bytes [start, end), as :func:`unseal_range`, but yielded ``window`` segments at a time,
-    so serving the rest of an hour-long recording from its middle holds a few MiB, not all of it. The
+                      window: int = 4, first_window: int = 1) -> Iterator[bytes]:
+    """Plaintext bytes [start, end), as :func:`unseal_range`, but yielded ``window`` segments at a time
+    (``first_window`` for the first chunk), so serving the rest of an hour-long recording from its middle
+    holds a few MiB, not all of it, and its first bytes come after one segment's work. The
     header is read and the key commitment checked before the first chunk; each chunk is authenticated
     before it is yielded. ``end`` is clamped to the plaintext length. Raises IntegrityError."""
     header, keys = _open_keys(read_at(0, HEADER_SIZE), data_key, binding, object_key)
@@ -449,8 +450,10 @@ def iter_unseal_range(read_at: Callable[[int, int], bytes], sealed_length: int, 
     if start == end:
         return
     first, last = start // seg, (end - 1) // seg
-    for lo_seg in range(first, last + 1, window):
-        hi_seg = min(last, lo_seg + window - 1)
+    lo_seg = first
+    while lo_seg <= last:
+        # the first chunk is one segment by default: the first bytes come after one segment's work
+        hi_seg = min(last, lo_seg + (window if lo_seg > first else first_window) - 1)
         offset = HEADER_SIZE + lo_seg * (seg + TAG_SIZE)
         length = min(sealed_length, HEADER_SIZE + (hi_seg + 1) * (seg + TAG_SIZE)) - offset
         blob = read_at(offset, length)
@@ -463,3 +466,4 @@ def iter_unseal_range(read_at: Callable[[int, int], bytes], sealed_length: int, 
         lo = max(start, lo_seg * seg) - lo_seg * seg
         hi = min(end, (hi_seg + 1) * seg) - lo_seg * seg
         yield plain[lo:hi]
+        lo_seg = hi_seg + 1

@@ -152,7 +152,8 @@ class SqliteIndex:
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = NORMAL")  # the store, not the index, is the system of record
         self._migrate()
-        self.db.execute("CREATE TEMP TABLE hits (rec INTEGER PRIMARY KEY)")  # one query's matches (facets)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
 
     def _migrate(self) -> None:
         self.db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
@@ -172,9 +173,25 @@ class SqliteIndex:
                 self.db.execute("ROLLBACK")
                 raise
 
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection: searches from many threads (the API's) run side by side, as
+        SQLite's WAL lets readers do, instead of queueing on the writer's connection."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            db.execute("CREATE TEMP TABLE hits (rec INTEGER PRIMARY KEY)")  # one query's matches (facets)
+            self._local.db = db
+            with self._lock:
+                self._readers.append(db)
+        return db
+
     def close(self) -> None:
         self.flush()
         self.db.close()
+        with self._lock:
+            for db in self._readers:
+                db.close()
+            self._readers.clear()
 
     # --- writing -------------------------------------------------------------------------------------------
 
@@ -290,11 +307,14 @@ class SqliteIndex:
         newest = q.sort == "newest"
         order, beyond = ("DESC", "<") if newest else ("ASC", ">")
         after = decode_cursor(cursor) if cursor else None
-        with self._lock:
+        if self._pending:
             self.flush()
-            compiler = _Compiler(self.db)
+        db = self._reader()
+        db.execute("BEGIN")  # one snapshot for the page, the counts and the total
+        try:
+            compiler = _Compiler(db)
             where, params = compiler.sql(q.tree)
-            recs = self._window(compiler, q.tree, order, beyond, after, limit) if compiler.walk else None
+            recs = self._window(db, compiler, q.tree, order, beyond, after, limit) if compiler.walk else None
             if recs is None:
                 page_where, page_params = where, list(params)
                 if after:
@@ -303,14 +323,16 @@ class SqliteIndex:
                 # Text matching many records: walk the start-time index and stop at a page, rather than list
                 # every match and sort it (SQLite cannot tell how many will match; the trigram counts can).
                 walk = " INDEXED BY records_started" if compiler.walk else ""
-                recs = [r[0] for r in self.db.execute(
+                recs = [r[0] for r in db.execute(
                     f"SELECT r.rec FROM records r{walk} WHERE {page_where} "
                     f"ORDER BY r.started_utc {order}, r.record_id {order} LIMIT ?", (*page_params, limit + 1))]
             # The stored documents are read for the page only.
-            rows = self.db.execute(
+            rows = db.execute(
                 f"SELECT manifest, started_utc, record_id FROM records WHERE rec IN ({','.join('?' * len(recs))}) "
                 f"ORDER BY started_utc {order}, record_id {order}", recs).fetchall()
-            counts, count = self._counts(q.tree, where, params, facets, total)
+            counts, count = self._counts(db, q.tree, where, params, facets, total)
+        finally:
+            db.execute("COMMIT")
         more = len(rows) > limit
         rows = rows[:limit]
         nxt = encode_cursor(rows[-1][1], rows[-1][2]) if more and rows else None
@@ -318,12 +340,12 @@ class SqliteIndex:
 
     WINDOW_MAX = 5000
 
-    def _window(self, compiler: _Compiler, tree, order: str, beyond: str, after, limit: int) -> list[int] | None:
+    def _window(self, db, compiler: _Compiler, tree, order: str, beyond: str, after, limit: int) -> list[int] | None:
         """A page of a text query that matches a large share of the archive ("refund"): the newest (or
         oldest) entries of the start-time index, each checked for the text, until the page is full —
         a few hundred checks instead of listing every match. None when a bounded window does not fill the
         page (the text is rarer than its trigrams suggest); the query then runs whole."""
-        size = self.db.execute("SELECT max(rec) FROM records").fetchone()[0] or 0
+        size = db.execute("SELECT max(rec) FROM records").fetchone()[0] or 0
         if compiler.estimate * 20 < size:
             return None
         budget = min(self.WINDOW_MAX, max(1000, 4 * (limit + 1) * size // max(compiler.estimate, 1)))
@@ -337,29 +359,29 @@ class SqliteIndex:
         window = (f"SELECT r.rec, r.started_utc, r.record_id FROM records r INDEXED BY records_started WHERE {span} "
                   f"ORDER BY r.started_utc {order}, r.record_id {order} LIMIT ?")
         check = " AND ".join(["(SELECT instr(text, ?) FROM records_fts WHERE rowid = r.rec) > 0"] * len(texts))
-        recs = [row[0] for row in self.db.execute(
+        recs = [row[0] for row in db.execute(
             f"SELECT r.rec FROM ({window}) AS r WHERE {check} ORDER BY r.started_utc {order}, r.record_id {order} "
             f"LIMIT ?", (*span_params, budget, *texts, limit + 1))]
         if len(recs) > limit:
             return recs
-        scanned = self.db.execute(f"SELECT count(*) FROM ({window})", (*span_params, budget)).fetchone()[0]
+        scanned = db.execute(f"SELECT count(*) FROM ({window})", (*span_params, budget)).fetchone()[0]
         return recs if scanned < budget else None
 
-    def _counts(self, tree, where: str, params: list, facets, total: bool):
+    def _counts(self, db, tree, where: str, params: list, facets, total: bool):
         """Facet counts and the total over every match. Unless the query is a date range alone (rolled-up
         counts serve it), the matches are listed once, into a temporary table every count reads."""
         if not facets and not total:
             return {}, None
         if not _bounds(tree)[2]:
-            self.db.execute("DELETE FROM temp.hits")
-            self.db.execute(f"INSERT INTO temp.hits SELECT r.rec FROM records r WHERE {where}", params)
+            db.execute("DELETE FROM temp.hits")
+            db.execute(f"INSERT INTO temp.hits SELECT r.rec FROM records r WHERE {where}", params)
             where, params = "r.rec IN (SELECT rec FROM temp.hits)", []
-        counts = {name: self._facet(name, tree) for name in facets}
-        count = self.db.execute(f"SELECT count(*) FROM records r WHERE {where}", params).fetchone()[0] \
+        counts = {name: self._facet(db, name, tree) for name in facets}
+        count = db.execute(f"SELECT count(*) FROM records r WHERE {where}", params).fetchone()[0] \
             if total else None
         return counts, count
 
-    def _facet(self, name: str, tree) -> list[tuple[str, int]]:
+    def _facet(self, db, name: str, tree) -> list[tuple[str, int]]:
         field_name = FACET_FIELD.get(name, name)
         lo, hi, only_range = _bounds(tree)
         order = f"ORDER BY value DESC LIMIT {MONTHS}" if name == "month" else \
@@ -370,10 +392,10 @@ class SqliteIndex:
             if name == "month":
                 sql = ("SELECT substr(r.started_utc, 1, 7) AS value, count(*) AS n FROM temp.hits h "
                        f"CROSS JOIN records r ON r.rec = h.rec GROUP BY value {order}")
-                return [(v, n) for v, n in self.db.execute(sql)]
+                return [(v, n) for v, n in db.execute(sql)]
             sql = ("SELECT f.value, count(*) AS n FROM temp.hits h CROSS JOIN record_facets f INDEXED BY "
                    f"record_facets_rec ON f.rec = h.rec WHERE f.field = ? GROUP BY f.value {order}")
-            return [(v, n) for v, n in self.db.execute(sql, (field_name,))]
+            return [(v, n) for v, n in db.execute(sql, (field_name,))]
         # A date range alone (or everything): whole months and whole days are summed from facet_counts;
         # only the partial days at either end are counted record by record.
         parts, args = [], []
@@ -393,7 +415,7 @@ class SqliteIndex:
         if not parts:
             return []
         sql = (f"SELECT value, sum(n) AS n FROM ({' UNION ALL '.join(parts)}) GROUP BY value HAVING n > 0 {order}")
-        return [(v, n) for v, n in self.db.execute(sql, args)]
+        return [(v, n) for v, n in db.execute(sql, args)]
 
     def search(self, query: str, limit: int = 50) -> list[dict]:
         """The first ``limit`` records matching ``query``."""
