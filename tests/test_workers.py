@@ -273,3 +273,52 @@ def test_a_worker_dying_halfway_through_moving_a_group_leaves_nothing_stranded(r
     inbox_ = work.inbox(url)
     inbox_.write_marker("gone-1", {"group": "gone-1", "files": {"gone-1.wav": "x"}})
     assert fresh.scan() == [] and not list((inbox / ".archive-finishing").glob("*.json"))
+
+
+def test_a_file_registered_through_the_api_is_archived_by_a_worker(setup):
+    import os
+    import urllib.error
+    import urllib.request
+
+    from tests.apikit import served
+    from tests.workerkit import records_by_interaction
+
+    env, client, inbox_bucket, tmp_path = setup
+    chat = {"schema": "archive-record/1", "source": {"system": "webchat", "interaction_id": "reg-1"},
+            "channel": "chat", "started_at": "2024-06-01T10:00:00Z",
+            "participants": [{"role": "agent", "id": "7"}, {"role": "customer", "id": "C-9"}],
+            "messages": [{"from": "C-9", "at": "2024-06-01T10:00:01Z", "text": "please call me back"}]}
+    client.put_object(Bucket=inbox_bucket, Key="drop/api/chat-r1.json", Body=json.dumps(chat).encode())
+    full = {**os.environ, **env}
+    subprocess.run([sys.executable, "-m", "archive", "identity", "add", "recorder", "--role", "ingest"], env=full,
+                   check=True, capture_output=True)
+    token = subprocess.run([sys.executable, "-m", "archive", "token", "create", "recorder", "--role", "ingest"],
+                           env=full, check=True, capture_output=True, text=True).stdout.strip()
+    workers = Workers(env, tmp_path)  # one worker and no beat: only the registration queues the file
+    try:
+        workers.start("w1", concurrency=1)
+        with served(full, tmp_path / "server.log") as base:
+            def register(name: str) -> tuple[int, dict]:
+                req = urllib.request.Request(f"{base}/api/v1/ingest/register", method="POST",
+                                             data=json.dumps({"name": name}).encode(),
+                                             headers={"Authorization": f"Bearer {token}",
+                                                      "Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as r:
+                        return r.status, json.loads(r.read())
+                except urllib.error.HTTPError as e:
+                    return e.code, json.loads(e.read())
+
+            status, doc = register("../elsewhere/chat.json")
+            assert status == 422, doc
+            status, doc = register("api/chat-r1.json")
+            assert status == 202 and doc["queued"]["group"] == "api/chat-r1", doc
+            wait_until(lambda: "reg-1" in records_by_interaction(env), 120, 1.0, what="the registered chat archived")
+            wait_until(lambda: not inbox_keys(client, inbox_bucket, "drop"), 60, what="the chat moved out of the inbox")
+        assert len(records_by_interaction(env)["reg-1"]) == 1
+        assert inbox_keys(client, inbox_bucket, "processed") == {"processed/api/chat-r1.json"}
+    except BaseException:
+        print(_logs(tmp_path), file=sys.stderr)
+        raise
+    finally:
+        workers.stop()
