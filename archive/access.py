@@ -25,6 +25,7 @@ from pathlib import Path
 
 from archive.audit.log import AuditLog, Event
 from archive.errors import AccessDenied, ArchiveError
+from archive.jsonfile import JsonFile
 
 ROLES = ("ingest", "auditor", "legal", "admin")
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -57,12 +58,12 @@ class Identities:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._file = JsonFile(self.path)
 
     def _load(self) -> dict[str, list[str]]:
+        """Actor → roles (shared and read-only; read again when the file changes)."""
         try:
-            doc = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
+            doc = self._file.read() or {}
         except ValueError as e:
             raise ArchiveError(f"{self.path} is not valid JSON: {e}") from e
         return doc.get("identities", {})
@@ -85,7 +86,7 @@ class Identities:
         unknown = sorted(set(roles) - set(ROLES))
         if unknown:
             raise ArchiveError(f"unknown role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}")
-        doc = {"format": "archive-identities/1", "identities": self._load()}
+        doc = {"format": "archive-identities/1", "identities": dict(self._load())}
         if roles:
             doc["identities"][actor] = sorted(set(roles))
         else:

@@ -13,6 +13,7 @@ Another authentication (OIDC) slots in as another way to produce the same :class
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import json
@@ -25,6 +26,7 @@ from pathlib import Path
 from archive.access import ROLES, Identities, Identity
 from archive.dates import parse_datetime, parse_duration
 from archive.errors import AccessDenied, ArchiveError, InputError
+from archive.jsonfile import JsonFile
 
 PREFIX = "arc_"
 
@@ -57,12 +59,16 @@ class Tokens:
     def __init__(self, path: Path, identities: Identities) -> None:
         self.path = Path(path)
         self.identities = identities
+        self._file = JsonFile(self.path)
 
     def _load(self) -> dict:
+        """The tokens (a copy: callers may change it)."""
+        return copy.deepcopy(self._read())
+
+    def _read(self) -> dict:
+        """The tokens as read (shared, read-only): authentication reads them on every request."""
         try:
-            return json.loads(self.path.read_text()).get("tokens", {})
-        except FileNotFoundError:
-            return {}
+            return (self._file.read() or {}).get("tokens", {})
         except ValueError as e:
             raise ArchiveError(f"{self.path} is not valid JSON: {e}") from e
 
@@ -122,7 +128,7 @@ class Tokens:
         if not presented.startswith(PREFIX) or presented.count("_") < 2:
             raise TokenInvalid("not an archive token")
         token_id, secret = presented[len(PREFIX):].split("_", 1)
-        entry = self._load().get(token_id)
+        entry = self._read().get(token_id)
         if entry is None or not hmac.compare_digest(entry["sha256"], hashlib.sha256(secret.encode()).hexdigest()):
             raise TokenInvalid("unknown token")
         if entry.get("revoked_at"):
