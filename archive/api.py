@@ -171,11 +171,9 @@ def _masked(value):
 
 
 def detail(manifest: dict, ingestor) -> dict:
-    """A record for review: metadata with message text, subjects and transcripts card-masked."""
-    meta = dict(manifest["metadata"])
-    for key in ("messages", "subject"):
-        if meta.get(key) is not None:
-            meta[key] = _masked(meta[key])
+    """A record for review: its metadata (message text, subjects, source fields) and transcript with card
+    numbers masked."""
+    meta = _masked(manifest["metadata"])  # messages, subjects, and any source field holding a card number
     transcript = None
     for p in manifest["parts"]:
         if p["name"] == "transcript" and str(p.get("media_type", "")).startswith("text/") and p["size"] <= 2**20:
