@@ -76,7 +76,8 @@ class SealReceipt:
     def to_bytes(self) -> bytes:
         doc = {f.name: getattr(self, f.name) for f in fields(self)}  # shallow: asdict deep-copies, slowly
         doc["wrapped_key"] = self.wrapped_key.to_json()
-        return json.dumps(doc, sort_keys=True, indent=1).encode()
+        # compact: the indenting encoder is pure Python, and a receipt is written for every object
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes, key: str) -> SealReceipt:

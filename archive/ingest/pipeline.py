@@ -101,9 +101,14 @@ class Summary:
         setattr(self, outcome.status, getattr(self, outcome.status) + 1)
 
 
+_buffers = threading.local()  # one hashing buffer per thread: zeroing 1 MiB per chat costs more than hashing it
+
+
 def _hash_stream(opener: Callable[[], io.BufferedIOBase]) -> tuple[str, int]:
     digest, size = hashlib.sha256(), 0
-    buf = memoryview(bytearray(1024 * 1024))
+    buf = getattr(_buffers, "buf", None)
+    if buf is None:
+        buf = _buffers.buf = memoryview(bytearray(1024 * 1024))
     with opener() as f:
         while n := f.readinto(buf):
             digest.update(buf[:n])
