@@ -190,16 +190,19 @@ class Ingestor:
                 with self._lock:
                     self._record_locks.pop(rid, None)
 
-    def _commit_many(self, prepared: list[_Prepared]) -> list[tuple[str, bool] | ArchiveError]:
+    def _commit_many(self, prepared: list[_Prepared],
+                     index: Callable[[list[dict]], None] | None = None) -> list[tuple[str, bool] | ArchiveError]:
         """Commit prepared records together: their manifests are sealed as one group (two group commits
         of the store for all of them), each read back and verified, then indexed. Returns, per record,
         (record id, True if new / False if it already existed) or the error that refused it. A record
-        already committed — before, by another writer, or earlier in this group — comes back as existing."""
+        already committed — before, by another writer, or earlier in this group — comes back as existing.
+        ``index`` takes the group's index entries (default: upserted here, before returning)."""
+        views: list[dict] = []
         results: list[tuple[str, bool] | ArchiveError | None] = [None] * len(prepared)
         todo, first, again = [], {}, []
         for i, p in enumerate(prepared):
             if p.existing is not None:
-                self.index.upsert(self.retention.view(p.existing))  # a run that died after the commit, before indexing
+                views.append(self.retention.view(p.existing))  # a run that died after the commit, before indexing
                 results[i] = (p.rid, False)
             elif p.rid in first:
                 again.append(i)  # the same record twice in one group: the first one commits it
@@ -222,7 +225,7 @@ class Ingestor:
                 if isinstance(receipt, ObjectExists):
                     existing = self.committed(p.rid)
                     if existing is not None:  # a concurrent run committed it first
-                        self.index.upsert(self.retention.view(existing))
+                        views.append(self.retention.view(existing))
                         results[i] = (p.rid, False)
                     else:  # a dead run sealed this name but never wrote its receipt: WORM, so a new name
                         retry.append(next((t for t in todo if t[0] == i)))
@@ -236,12 +239,17 @@ class Ingestor:
                 except ArchiveError as e:
                     results[i] = e
                     continue
-                self.index.upsert(self.retention.view(p.manifest, p.decision, cases=[], new=True))
+                views.append(self.retention.view(p.manifest, p.decision, cases=[], new=True))
                 results[i] = (p.rid, True)
             todo = retry
         for i in again:
             done = results[first[prepared[i].rid]]
             results[i] = done if isinstance(done, ArchiveError) else (prepared[i].rid, False)
+        if index is not None:
+            index(views)
+        else:
+            for view in views:
+                self.index.upsert(view)
         return results
 
     def committed(self, rid: str) -> dict | None:
@@ -309,8 +317,8 @@ class Ingestor:
             workers: int = 8) -> Summary:
         """Ingest every input under ``paths``; outcomes come back in input order. ``workers`` threads
         prepare inputs (hash, seal large parts); their records are committed in groups of up to ``BATCH``
-        (:meth:`_commit_many`), each group with a few flushes of the store instead of a few per record.
-        The policy set is read once, at the start of the run."""
+        (:meth:`_commit_many`), each group with a few flushes of the store instead of a few per record;
+        one more thread writes their index entries. The policy set is read once, at the start of the run."""
         summary = Summary()
         policies = self.retention.policy_set()  # an invalid policy set stops the run before the first input
         try:
@@ -323,9 +331,18 @@ class Ingestor:
 
     def _run(self, paths, limits, progress, workers: int, summary: Summary, policies: PolicySet) -> None:
         batch: list[_Input] = []
+        indexing: deque[Future] = deque()
+
+        def index(views: list[dict]) -> None:
+            # Index entries are written by one thread of their own: SQLite works without the GIL, so the
+            # index catches up while the next group is prepared and committed. Every entry is of a record
+            # already committed and verified; a failure surfaces before the run returns.
+            while indexing and indexing[0].done():
+                indexing.popleft().result()
+            indexing.append(indexer.submit(lambda: [self.index.upsert(v) for v in views]))
 
         def commit_batch() -> None:
-            for outcome in self._commit_inputs(batch):
+            for outcome in self._commit_inputs(batch, index):
                 summary.add(outcome)
                 if progress:
                     progress(summary)
@@ -336,7 +353,8 @@ class Ingestor:
             if sum(len(i.records) for i in batch) >= self.BATCH:
                 commit_batch()
 
-        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="ingest") as pool:
+        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="ingest") as pool, \
+                ThreadPoolExecutor(1, thread_name_prefix="index") as indexer:
             pending: deque[Future] = deque()
             for found in discover(paths, limits=limits):
                 pending.append(pool.submit(self._prepare_input, found, policies))
@@ -345,6 +363,8 @@ class Ingestor:
             while pending:
                 take(pending.popleft())
             commit_batch()
+            while indexing:
+                indexing.popleft().result()
 
     def ingest(self, found: Found) -> Outcome:
         """Archive one discovered input (or quarantine it, with its reason). Transient errors raise."""
@@ -361,10 +381,10 @@ class Ingestor:
                 raise
             return _Input(found.origin, outcome=self._reject(found.origin, e))
 
-    def _commit_inputs(self, inputs: list[_Input]) -> list[Outcome]:
+    def _commit_inputs(self, inputs: list[_Input], index: Callable[[list[dict]], None] | None = None) -> list[Outcome]:
         """Commit the records of prepared inputs as one group; one outcome per input, in order. An input
         any of whose records was refused is quarantined with that reason. Transient errors raise."""
-        results = iter(self._commit_many([p for i in inputs for p in i.records]))
+        results = iter(self._commit_many([p for i in inputs for p in i.records], index))
         outcomes = []
         for item in inputs:
             if item.outcome is not None:
