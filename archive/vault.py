@@ -18,6 +18,8 @@ which destroys its data key (crypto-shredding) even where storage media keep rem
 
 Write order: the sealed object first, then its receipt. A crash between them leaves a sealed object with
 no key — unreadable, invisible to readers (they start from the receipt) and found by ``orphans()``.
+``seal_many`` keeps that order for a group: every object of the group is written (and durable) before any
+of their receipts is written, each step one group commit of the store (``ObjectStore.put_many``).
 The encryption context bound to every wrapped key names the object, the record and the part, so a
 receipt moved to another object does not open.
 """
@@ -36,9 +38,10 @@ from datetime import UTC, datetime
 from typing import BinaryIO
 
 from archive.crypto.stream import Binding, Sealer, iter_unseal_range, unseal_range, unseal_stream
-from archive.errors import IntegrityError, InvalidObjectKey, KeyInUse, ObjectNotFound, StorageError
+from archive.errors import (ArchiveError, IntegrityError, InvalidObjectKey, KeyInUse, ObjectNotFound,
+                            StorageError)
 from archive.keys.base import KeyProvider, WrappedKey
-from archive.store.base import LockMode, ObjectInfo, ObjectStore, check_key
+from archive.store.base import LockMode, ObjectInfo, ObjectStore, PutRequest, check_key
 from archive.streams import remaining_size
 
 RECEIPT_FORMAT = "archive-receipt/1"
@@ -73,7 +76,8 @@ class SealReceipt:
     def to_bytes(self) -> bytes:
         doc = {f.name: getattr(self, f.name) for f in fields(self)}  # shallow: asdict deep-copies, slowly
         doc["wrapped_key"] = self.wrapped_key.to_json()
-        return json.dumps(doc, sort_keys=True, indent=1).encode()
+        # compact: the indenting encoder is pure Python, and a receipt is written for every object
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes, key: str) -> SealReceipt:
@@ -86,6 +90,18 @@ class SealReceipt:
         except (ValueError, TypeError, KeyError) as e:
             raise IntegrityError(f"{key}: seal receipt is malformed ({e})", object_key=key,
                                  segment="receipt") from e
+
+
+@dataclass
+class SealRequest:
+    """One object of a :meth:`Vault.seal_many` group: what ``seal`` takes, as a value."""
+
+    name: str
+    source: BinaryIO
+    binding: Binding
+    retain_until: datetime | None = None
+    mode: LockMode | None = None
+    legal_hold: bool = False
 
 
 @dataclass
@@ -138,6 +154,49 @@ class Vault:
         self._put_receipt(receipt, retain_until=retain_until, mode=mode, legal_hold=legal_hold)
         return receipt
 
+    def seal_many(self, requests: list[SealRequest]) -> list[SealReceipt | ArchiveError]:
+        """Seal a group of objects as :meth:`seal` does, with two group commits of the store for all of
+        them (the objects, then their receipts) instead of two writes each. Returns, for each request,
+        its receipt or the ArchiveError that refused it (ObjectExists, InvalidObjectKey, RetentionError …);
+        everything returned as a receipt is durable. Raises StorageError when a group commit failed."""
+        results: list[SealReceipt | ArchiveError | None] = [None] * len(requests)
+        sealing: list[tuple[int, SealRequest, LockMode, WrappedKey, Sealer]] = []
+        try:
+            for i, r in enumerate(requests):
+                try:
+                    if _RECEIPT_KEY.fullmatch(f"objects/{check_key(r.name)}"):
+                        raise InvalidObjectKey(f"{r.name!r} is named like a seal receipt; choose another name")
+                    mode = LockMode.parse(r.mode or self.lock_mode)
+                    data_key, wrapped = self.keys.generate_data_key(_context(r.name, r.binding))
+                except ArchiveError as e:
+                    results[i] = e
+                    continue
+                sealer = Sealer(r.source, data_key, r.binding, segment_size=self.segment_size,
+                                size_hint=remaining_size(r.source))
+                sealing.append((i, r, mode, wrapped, sealer))
+            stored = self.store.put_many([PutRequest(f"objects/{r.name}", sealer, r.retain_until, mode, r.legal_hold)
+                                          for _, r, mode, _, sealer in sealing])
+        finally:
+            for *_, sealer in sealing:
+                sealer.close()
+        receipts: list[tuple[int, SealRequest, LockMode, SealReceipt]] = []
+        sealed_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        for (i, r, mode, wrapped, sealer), info in zip(sealing, stored):
+            if isinstance(info, ArchiveError):
+                results[i] = info
+                continue
+            receipts.append((i, r, mode, SealReceipt(
+                name=r.name, seq=1, record_id=r.binding.record_id, part=r.binding.part,
+                segment_size=self.segment_size, plaintext_size=sealer.plaintext_size,
+                plaintext_sha256=sealer.plaintext_sha256, sealed_size=sealer.sealed_size,
+                tag_digest=sealer.tag_digest, sealed_at=sealed_at, wrapped_key=wrapped)))
+        stored = self.store.put_many([PutRequest(_receipt_key(receipt.name, receipt.seq), io.BytesIO(receipt.to_bytes()),
+                                                 r.retain_until, mode, r.legal_hold)
+                                      for _, r, mode, receipt in receipts])
+        for (i, _, _, receipt), info in zip(receipts, stored):
+            results[i] = info if isinstance(info, ArchiveError) else receipt
+        return results
+
     def _put_receipt(self, receipt: SealReceipt, *, retain_until: datetime | None, mode: LockMode | None,
                      legal_hold: bool) -> None:
         self.store.put(_receipt_key(receipt.name, receipt.seq), io.BytesIO(receipt.to_bytes()),
@@ -169,11 +228,20 @@ class Vault:
         # object, or a caller asking for the wrong record or part, fails here or at the commitment check.
         return self.keys.unwrap(receipt.wrapped_key, _context(receipt.name, binding))
 
-    def open(self, name: str, binding: Binding | None = None, *, verify_digest: bool = False) -> Iterator[bytes]:
+    def open(self, name: str, binding: Binding | None = None, *, verify_digest: bool = False,
+             receipt: SealReceipt | None = None) -> Iterator[bytes]:
         """Yield the plaintext of ``name`` segment by segment, each verified before it is released.
         ``binding`` is what the caller expects (default: what the receipt says). With ``verify_digest``
-        the plaintext SHA-256 is also checked against the receipt at the end. Raises IntegrityError."""
-        receipt = self.receipt(name)
+        the plaintext SHA-256 is also checked against the receipt at the end. ``receipt``: the one a
+        seal just returned — the stored copy is read back and must equal it (no listing to find the
+        current one). Raises IntegrityError."""
+        if receipt is None:
+            receipt = self.receipt(name)
+        else:
+            key = _receipt_key(name, receipt.seq)
+            if self._load_receipt(key, name) != receipt:
+                raise IntegrityError(f"{key}: the stored seal receipt differs from the one written",
+                                     object_key=name, segment="receipt")
         binding = binding or receipt.binding
         data_key = self._data_key(receipt, binding)
         key = f"objects/{name}"
@@ -192,10 +260,10 @@ class Vault:
             raise IntegrityError(f"{key}: plaintext SHA-256 differs from the receipt", object_key=key,
                                  segment="end")
 
-    def read(self, name: str, binding: Binding | None = None) -> bytes:
+    def read(self, name: str, binding: Binding | None = None, *, receipt: SealReceipt | None = None) -> bytes:
         """The whole plaintext of a small object (a manifest, a decision, an event), verified as by
         :meth:`open` including the plaintext digest."""
-        return b"".join(self.open(name, binding, verify_digest=True))
+        return b"".join(self.open(name, binding, verify_digest=True, receipt=receipt))
 
     def read_range(self, name: str, start: int, end: int, binding: Binding | None = None) -> bytes:
         """Plaintext bytes [start, end) of ``name``, reading only the header and the covering segments.
@@ -222,11 +290,16 @@ class Vault:
         """Retention and hold state of the sealed object."""
         return self.store.head(f"objects/{check_key(name)}")
 
-    def names(self, prefix: str = "") -> Iterator[str]:
-        """Names of sealed objects under ``prefix``."""
-        for key in self.store.list(f"objects/{prefix}"):
+    def names(self, prefix: str = "", *, with_receipt: bool = False) -> Iterator[str]:
+        """Names of sealed objects under ``prefix``; with ``with_receipt``, only those that have a seal
+        receipt (not an object whose writer died before its receipt: it cannot be read)."""
+        keys = list(self.store.list(f"objects/{prefix}"))
+        receipted = {m.group(1) for m in map(_RECEIPT_KEY.fullmatch, keys) if m} if with_receipt else None
+        for key in keys:
             if not _RECEIPT_KEY.fullmatch(key):
-                yield key[len("objects/"):]
+                name = key[len("objects/"):]
+                if receipted is None or name in receipted:
+                    yield name
 
     # --- locks ---------------------------------------------------------------------------------------
 

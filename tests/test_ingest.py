@@ -226,6 +226,104 @@ def test_sigkill_mid_run_then_rerun_archives_every_input_exactly_once(tmp_path):
             assert hashlib.sha256(data).hexdigest() == part["sha256"]
 
 
+# Killed inside one group commit of manifests (batch 2 of 16 records; batch 1 is committed). The store's
+# put_many calls alternate: objects (odd), receipts (even). Each point is a step of the protocol.
+_KILLER = r"""
+import os, signal, sys
+from pathlib import Path
+from archive.index.sqlite import SqliteIndex
+from archive.ingest.discover import Limits
+from archive.ingest.pipeline import Ingestor
+from archive.services import open_archive
+from archive.settings import Settings
+from archive.store.filesystem import FilesystemStore
+
+point, inbox = sys.argv[1], Path(sys.argv[2])
+calls, links = [0], [0]
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+put_many, flush_files, link = FilesystemStore.put_many, FilesystemStore._flush_files, FilesystemStore._link
+
+def counted_put_many(self, requests):
+    calls[0] += 1
+    links[0] = 0
+    if point == "objects-durable-no-receipts" and calls[0] == 4:
+        die()
+    done = put_many(self, requests)
+    if point == "committed-not-indexed" and calls[0] == 4:
+        die()
+    return done
+
+def killing_flush_files(self, fds):
+    if point == "objects-written-not-flushed" and calls[0] == 3:
+        die()
+    return flush_files(self, fds)
+
+def killing_link(source, final, key):
+    link(source, final, key)
+    links[0] += 1
+    if links[0] == 5 and (point, calls[0]) in (("objects-half-linked", 3), ("receipts-half-linked", 4)):
+        die()
+
+FilesystemStore.put_many = counted_put_many
+FilesystemStore._flush_files = killing_flush_files
+FilesystemStore._link = staticmethod(killing_link)
+settings = Settings.from_env(os.environ)
+ingestor = Ingestor(open_archive(settings), SqliteIndex(settings.index_path))
+ingestor.BATCH = 16
+ingestor.run([inbox], limits=Limits())
+"""
+
+
+@pytest.mark.parametrize("point", ["objects-written-not-flushed", "objects-half-linked", "objects-durable-no-receipts",
+                                   "receipts-half-linked", "committed-not-indexed"])
+def test_sigkill_inside_a_group_commit_leaves_whole_records_and_a_rerun_completes_them(tmp_path, point):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    n = 60
+    for i in range(n):
+        (inbox / f"chat-{i:03d}.json").write_text(json.dumps(chat_doc(i)))
+    env = cli_env(tmp_path / "home", "recorder")
+    subprocess.run([sys.executable, "-m", "archive", "init"], env=env, check=True, capture_output=True)
+    proc = subprocess.run([sys.executable, "-c", _KILLER, point, str(inbox)], env=env, capture_output=True,
+                          timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+
+    settings = Settings.from_env(env)
+    from archive.services import open_archive
+
+    ingestor = Ingestor(open_archive(settings), SqliteIndex(settings.index_path))
+    visible = list(ingestor.retention.record_ids())
+    # batch 1 is whole; of batch 2, a record is visible only once its manifest and receipt are both linked
+    expected = {"objects-written-not-flushed": 16, "objects-half-linked": 16, "objects-durable-no-receipts": 16,
+                "receipts-half-linked": 21, "committed-not-indexed": 32}[point]
+    assert len(visible) == expected
+    for rid in visible:  # every visible record is whole and verifies
+        manifest = ingestor.committed(rid)
+        data = b"".join(ingestor.read_part(manifest, "transcript"))
+        assert hashlib.sha256(data).hexdigest() == manifest["parts"][0]["sha256"]
+    assert indexed(settings.index_path) <= len(visible)
+    assert ingestor.retention.rebuild_index() == len(visible)  # orphans left by the kill are not records
+
+    rerun = subprocess.run([sys.executable, "-m", "archive", "ingest", "--json", str(inbox)], env=env,
+                           capture_output=True, check=True)
+    summary = json.loads(rerun.stdout)
+    assert summary["rejected"] == 0 and summary["duplicate"] == expected and summary["archived"] == n - expected
+    ids = {o["record_ids"][0] for o in summary["outcomes"]}
+    assert len(ids) == n and indexed(settings.index_path) == n
+    for rid in ids:
+        manifest = ingestor.committed(rid)
+        data = b"".join(ingestor.read_part(manifest, "transcript"))
+        assert hashlib.sha256(data).hexdigest() == manifest["parts"][0]["sha256"]
+    # a manifest linked without its receipt stays an unreadable orphan; its record committed under a new name
+    orphans = list(ingestor.vault.orphans())
+    assert len(orphans) == {"objects-half-linked": 5, "objects-durable-no-receipts": 16,
+                            "receipts-half-linked": 11}.get(point, 0)
+    assert all(name.endswith("/manifest") for name in orphans)
+
+
 @pytest.mark.s3
 def test_ingest_into_seaweedfs_object_lock(seaweed, inbox, tmp_path):
     """The same pipeline on the production store: records land under COMPLIANCE lock in S3."""

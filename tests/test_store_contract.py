@@ -169,3 +169,38 @@ def test_failed_write_leaves_nothing_visible(any_store, good):
     put(any_store, "broken", b"retry works")  # the key is still free
     with any_store.open("broken") as f:
         assert f.read() == b"retry works"
+
+
+def test_a_group_is_written_with_each_refusal_kept_to_its_own_object(any_store):
+    """put_many: every object of a group under put's rules; one refused object does not sink the rest."""
+    from archive.store.base import PutRequest
+
+    put(any_store, "group/taken", b"first", retain_until=soon(3600))
+    results = any_store.put_many([
+        PutRequest("group/a", io.BytesIO(b"alpha"), retain_until=soon(3600)),
+        PutRequest("group/taken", io.BytesIO(b"second")),
+        PutRequest("group/../escape", io.BytesIO(b"x")),
+        PutRequest("group/past", io.BytesIO(b"x"), retain_until=soon(-60)),
+        PutRequest("group/b/deeper", io.BytesIO(b"beta" * 100_000), legal_hold=True),
+        PutRequest("group/a", io.BytesIO(b"alpha again")),  # the same key twice in one group: first wins
+    ])
+    assert [type(r).__name__ for r in results] == ["ObjectInfo", "ObjectExists", "InvalidObjectKey",
+                                                   "RetentionError", "ObjectInfo", "ObjectExists"]
+    assert results[0].size == 5 and results[4].size == 400_000
+    with any_store.open("group/a") as f:
+        assert f.read() == b"alpha"
+    with any_store.open("group/taken") as f:
+        assert f.read() == b"first"
+    assert any_store.head("group/a").mode is LockMode.COMPLIANCE and any_store.head("group/b/deeper").legal_hold
+    assert list(any_store.list("group/")) == ["group/a", "group/b/deeper", "group/taken"]
+
+
+def test_a_group_whose_source_fails_leaves_nothing_visible(any_store):
+    from archive.store.base import PutRequest
+
+    with pytest.raises(Exception):
+        any_store.put_many([PutRequest("g/ok", io.BytesIO(b"fine")),
+                            PutRequest("g/broken", FailingSource(1000))])
+    with pytest.raises(ObjectNotFound):
+        any_store.head("g/broken")
+    assert "g/broken" not in list(any_store.list())

@@ -11,10 +11,16 @@ found on disk (:mod:`archive.ingest.discover`) and each becomes zero or more rec
   instead — then the **manifest** — metadata, parts, digests — is
   sealed under ``records/<id>/manifest`` and verified. The manifest is the commit: a record exists once
   its manifest does, and never before all of its parts are stored and verified;
+* records are committed in groups (``Ingestor.run``: up to ``Ingestor.BATCH`` records): the manifests
+  of a group are sealed together with ``Vault.seal_many`` — every manifest object written and made
+  durable, then every receipt, each step one group commit of the store — then each is read back and
+  verified, and only then indexed and reported. Large parts are sealed (and verified) one by one before
+  their record joins a group, so a manifest never names a part that is not durable;
 * a crash at any point leaves either nothing visible or the whole record. Running again finds the parts a
-  dead run already sealed (same names, same digests) and finishes the record; a part sealed without its
-  receipt (a crash between the two writes) cannot be overwritten — WORM — so the part is sealed again
-  under a new name and the orphan is left to ``Vault.orphans()``;
+  dead run already sealed (same names, same digests) and finishes the record; a part or manifest sealed
+  without its receipt (a crash between the two writes, or between the two steps of a group) cannot be
+  overwritten — WORM — so it is sealed again under a new name and the orphan is left to
+  ``Vault.orphans()``;
 * the source is only ever read: never moved, renamed, modified or deleted. It is hashed before sealing
   and the sealer hashes it again while sealing: a file that changed in between is refused.
 
@@ -46,8 +52,10 @@ from archive.errors import ArchiveError, ObjectExists, ObjectNotFound, SourceCha
 from archive.ingest.discover import Found, discover
 from archive.ingest.record import validate
 from archive.retention.decide import decide, findings
+from archive.retention.policy import PolicySet
 from archive.retention.service import Retention
 from archive.services import Archive
+from archive.vault import SealRequest
 
 MANIFEST_FORMAT = "archive-manifest/1"
 # Parts up to this size (chat transcripts, email bodies) are sealed inside the manifest instead of as
@@ -93,9 +101,14 @@ class Summary:
         setattr(self, outcome.status, getattr(self, outcome.status) + 1)
 
 
+_buffers = threading.local()  # one hashing buffer per thread: zeroing 1 MiB per chat costs more than hashing it
+
+
 def _hash_stream(opener: Callable[[], io.BufferedIOBase]) -> tuple[str, int]:
     digest, size = hashlib.sha256(), 0
-    buf = memoryview(bytearray(1024 * 1024))
+    buf = getattr(_buffers, "buf", None)
+    if buf is None:
+        buf = _buffers.buf = memoryview(bytearray(1024 * 1024))
     with opener() as f:
         while n := f.readinto(buf):
             digest.update(buf[:n])
@@ -135,56 +148,109 @@ class Ingestor:
 
     def commit(self, metadata: dict, parts: list[PartInput], *, origin: str, fmt: str) -> tuple[str, bool]:
         """Archive one record; returns (record id, True if new / False if it already existed)."""
+        (result,) = self._commit_many([self._prepare(metadata, parts, origin=origin, fmt=fmt)])
+        if isinstance(result, ArchiveError):
+            raise result
+        return result
+
+    def _prepare(self, metadata: dict, parts: list[PartInput], *, origin: str, fmt: str,
+                 policies: PolicySet | None = None) -> _Prepared:
+        """Everything before a record's commit: validate, hash, name it, and — unless it is already
+        committed — decide its retention, seal its large parts (each read back and verified) and build its
+        manifest. ``policies``: the run's policy set (default: the current one)."""
         metadata = validate(metadata)
         for part in parts:
             part.sha256, part.size = _hash_stream(part.open)
         rid = record_id(metadata, parts)
-        with self._lock:  # one commit per record id at a time in this process: duplicates wait, then dedupe
+        with self._lock:  # one record id at a time in this process: a duplicate waits, then reuses its parts
             lock = self._record_locks.setdefault(rid, threading.Lock())
         with lock:
             try:
-                return self._commit(rid, metadata, parts, origin=origin, fmt=fmt)
+                existing = self.committed(rid)
+                if existing is not None:
+                    return _Prepared(rid, existing=existing)
+                policies = policies or self.retention.policy_set()
+                now = self.retention.clock.now()
+                decision = decide(rid, metadata, self.retention.events(), policies, now)
+                retain_until, mode = self.retention.lock_date(decision), decision["lock_mode"]
+                sealed = [self._inline_part(part) if part.size <= INLINE_LIMIT
+                          else self._seal_part(rid, part, retain_until, mode) for part in parts]
+                matched = [policies.get(p["id"]) for p in decision["policies"]]
+                found, checks = findings(metadata, sealed, matched, _transcript_text(metadata, parts))
+                manifest = {
+                    "format": MANIFEST_FORMAT, "record_id": rid,
+                    "ingested_at": now.isoformat(timespec="milliseconds"),
+                    "input": {"origin": origin, "format": fmt},
+                    "retention": decision, "findings": found, **({"checks": checks} if checks else {}),
+                    "metadata": metadata, "parts": sealed,
+                }
+                raw = json.dumps(manifest, ensure_ascii=False, sort_keys=True).encode()
+                return _Prepared(rid, manifest, raw, decision, retain_until, mode)
             finally:
                 with self._lock:
                     self._record_locks.pop(rid, None)
 
-    def _commit(self, rid: str, metadata: dict, parts: list[PartInput], *, origin: str, fmt: str) -> tuple[str, bool]:
-        existing = self.committed(rid)
-        if existing is not None:
-            self.index.upsert(self.retention.view(existing))  # a run that died after the commit, before indexing
-            return rid, False
-
-        policies = self.retention.policy_set()
-        now = self.retention.clock.now()
-        decision = decide(rid, metadata, self.retention.events(), policies, now)
-        retain_until, mode = self.retention.lock_date(decision), decision["lock_mode"]
-        sealed = [self._inline_part(part) if part.size <= INLINE_LIMIT
-                  else self._seal_part(rid, part, retain_until, mode) for part in parts]
-        matched = [policies.get(p["id"]) for p in decision["policies"]]
-        found, checks = findings(metadata, sealed, matched, _transcript_text(metadata, parts))
-        manifest = {
-            "format": MANIFEST_FORMAT, "record_id": rid,
-            "ingested_at": now.isoformat(timespec="milliseconds"),
-            "input": {"origin": origin, "format": fmt},
-            "retention": decision, "findings": found, **({"checks": checks} if checks else {}),
-            "metadata": metadata, "parts": sealed,
-        }
-        raw = json.dumps(manifest, ensure_ascii=False, sort_keys=True).encode()
-        for name in _candidates(f"records/{rid}/manifest"):
-            try:
-                self.vault.seal(name, io.BytesIO(raw), Binding(rid, "manifest"), retain_until=retain_until,
-                                mode=mode)
-            except ObjectExists:
-                existing = self.committed(rid)
-                if existing is not None:  # a concurrent run committed it first
-                    self.index.upsert(self.retention.view(existing))
-                    return rid, False
-                continue  # a dead run sealed it but never wrote its receipt: WORM, so a new name
-            if json.loads(self.vault.read(name)) != manifest:
-                raise ArchiveError(f"{name}: manifest read back differs from what was sealed")
-            self.index.upsert(self.retention.view(manifest, decision, cases=[], new=True))
-            return rid, True
-        raise ArchiveError(f"records/{rid}/manifest: too many interrupted attempts")
+    def _commit_many(self, prepared: list[_Prepared],
+                     index: Callable[[list[dict]], None] | None = None) -> list[tuple[str, bool] | ArchiveError]:
+        """Commit prepared records together: their manifests are sealed as one group (two group commits
+        of the store for all of them), each read back and verified, then indexed. Returns, per record,
+        (record id, True if new / False if it already existed) or the error that refused it. A record
+        already committed — before, by another writer, or earlier in this group — comes back as existing.
+        ``index`` takes the group's index entries (default: upserted here, before returning)."""
+        views: list[dict] = []
+        results: list[tuple[str, bool] | ArchiveError | None] = [None] * len(prepared)
+        todo, first, again = [], {}, []
+        for i, p in enumerate(prepared):
+            if p.existing is not None:
+                views.append(self.retention.view(p.existing))  # a run that died after the commit, before indexing
+                results[i] = (p.rid, False)
+            elif p.rid in first:
+                again.append(i)  # the same record twice in one group: the first one commits it
+            else:
+                first[p.rid] = i
+                todo.append((i, _candidates(f"records/{p.rid}/manifest")))
+        while todo:
+            requests, retry = [], []
+            for i, names in todo:
+                p = prepared[i]
+                name = next(names, None)
+                if name is None:
+                    results[i] = ArchiveError(f"records/{p.rid}/manifest: too many interrupted attempts")
+                    continue
+                requests.append((i, SealRequest(name, io.BytesIO(p.raw), Binding(p.rid, "manifest"),
+                                                retain_until=p.retain_until, mode=p.mode)))
+            sealed = self.vault.seal_many([r for _, r in requests])
+            for (i, request), receipt in zip(requests, sealed):
+                p = prepared[i]
+                if isinstance(receipt, ObjectExists):
+                    existing = self.committed(p.rid)
+                    if existing is not None:  # a concurrent run committed it first
+                        views.append(self.retention.view(existing))
+                        results[i] = (p.rid, False)
+                    else:  # a dead run sealed this name but never wrote its receipt: WORM, so a new name
+                        retry.append(next((t for t in todo if t[0] == i)))
+                    continue
+                if isinstance(receipt, ArchiveError):
+                    results[i] = receipt
+                    continue
+                try:  # read back: the stored receipt, every segment authenticated, the very bytes sealed
+                    if self.vault.read(request.name, Binding(p.rid, "manifest"), receipt=receipt) != p.raw:
+                        raise ArchiveError(f"{request.name}: manifest read back differs from what was sealed")
+                except ArchiveError as e:
+                    results[i] = e
+                    continue
+                views.append(self.retention.view(p.manifest, p.decision, cases=[], new=True))
+                results[i] = (p.rid, True)
+            todo = retry
+        for i in again:
+            done = results[first[prepared[i].rid]]
+            results[i] = done if isinstance(done, ArchiveError) else (prepared[i].rid, False)
+        if index is not None:
+            index(views)
+        else:
+            for view in views:
+                self.index.upsert(view)
+        return results
 
     def committed(self, rid: str) -> dict | None:
         """The manifest of record ``rid`` if it was committed (sealed with its receipt), else None."""
@@ -249,50 +315,91 @@ class Ingestor:
 
     def run(self, paths: Iterable[Path], *, limits, progress: Callable[[Summary], None] | None = None,
             workers: int = 8) -> Summary:
-        """Ingest every input under ``paths``; outcomes come back in input order. ``workers`` inputs are
-        in flight at once: a small record is mostly fsync latency, which threads overlap (the filesystem
-        commits their journal entries together)."""
+        """Ingest every input under ``paths``; outcomes come back in input order. ``workers`` threads
+        prepare inputs (hash, seal large parts); their records are committed in groups of up to ``BATCH``
+        (:meth:`_commit_many`), each group with a few flushes of the store instead of a few per record;
+        one more thread writes their index entries. The policy set is read once, at the start of the run."""
         summary = Summary()
-        self.retention.policy_set()  # an invalid policy set stops the run before the first input
+        policies = self.retention.policy_set()  # an invalid policy set stops the run before the first input
         try:
-            self._run(paths, limits, progress, workers, summary)
+            self._run(paths, limits, progress, workers, summary, policies)
         finally:
             self.index.flush()
         return summary
 
-    def _run(self, paths, limits, progress, workers: int, summary: Summary) -> None:
-        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="ingest") as pool:
-            pending: deque[Future] = deque()
-            for found in discover(paths, limits=limits):
-                pending.append(pool.submit(self._one, found))
-                while len(pending) > 2 * workers or (pending and pending[0].done()):
-                    summary.add(pending.popleft().result())
-                    if progress:
-                        progress(summary)
-            while pending:
-                summary.add(pending.popleft().result())
+    BATCH = 128  # records per group commit
+
+    def _run(self, paths, limits, progress, workers: int, summary: Summary, policies: PolicySet) -> None:
+        batch: list[_Input] = []
+        indexing: deque[Future] = deque()
+
+        def index(views: list[dict]) -> None:
+            # Index entries are written by one thread of their own: SQLite works without the GIL, so the
+            # index catches up while the next group is prepared and committed. Every entry is of a record
+            # already committed and verified; a failure surfaces before the run returns.
+            while indexing and indexing[0].done():
+                indexing.popleft().result()
+            indexing.append(indexer.submit(lambda: [self.index.upsert(v) for v in views]))
+
+        def commit_batch() -> None:
+            for outcome in self._commit_inputs(batch, index):
+                summary.add(outcome)
                 if progress:
                     progress(summary)
+            batch.clear()
+
+        def take(future: Future) -> None:
+            batch.append(future.result())
+            if sum(len(i.records) for i in batch) >= self.BATCH:
+                commit_batch()
+
+        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="ingest") as pool, \
+                ThreadPoolExecutor(1, thread_name_prefix="index") as indexer:
+            pending: deque[Future] = deque()
+            for found in discover(paths, limits=limits):
+                pending.append(pool.submit(self._prepare_input, found, policies))
+                while len(pending) > 2 * workers or (pending and pending[0].done()):
+                    take(pending.popleft())
+            while pending:
+                take(pending.popleft())
+            commit_batch()
+            while indexing:
+                indexing.popleft().result()
 
     def ingest(self, found: Found) -> Outcome:
         """Archive one discovered input (or quarantine it, with its reason). Transient errors raise."""
-        return self._one(found)
+        return self._commit_inputs([self._prepare_input(found)])[0]
 
-    def _one(self, found: Found) -> Outcome:
+    def _prepare_input(self, found: Found, policies: PolicySet | None = None) -> _Input:
         if found.rejection is not None:
-            return self._reject(found.origin, found.rejection)
+            return _Input(found.origin, outcome=self._reject(found.origin, found.rejection))
         try:
-            records = list(found.load())
-            ids, new = [], False
-            for metadata, parts, fmt in records:
-                rid, created = self.commit(metadata, parts, origin=found.origin, fmt=fmt)
-                ids.append(rid)
-                new = new or created
-            return Outcome(found.origin, "archived" if new else "duplicate", ids)
+            return _Input(found.origin, [self._prepare(metadata, parts, origin=found.origin, fmt=fmt, policies=policies)
+                                         for metadata, parts, fmt in found.load()])
         except ArchiveError as e:
             if e.transient:
                 raise
-            return self._reject(found.origin, e)
+            return _Input(found.origin, outcome=self._reject(found.origin, e))
+
+    def _commit_inputs(self, inputs: list[_Input], index: Callable[[list[dict]], None] | None = None) -> list[Outcome]:
+        """Commit the records of prepared inputs as one group; one outcome per input, in order. An input
+        any of whose records was refused is quarantined with that reason. Transient errors raise."""
+        results = iter(self._commit_many([p for i in inputs for p in i.records], index))
+        outcomes = []
+        for item in inputs:
+            if item.outcome is not None:
+                outcomes.append(item.outcome)
+                continue
+            done = [next(results) for _ in item.records]
+            error = next((r for r in done if isinstance(r, ArchiveError)), None)
+            if error is not None:
+                if error.transient:
+                    raise error
+                outcomes.append(self._reject(item.origin, error))
+                continue
+            new = any(created for _, created in done)
+            outcomes.append(Outcome(item.origin, "archived" if new else "duplicate", [rid for rid, _ in done]))
+        return outcomes
 
     def _reject(self, origin: str, error: ArchiveError) -> Outcome:
         outcome = Outcome(origin, "rejected", code=error.code, reason=str(error))
@@ -310,6 +417,28 @@ class Ingestor:
         """Every rejected input: origin, code, reason, when."""
         entries = [json.loads(self.vault.read(name)) for name in self.vault.names("quarantine/")]
         yield from sorted(entries, key=lambda e: (e["at"], e["origin"]))
+
+
+@dataclass
+class _Prepared:
+    """A record ready to commit (``manifest`` and its bytes), or one found committed already (``existing``)."""
+
+    rid: str
+    manifest: dict | None = None
+    raw: bytes = b""
+    decision: dict | None = None
+    retain_until: datetime | None = None
+    mode: str | None = None
+    existing: dict | None = None
+
+
+@dataclass
+class _Input:
+    """One discovered input after preparation: its records, or its outcome when it was refused."""
+
+    origin: str
+    records: list[_Prepared] = field(default_factory=list)
+    outcome: Outcome | None = None
 
 
 def _transcript_text(metadata: dict, parts: list[PartInput]) -> str | None:

@@ -42,6 +42,7 @@ ROLES = ("agent", "customer", "other", "bot", "system")
 PART_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 _E164 = re.compile(r"\+[1-9]\d{4,14}")
 _JURISDICTION = re.compile(r"[A-Z]{2}(-[A-Z0-9]{1,3})?")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")  # control characters but tab, newline, return
 _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*")
 _TOP = {"schema", "source", "channel", "direction", "started_at", "ended_at", "duration_s", "participants",
         "business_line", "product", "product_type", "jurisdiction", "language", "subject", "contract_id",
@@ -59,7 +60,7 @@ def _str(doc: Mapping, key: str, path: str, *, required: bool = False, max_len: 
         return None
     if not isinstance(value, str) or not value.strip():
         raise InvalidMetadata(f"{path}{key}", f"must be a non-empty string, not {value!r}"[:200])
-    if len(value) > max_len or any(ord(c) < 32 and c not in "\t\n\r" for c in value):
+    if len(value) > max_len or _CONTROL.search(value):
         raise InvalidMetadata(f"{path}{key}", "is too long or contains control characters")
     return value
 

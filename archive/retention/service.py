@@ -234,9 +234,10 @@ class Retention:
         return (manifest or self.manifest(rid))["retention"]
 
     def record_ids(self) -> Iterator[str]:
-        """Every committed record, from the store (the system of record), not the index."""
+        """Every committed record, from the store (the system of record), not the index. A manifest left
+        without its receipt by a writer that died is not a commit, and is not listed."""
         seen = set()
-        for name in self.vault.names("records/"):
+        for name in self.vault.names("records/", with_receipt=True):
             m = _MANIFEST.fullmatch(name)
             if m and m.group(1) not in seen:
                 seen.add(m.group(1))

@@ -18,13 +18,13 @@ InvalidObjectKey.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from typing import BinaryIO, Protocol
 
-from archive.errors import InvalidObjectKey, ObjectLocked, RetentionError
+from archive.errors import ArchiveError, InvalidObjectKey, ObjectLocked, RetentionError
 
 MAX_KEY_BYTES = 1024
 _COMPONENT = re.compile(r"[A-Za-z0-9._=+@,:-]{1,255}")
@@ -122,6 +122,30 @@ def check_deletable(info: ObjectInfo, *, bypass_governance: bool = False, now: d
                            f"{info.retain_until.isoformat()}", key=info.key)
 
 
+@dataclass
+class PutRequest:
+    """One object of a :meth:`ObjectStore.put_many` group: what ``put`` takes, as a value."""
+
+    key: str
+    source: BinaryIO
+    retain_until: datetime | None = None
+    mode: LockMode = LockMode.COMPLIANCE
+    legal_hold: bool = False
+
+
+def put_each(store, requests: Sequence[PutRequest]) -> list[ObjectInfo | ArchiveError]:
+    """``put_many`` for a backend with no cheaper way to write a group: one ``put`` after another, each
+    durable when it returns, each refusal kept as that object's result."""
+    results: list[ObjectInfo | ArchiveError] = []
+    for r in requests:
+        try:
+            results.append(store.put(r.key, r.source, retain_until=r.retain_until, mode=r.mode,
+                                     legal_hold=r.legal_hold))
+        except ArchiveError as e:
+            results.append(e)
+    return results
+
+
 class ObjectStore(Protocol):
     """Write-once object storage with retention locks and legal holds."""
 
@@ -129,6 +153,14 @@ class ObjectStore(Protocol):
             mode: LockMode = LockMode.COMPLIANCE, legal_hold: bool = False) -> ObjectInfo:
         """Write ``source`` (read to its end) under ``key``. Raises ObjectExists, InvalidObjectKey,
         RetentionError (retain_until in the past), StoreUnavailable."""
+        ...
+
+    def put_many(self, requests: Sequence[PutRequest]) -> list[ObjectInfo | ArchiveError]:
+        """Write a group of objects, each under ``put``'s rules, and return for each its ObjectInfo or the
+        ArchiveError that refused it (ObjectExists, InvalidObjectKey, RetentionError, StorageError …).
+        Every object returned as written is durable when this returns; a backend may make the group
+        durable together (group commit). Raises StorageError when the group as a whole could not be made
+        durable: then no object of it is acknowledged, though some may exist."""
         ...
 
     def open(self, key: str) -> BinaryIO:

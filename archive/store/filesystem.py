@@ -18,6 +18,17 @@ A put creates (and fsyncs) any missing directories, streams into a file with no 
 and fsyncs the directory: a crash at any point leaves either no object or the whole object, never a
 visible partial one. An object is visible exactly when its ``#data`` file exists.
 
+``put_many`` is the same protocol for a group of objects with one flush per step instead of one per
+object (group commit): (1) every object is written into its own nameless file, and missing directories
+are made; (2) one ``syncfs(2)`` makes all of those bytes durable, then each file is fsynced as well —
+by then a no-op that only reports a write error the kernel saw for it; (3) each file is ``link()``ed
+under its name; (4) one more ``syncfs`` makes the names (and the new directories) durable; only then does
+``put_many`` return and the objects count as written. A file is linked only after its bytes are on disk,
+so a crash at any point leaves each object of the group either absent or whole, exactly as with ``put``;
+nameless files of a dead process vanish with it. Where ``syncfs`` is missing (not Linux), step 2 fsyncs
+each file and step 4 each changed directory. ``syncfs`` also flushes other writers' dirty data on the
+same filesystem; that costs time, never safety.
+
 The WORM rules are enforced by this library, against the store's own clock (``clock``, the system clock
 unless a test injects one) — the archive's clock deciding that a record is due never unlocks an object. A user with shell access to the directory can still delete
 files, so this store is for single-machine use and tests; for SEC 17a-4(f) compliant non-rewriteable,
@@ -32,14 +43,16 @@ import os
 import struct
 import threading
 import uuid
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from archive.errors import ObjectExists, ObjectNotFound, StorageError
-from archive.store.base import (LockMode, ObjectInfo, check_deletable, check_extension, check_key,
+from archive.errors import ArchiveError, ObjectExists, ObjectNotFound, StorageError
+from archive.store.base import (LockMode, ObjectInfo, PutRequest, check_deletable, check_extension, check_key,
                                 check_new_retention, check_retain_until)
 from archive.streams import filler
 
@@ -63,6 +76,28 @@ def _makedirs_durably(path: Path) -> None:
         except FileExistsError:
             pass  # another writer made it, and may not have fsynced its parent yet: do it here too
         _fsync_dir(directory.parent)
+
+
+def _load_syncfs():
+    """libc's ``syncfs(2)`` as a function raising OSError, or None where there is none (not Linux)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    call.argtypes, call.restype = [ctypes.c_int], ctypes.c_int
+
+    def syncfs(fd: int) -> None:
+        if call(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs: {os.strerror(err)}")
+
+    return syncfs
+
+
+_syncfs = _load_syncfs()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -111,9 +146,10 @@ class _EarlyWriteback:
 _buffers = threading.local()  # one write buffer per thread, reused: allocating 1 MiB per put costs more than small puts
 
 
-def _write_durably(fd: int, source: BinaryIO, header: bytes = b"") -> int:
-    """Write ``header`` then stream ``source`` into the new file open at ``fd`` and fsync it; returns the
-    size of what came from ``source``. Reads into one reused buffer (a sealer encrypts straight into it)."""
+def _write_durably(fd: int, source: BinaryIO, header: bytes = b"", *, sync: bool = True) -> int:
+    """Write ``header`` then stream ``source`` into the new file open at ``fd`` and fsync it (unless
+    ``sync`` is false: a group commit flushes later); returns the size of what came from ``source``.
+    Reads into one reused buffer (a sealer encrypts straight into it)."""
     buf = getattr(_buffers, "buf", None)
     if buf is None:
         buf = _buffers.buf = memoryview(bytearray(_CHUNK))
@@ -133,7 +169,8 @@ def _write_durably(fd: int, source: BinaryIO, header: bytes = b"") -> int:
             size += n
             writeback.wrote(n)
         writeback.close()
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         writeback.close()
     return size
@@ -151,6 +188,19 @@ def _open_unnamed(directory: Path) -> int | None:
         return None
 
 
+@dataclass
+class _Staged:
+    """An object of a group commit, written but not yet named."""
+
+    index: int
+    key: str
+    final: Path
+    fd: int
+    tmp: Path | None
+    state: dict
+    size: int
+
+
 class FilesystemStore:
     """Objects in a local directory, write-once, with retention and legal holds."""
 
@@ -166,6 +216,9 @@ class FilesystemStore:
             raise StorageError(f"no object store at {self.root} (objects/ missing); run 'archive init'",
                                path=str(self.root))
         (self.root / "tmp").mkdir(exist_ok=True)
+        # Held open for the store's life: syncfs reports the write errors seen since its fd was opened.
+        self._root_fd = os.open(self.root, os.O_RDONLY)
+        weakref.finalize(self, os.close, self._root_fd)
 
     # --- paths and locking ---------------------------------------------------------------------------
 
@@ -233,18 +286,24 @@ class FilesystemStore:
 
     # --- ObjectStore ---------------------------------------------------------------------------------
 
-    def put(self, key: str, source: BinaryIO, *, retain_until: datetime | None = None,
-            mode: LockMode = LockMode.COMPLIANCE, legal_hold: bool = False) -> ObjectInfo:
+    def _new(self, key: str, retain_until: datetime | None, mode: LockMode | str,
+             legal_hold: bool) -> tuple[Path, dict, bytes]:
+        """(path, creation state, file header) for a new object; raises what ``put`` raises up front."""
         final = self._path(key, _DATA)
         mode = LockMode.parse(mode)
-        retain_until = check_new_retention(key, retain_until, self.clock.now())
+        now = self.clock.now()
+        retain_until = check_new_retention(key, retain_until, now)
         if final.exists():
             raise ObjectExists(f"object {key!r} already exists; sealed objects are written once", key=key)
-        state = {"object_id": uuid.uuid4().hex, "created": self.clock.now().isoformat(),
+        state = {"object_id": uuid.uuid4().hex, "created": now.isoformat(),
                  "legal_hold": bool(legal_hold), "retain_until": retain_until.isoformat() if retain_until else None,
                  "mode": mode.value if retain_until else None}
         raw = json.dumps(state).encode()
-        header = _MAGIC + _LEN.pack(len(raw)) + raw
+        return final, state, _MAGIC + _LEN.pack(len(raw)) + raw
+
+    def put(self, key: str, source: BinaryIO, *, retain_until: datetime | None = None,
+            mode: LockMode = LockMode.COMPLIANCE, legal_hold: bool = False) -> ObjectInfo:
+        final, state, header = self._new(key, retain_until, mode, legal_hold)
         try:
             _makedirs_durably(final.parent)
             fd = _open_unnamed(final.parent)
@@ -271,6 +330,99 @@ class FilesystemStore:
         except NotADirectoryError as e:
             raise StorageError(f"object key {key!r} collides with an existing path: {e}", key=key) from e
         return self._info(key, state, size)
+
+    def put_many(self, requests: Sequence[PutRequest]) -> list[ObjectInfo | ArchiveError]:
+        """Write a group of objects with one flush per step (the group commit in the module docstring)."""
+        results: list[ObjectInfo | ArchiveError | None] = [None] * len(requests)
+        staged: list[_Staged] = []
+        changed: set[str] = set()  # directories whose entries changed: new subdirectories, new names
+        try:
+            for i, r in enumerate(requests):  # (1) every object into a nameless file, no flush yet
+                try:
+                    staged.append(self._stage(i, r, changed))
+                except ArchiveError as e:
+                    results[i] = e
+            if not staged:
+                return results
+            self._flush_files([s.fd for s in staged])  # (2) their bytes durable
+            for s in staged:  # (3) names
+                try:
+                    if s.tmp is None:
+                        self._link(f"/proc/self/fd/{s.fd}", s.final, s.key)
+                    else:
+                        self._link(s.tmp, s.final, s.key)
+                except ObjectExists as e:
+                    results[s.index] = e
+                    continue
+                changed.add(str(s.final.parent))
+                results[s.index] = self._info(s.key, s.state, s.size)
+            self._flush_names(changed)  # (4) names durable: only now is any of it acknowledged
+        finally:
+            for s in staged:
+                os.close(s.fd)
+                if s.tmp is not None:
+                    s.tmp.unlink(missing_ok=True)
+        return results
+
+    def _stage(self, index: int, r: PutRequest, changed: set[str]) -> _Staged:
+        final, state, header = self._new(r.key, r.retain_until, r.mode, r.legal_hold)
+        try:
+            self._makedirs(final.parent, changed)
+        except NotADirectoryError as e:
+            raise StorageError(f"object key {r.key!r} collides with an existing path: {e}", key=r.key) from e
+        tmp = None
+        fd = _open_unnamed(final.parent)
+        if fd is None:
+            tmp = self.root / "tmp" / f"{state['object_id']}.part"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            size = _write_durably(fd, r.source, header, sync=False)
+            os.fchmod(fd, 0o444)
+        except BaseException:
+            os.close(fd)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            raise
+        return _Staged(index, r.key, final, fd, tmp, state, size)
+
+    @staticmethod
+    def _makedirs(path: Path, changed: set[str]) -> None:
+        """Create ``path`` and missing parents, noting each parent whose entries changed (flushed later)."""
+        missing = []
+        while not path.is_dir():
+            missing.append(path)
+            path = path.parent
+        for directory in reversed(missing):
+            try:
+                directory.mkdir()
+            except FileExistsError:
+                pass  # another writer made it and may not have flushed its parent yet: we flush it too
+            changed.add(str(directory.parent))
+
+    def _syncfs(self) -> None:
+        try:
+            _syncfs(self._root_fd)
+        except OSError as e:
+            raise StorageError(f"{self.root}: could not flush the store to disk: {e}", path=str(self.root)) from e
+
+    def _flush_files(self, fds: list[int]) -> None:
+        if _syncfs is not None:
+            self._syncfs()  # one journal commit for every file of the group
+        try:
+            for fd in fds:  # after syncfs: nothing left to write; reports a write error the kernel saw
+                os.fsync(fd)
+        except OSError as e:
+            raise StorageError(f"{self.root}: could not flush an object to disk: {e}", path=str(self.root)) from e
+
+    def _flush_names(self, directories: set[str]) -> None:
+        if _syncfs is not None:
+            self._syncfs()
+            return
+        try:
+            for directory in sorted(directories):
+                _fsync_dir(Path(directory))
+        except OSError as e:
+            raise StorageError(f"{self.root}: could not flush a directory to disk: {e}", path=str(self.root)) from e
 
     @staticmethod
     def _link(source: str | Path, final: Path, key: str) -> None:
