@@ -228,7 +228,7 @@ class Ingestor:
                         views.append(self.retention.view(existing))
                         results[i] = (p.rid, False)
                     else:  # a dead run sealed this name but never wrote its receipt: WORM, so a new name
-                        retry.append(next((t for t in todo if t[0] == i)))
+                        retry.append(next(t for t in todo if t[0] == i))
                     continue
                 if isinstance(receipt, ArchiveError):
                     results[i] = receipt
