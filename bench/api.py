@@ -6,8 +6,8 @@ line of stdout is one JSON object; progress goes to stderr.
 Set-up: a fresh embedded archive with N chat transcripts and one one-hour call (8 kHz stereo 16-bit WAV,
 115 MB, made by sox), served by ``archive serve --workers W`` (default 2, one per core) on loopback.
 
-Load: C client threads, each with its own keep-alive connection and an auditor token, for S seconds,
-alternating
+Load: C clients (threads in four processes), each with its own keep-alive connection and an auditor
+token, for S seconds, alternating
 * a search, chosen in turn from field filters, phrases, date ranges with facets and paged queries;
 * a playback seek: ``Range: bytes=K-`` at a random point in the middle half of the hour, as a player
   asks after a seek; the client reads the first bytes and hangs up, as a player does on the next seek.
@@ -44,11 +44,16 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-QUERIES = ['agent:a7', 'customer:u{n}', '"refund for order {n}"', 'refund', 'after:2024-04-01 before:2024-05-01',
-           'channel:chat "not a deposit"', 'agent:a7 NOT customer:u{n}', 'interaction:bench-{n}']
-FACETS = ["", "channel,month", "", "agent", "channel,agent,month", "", "", ""]
-
-
+# What auditors type: an agent's interactions, a customer's, a quoted phrase, a word, a month with facets,
+# a channel and a word, an exclusion, one interaction id. Agents, customers and words as in bench/search.py
+# (here at a smaller scale): a field matches ~1/50 of the records, a common word a large share.
+QUERIES = ["agent:{agent}", "customer:u{n}", '"refund for order {n}"', "{word}", "after:2024-04-01 before:2024-05-01",
+           'channel:chat "{word}"', "agent:{agent} NOT channel:messaging", "interaction:bench-{n}"]
+FACETS = ["channel,month", "", "", "agent", "channel,agent,month", "", "", ""]
+WORDS = ["account", "balance", "card", "statement", "transfer", "payment", "refund", "order", "delivery", "insurance", "policy", "premium", "claim", "deposit", "withdrawal", "loan", "mortgage", "interest", "rate", "fee", "complaint", "cancel", "upgrade", "password", "address", "fraud", "dispute", "chargeback", "abroad", "block", "unblock", "limit", "pension", "fund", "risk", "product", "advice"]
+AGENTS = 50
+CLIENT_PROCESSES = 4
+CHANNELS = ("chat", "messaging")
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
@@ -59,18 +64,22 @@ def pct(values: list[float], q: float) -> float:
 
 
 def chat(n: int) -> dict:
+    rng = random.Random(n)
     day = 1 + n % 28
+    agent = f"a{rng.randrange(AGENTS)}"
+    words = " ".join(rng.choice(WORDS) for _ in range(rng.randrange(6, 20)))
     return {"schema": "archive-record/1", "source": {"system": "webchat", "interaction_id": f"bench-{n}"},
-            "channel": "chat", "started_at": f"2024-{4 + n % 3:02d}-{day:02d}T10:00:00Z",
-            "participants": [{"role": "agent", "id": "a7", "name": "Li Na"}, {"role": "customer", "id": f"u{n}"}],
+            "channel": CHANNELS[n % 2], "started_at": f"2024-{4 + n % 3:02d}-{day:02d}T10:00:00Z",
+            "participants": [{"role": "agent", "id": agent, "name": f"Agent {agent}"},
+                             {"role": "customer", "id": f"u{n}"}],
             "messages": [{"at": "2024-04-01T10:00:00Z", "from": f"u{n}", "text": f"I want a refund for order {n}"},
-                         {"at": "2024-04-01T10:01:00Z", "from": "a7", "text": "This product is not a deposit."}]}
+                         {"at": "2024-04-01T10:01:00Z", "from": agent, "text": words}]}
 
 
 def archive_cli(env: dict, *args: str) -> str:
     proc = subprocess.run([sys.executable, "-m", "archive", *args], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        sys.exit(f"archive {' '.join(args)} failed: {proc.stderr}")
+        sys.exit(f"archive {' '.join(args)} failed: {proc.stderr}{proc.stdout[-2000:]}")
     return proc.stdout
 
 
@@ -113,8 +122,8 @@ class Client(threading.Thread):
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def do_search(self, k: int) -> None:
-        n = self.rng.randrange(self.records)
-        q = QUERIES[k % len(QUERIES)].format(n=n)
+        q = QUERIES[k % len(QUERIES)].format(n=self.rng.randrange(self.records), word=self.rng.choice(WORDS),
+                                             agent=f"a{self.rng.randrange(AGENTS)}")
         url = f"/api/v1/search?q={quote(q)}&limit=25&facets={FACETS[k % len(FACETS)]}"
         if self.conn is None:
             self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -154,16 +163,30 @@ class Client(threading.Thread):
             k += 1
 
 
-def load(port: int, token: str | None, rid: str, size: int, records: int, clients: int, seconds: float,
-         path: str | None = None, search: bool = True) -> tuple[list[float], list[float], list[str]]:
-    until = time.monotonic() + seconds
-    threads = [Client(i, port, token, rid, size, records, until, path, search) for i in range(clients)]
+def _load_part(job: tuple) -> tuple[list[float], list[float], list[str]]:
+    first, count, port, token, rid, size, records, until, path, search = job
+    threads = [Client(i, port, token, rid, size, records, until, path, search) for i in range(first, first + count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     return ([m for t in threads for m in t.search_ms], [m for t in threads for m in t.ttfb_ms],
             [e for t in threads for e in t.errors])
+
+
+def load(port: int, token: str | None, rid: str, size: int, records: int, clients: int, seconds: float,
+         path: str | None = None, search: bool = True) -> tuple[list[float], list[float], list[str]]:
+    """``clients`` concurrent clients for ``seconds``: threads spread over a few processes, so that the
+    load generator's own GIL does not add to the latencies it measures."""
+    import multiprocessing
+
+    until = time.monotonic() + seconds
+    procs = min(clients, CLIENT_PROCESSES)
+    jobs = [(sum(clients // procs + (j < clients % procs) for j in range(i)), clients // procs + (i < clients % procs),
+             port, token, rid, size, records, until, path, search) for i in range(procs)]
+    with multiprocessing.get_context("fork").Pool(procs) as pool:
+        parts = pool.map(_load_part, jobs)
+    return ([m for p in parts for m in p[0]], [m for p in parts for m in p[1]], [e for p in parts for e in p[2]])
 
 
 def main() -> None:
@@ -206,7 +229,8 @@ def main() -> None:
     rng = random.Random(7)
     lib_ms = []
     for k in range(400):
-        q = QUERIES[k % len(QUERIES)].format(n=rng.randrange(args.records))
+        q = QUERIES[k % len(QUERIES)].format(n=rng.randrange(args.records), word=rng.choice(WORDS),
+                                             agent=f"a{rng.randrange(AGENTS)}")
         facets = tuple(f for f in FACETS[k % len(FACETS)].split(",") if f)
         t = time.perf_counter()
         index.query(q, limit=25, facets=facets)
