@@ -111,6 +111,14 @@ def test_parts_stream_whole_and_serve_ranges_from_any_point(api):
                                  {"Range": f"bytes={middle}-{middle + 65535}"})
     assert status == 206 and body == audio[middle:middle + 65536]
     assert headers["content-range"] == f"bytes {middle}-{middle + 65535}/{len(audio)}"
+    # an open range, as a player asks after a seek: answered to the end of that sealed segment (1 MiB)
+    status, headers, body = call(api, f"/records/{rid}/parts/audio?reason=seek", token, {"Range": f"bytes={middle}-"})
+    end = max(middle + 256 * 1024, (middle // 2**20 + 1) * 2**20)
+    assert status == 206 and headers["content-range"] == f"bytes {middle}-{end - 1}/{len(audio)}"
+    assert body == audio[middle:end]
+    status, headers, body = call(api, f"/records/{rid}/parts/audio?reason=seek", token,
+                                 {"Range": f"bytes={len(audio) - 10}-"})
+    assert status == 206 and body == audio[-10:]
     status, headers, body = call(api, f"/records/{rid}/parts/audio?reason=tail", token, {"Range": "bytes=-100"})
     assert status == 206 and body == audio[-100:]
     status, headers, body = call(api, f"/records/{rid}/parts/audio?reason=x", token,
