@@ -38,6 +38,8 @@ class LockMode(str, Enum):
 
     @classmethod
     def parse(cls, value: str | LockMode) -> LockMode:
+        if type(value) is cls:
+            return value
         try:
             return cls(str(value.value if isinstance(value, LockMode) else value).upper())
         except ValueError:
@@ -63,8 +65,16 @@ class ObjectInfo:
         return self.legal_hold or (self.retain_until is not None and self.retain_until > now)
 
 
+_SAFE_KEY = re.compile(r"[A-Za-z0-9._=+@,:-]{1,255}(?:/[A-Za-z0-9._=+@,:-]{1,255})*")
+_DOT_COMPONENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
+
+
 def check_key(key: str) -> str:
     """Return ``key`` if it is a safe object key, else raise InvalidObjectKey saying why."""
+    # every object access checks its key: one match for a good key (ASCII, so characters are bytes)
+    if (isinstance(key, str) and len(key) <= MAX_KEY_BYTES and _SAFE_KEY.fullmatch(key)
+            and not _DOT_COMPONENT.search(key)):
+        return key
     if not isinstance(key, str) or not key:
         raise InvalidObjectKey("object key is empty")
     if len(key.encode("utf-8")) > MAX_KEY_BYTES:

@@ -38,6 +38,7 @@ non-erasable storage, use the S3 store on a bucket with Object Lock in COMPLIANC
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 import struct
@@ -61,21 +62,22 @@ _META = "#meta"
 _MAGIC = b"ARCFSv1\n"
 _LEN = struct.Struct(">I")
 _CHUNK = 1024 * 1024 + 64  # one default sealed segment (1 MiB + 16-byte tag) and change
+_READ_BUFFER = 64 * 1024
 
 
-def _makedirs_durably(path: Path) -> None:
+def _makedirs_durably(path: str) -> None:
     """Create ``path`` and any missing parents, fsyncing each parent whose entries changed: a new
     object is only durable when every directory entry leading to it is."""
     missing = []
-    while not path.is_dir():
+    while not os.path.isdir(path):
         missing.append(path)
-        path = path.parent
+        path = os.path.dirname(path)
     for directory in reversed(missing):
         try:
-            directory.mkdir()
+            os.mkdir(directory)
         except FileExistsError:
             pass  # another writer made it, and may not have fsynced its parent yet: do it here too
-        _fsync_dir(directory.parent)
+        _fsync_dir(os.path.dirname(directory))
 
 
 def _load_syncfs():
@@ -100,7 +102,21 @@ def _load_syncfs():
 _syncfs = _load_syncfs()
 
 
-def _fsync_dir(path: Path) -> None:
+def _syncfs_reports_errors() -> bool:
+    """Since Linux 5.8 ``syncfs`` returns the write errors seen on the filesystem since the fd it is given
+    was opened (the superblock's error sequence), so a group commit needs no per-file fsync to learn of
+    one; before, it reported nothing."""
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return False
+    return _syncfs is not None and (major, minor) >= (5, 8)
+
+
+_SYNCFS_REPORTS_ERRORS = _syncfs_reports_errors()
+
+
+def _fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -115,7 +131,7 @@ class _EarlyWriteback:
 
     def __init__(self, fd: int, every: int = 64 * 1024 * 1024) -> None:
         self.fd, self.every, self.pending = fd, every, 0
-        self._wake = threading.Event()
+        self._wake: threading.Event | None = None  # made when first needed: most objects are small
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -124,6 +140,7 @@ class _EarlyWriteback:
         if self.pending >= self.every:
             self.pending = 0
             if self._thread is None:
+                self._wake = threading.Event()
                 self._thread = threading.Thread(target=self._run, name="writeback", daemon=True)
                 self._thread.start()
             self._wake.set()
@@ -176,14 +193,15 @@ def _write_durably(fd: int, source: BinaryIO, header: bytes = b"", *, sync: bool
     return size
 
 
-def _open_unnamed(directory: Path) -> int | None:
+def _open_unnamed(directory: str) -> int | None:
     """A new file with no name yet in ``directory`` (Linux O_TMPFILE), or None where that is unsupported:
-    nothing to clean up after a crash, and no temporary name to create and remove."""
+    nothing to clean up after a crash, and no temporary name to create and remove. Its mode is already
+    the object's (0444): the descriptor opened here is the only one that can write it."""
     flag = getattr(os, "O_TMPFILE", None)
     if flag is None:
         return None
     try:
-        return os.open(directory, flag | os.O_WRONLY, 0o600)
+        return os.open(directory, flag | os.O_WRONLY, 0o444)
     except OSError:
         return None
 
@@ -194,11 +212,15 @@ class _Staged:
 
     index: int
     key: str
-    final: Path
+    final: str
     fd: int
     tmp: Path | None
-    state: dict
+    info: ObjectInfo  # its size still 0
     size: int
+
+
+def _sized(info: ObjectInfo, size: int) -> ObjectInfo:
+    return ObjectInfo(info.key, size, info.retain_until, info.mode, info.legal_hold, info.created, info.version_id)
 
 
 class FilesystemStore:
@@ -216,14 +238,22 @@ class FilesystemStore:
             raise StorageError(f"no object store at {self.root} (objects/ missing); run 'archive init'",
                                path=str(self.root))
         (self.root / "tmp").mkdir(exist_ok=True)
-        # Held open for the store's life: syncfs reports the write errors seen since its fd was opened.
+        self._objects = str(self.root / "objects")  # paths are strings on the hot paths: pathlib costs more
+        # Held open for the store's life: syncfs reports the write errors seen since its fd was opened, and
+        # names are linked relative to objects/ (one descriptor, not one opened per link).
         self._root_fd = os.open(self.root, os.O_RDONLY)
+        self._objects_fd = os.open(self._objects, os.O_RDONLY | os.O_DIRECTORY)
         weakref.finalize(self, os.close, self._root_fd)
+        weakref.finalize(self, os.close, self._objects_fd)
+        # Object ids only need to be unique: a random prefix per store instance and a counter, instead of
+        # a call for fresh randomness per object.
+        self._id_prefix = os.urandom(8).hex()
+        self._ids = itertools.count()
 
     # --- paths and locking ---------------------------------------------------------------------------
 
-    def _path(self, key: str, suffix: str) -> Path:
-        return self.root / "objects" / (check_key(key) + suffix)
+    def _path(self, key: str, suffix: str) -> str:
+        return f"{self._objects}/{check_key(key)}{suffix}"
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -254,7 +284,8 @@ class FilesystemStore:
         except FileNotFoundError:
             raise ObjectNotFound(f"no object {key!r}", key=key) from None
         try:
-            changed = json.loads(self._path(key, _META).read_bytes())
+            with open(self._path(key, _META), "rb") as f:
+                changed = json.loads(f.read())
         except FileNotFoundError:
             changed = None
         except ValueError as e:
@@ -271,7 +302,7 @@ class FilesystemStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        _fsync_dir(os.path.dirname(final))
 
     @staticmethod
     def _info(key: str, state: dict, size: int) -> ObjectInfo:
@@ -286,36 +317,39 @@ class FilesystemStore:
 
     # --- ObjectStore ---------------------------------------------------------------------------------
 
-    def _new(self, key: str, retain_until: datetime | None, mode: LockMode | str,
-             legal_hold: bool) -> tuple[Path, dict, bytes]:
-        """(path, creation state, file header) for a new object; raises what ``put`` raises up front."""
+    def _new(self, key: str, retain_until: datetime | None, mode: LockMode | str, legal_hold: bool,
+             now: datetime | None = None) -> tuple[str, ObjectInfo, bytes]:
+        """(path, what the store will know of it — size 0 for now, file header) for a new object created
+        ``now`` (default: the store's clock now); raises what ``put`` raises up front."""
         final = self._path(key, _DATA)
         mode = LockMode.parse(mode)
-        now = self.clock.now()
+        now = now or self.clock.now()
         retain_until = check_new_retention(key, retain_until, now)
-        if final.exists():
-            raise ObjectExists(f"object {key!r} already exists; sealed objects are written once", key=key)
-        state = {"object_id": uuid.uuid4().hex, "created": now.isoformat(),
-                 "legal_hold": bool(legal_hold), "retain_until": retain_until.isoformat() if retain_until else None,
+        object_id = f"{self._id_prefix}{next(self._ids):016x}"
+        state = {"object_id": object_id, "created": now.isoformat(), "legal_hold": bool(legal_hold),
+                 "retain_until": retain_until.isoformat() if retain_until else None,
                  "mode": mode.value if retain_until else None}
         raw = json.dumps(state).encode()
-        return final, state, _MAGIC + _LEN.pack(len(raw)) + raw
+        info = ObjectInfo(key, 0, retain_until, mode if retain_until else None, bool(legal_hold), now, object_id)
+        return final, info, _MAGIC + _LEN.pack(len(raw)) + raw
 
     def put(self, key: str, source: BinaryIO, *, retain_until: datetime | None = None,
             mode: LockMode = LockMode.COMPLIANCE, legal_hold: bool = False) -> ObjectInfo:
-        final, state, header = self._new(key, retain_until, mode, legal_hold)
+        final, info, header = self._new(key, retain_until, mode, legal_hold)
+        if os.path.exists(final):  # before writing what may be gigabytes (link would refuse it anyway)
+            raise ObjectExists(f"object {key!r} already exists; sealed objects are written once", key=key)
+        directory = os.path.dirname(final)
         try:
-            _makedirs_durably(final.parent)
-            fd = _open_unnamed(final.parent)
+            _makedirs_durably(directory)
+            fd = _open_unnamed(directory)
             if fd is not None:
                 try:
                     size = _write_durably(fd, source, header)
-                    os.fchmod(fd, 0o444)
                     self._link(f"/proc/self/fd/{fd}", final, key)
                 finally:
                     os.close(fd)
             else:
-                tmp = self.root / "tmp" / f"{state['object_id']}.part"
+                tmp = self.root / "tmp" / f"{info.version_id}.part"
                 try:
                     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                     try:
@@ -326,20 +360,22 @@ class FilesystemStore:
                     self._link(tmp, final, key)
                 finally:
                     tmp.unlink(missing_ok=True)
-            _fsync_dir(final.parent)
+            _fsync_dir(directory)
         except NotADirectoryError as e:
             raise StorageError(f"object key {key!r} collides with an existing path: {e}", key=key) from e
-        return self._info(key, state, size)
+        return _sized(info, size)
 
     def put_many(self, requests: Sequence[PutRequest]) -> list[ObjectInfo | ArchiveError]:
         """Write a group of objects with one flush per step (the group commit in the module docstring)."""
         results: list[ObjectInfo | ArchiveError | None] = [None] * len(requests)
         staged: list[_Staged] = []
         changed: set[str] = set()  # directories whose entries changed: new subdirectories, new names
+        present: set[str] = set()  # directories known to exist
+        now = self.clock.now()  # the group's objects are created together
         try:
             for i, r in enumerate(requests):  # (1) every object into a nameless file, no flush yet
                 try:
-                    staged.append(self._stage(i, r, changed))
+                    staged.append(self._stage(i, r, changed, present, now))
                 except ArchiveError as e:
                     results[i] = e
             if not staged:
@@ -354,8 +390,8 @@ class FilesystemStore:
                 except ObjectExists as e:
                     results[s.index] = e
                     continue
-                changed.add(str(s.final.parent))
-                results[s.index] = self._info(s.key, s.state, s.size)
+                changed.add(os.path.dirname(s.final))
+                results[s.index] = _sized(s.info, s.size)
             self._flush_names(changed)  # (4) names durable: only now is any of it acknowledged
         finally:
             for s in staged:
@@ -364,40 +400,45 @@ class FilesystemStore:
                     s.tmp.unlink(missing_ok=True)
         return results
 
-    def _stage(self, index: int, r: PutRequest, changed: set[str]) -> _Staged:
-        final, state, header = self._new(r.key, r.retain_until, r.mode, r.legal_hold)
-        try:
-            self._makedirs(final.parent, changed)
-        except NotADirectoryError as e:
-            raise StorageError(f"object key {r.key!r} collides with an existing path: {e}", key=r.key) from e
+    def _stage(self, index: int, r: PutRequest, changed: set[str], present: set[str], now: datetime) -> _Staged:
+        # No check for an existing object first: the objects of a group are small, and link() refuses.
+        final, info, header = self._new(r.key, r.retain_until, r.mode, r.legal_hold, now)
+        directory = os.path.dirname(final)
+        if directory not in present:
+            try:
+                self._makedirs(directory, changed)
+            except NotADirectoryError as e:
+                raise StorageError(f"object key {r.key!r} collides with an existing path: {e}", key=r.key) from e
+            present.add(directory)
         tmp = None
-        fd = _open_unnamed(final.parent)
+        fd = _open_unnamed(directory)
         if fd is None:
-            tmp = self.root / "tmp" / f"{state['object_id']}.part"
+            tmp = self.root / "tmp" / f"{info.version_id}.part"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             size = _write_durably(fd, r.source, header, sync=False)
-            os.fchmod(fd, 0o444)
+            if tmp is not None:
+                os.fchmod(fd, 0o444)
         except BaseException:
             os.close(fd)
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
             raise
-        return _Staged(index, r.key, final, fd, tmp, state, size)
+        return _Staged(index, r.key, final, fd, tmp, info, size)
 
     @staticmethod
-    def _makedirs(path: Path, changed: set[str]) -> None:
+    def _makedirs(path: str, changed: set[str]) -> None:
         """Create ``path`` and missing parents, noting each parent whose entries changed (flushed later)."""
         missing = []
-        while not path.is_dir():
+        while not os.path.isdir(path):
             missing.append(path)
-            path = path.parent
+            path = os.path.dirname(path)
         for directory in reversed(missing):
             try:
-                directory.mkdir()
+                os.mkdir(directory)
             except FileExistsError:
                 pass  # another writer made it and may not have flushed its parent yet: we flush it too
-            changed.add(str(directory.parent))
+            changed.add(os.path.dirname(directory))
 
     def _syncfs(self) -> None:
         try:
@@ -408,6 +449,8 @@ class FilesystemStore:
     def _flush_files(self, fds: list[int]) -> None:
         if _syncfs is not None:
             self._syncfs()  # one journal commit for every file of the group
+            if _SYNCFS_REPORTS_ERRORS:
+                return
         try:
             for fd in fds:  # after syncfs: nothing left to write; reports a write error the kernel saw
                 os.fsync(fd)
@@ -420,25 +463,22 @@ class FilesystemStore:
             return
         try:
             for directory in sorted(directories):
-                _fsync_dir(Path(directory))
+                _fsync_dir(directory)
         except OSError as e:
             raise StorageError(f"{self.root}: could not flush a directory to disk: {e}", path=str(self.root)) from e
 
-    @staticmethod
-    def _link(source: str | Path, final: Path, key: str) -> None:
+    def _link(self, source: str | Path, final: str, key: str) -> None:
         # linkat() with AT_SYMLINK_FOLLOW (which /proc/self/fd needs) is only used by os.link when a
-        # directory fd is given. link is atomic and never replaces: the first writer of a key wins.
-        dirfd = os.open(final.parent, os.O_RDONLY)
+        # directory fd is given: the name is linked relative to objects/. link is atomic and never
+        # replaces: the first writer of a key wins.
         try:
-            os.link(source, final.name, dst_dir_fd=dirfd, follow_symlinks=True)
+            os.link(source, final[len(self._objects) + 1:], dst_dir_fd=self._objects_fd, follow_symlinks=True)
         except FileExistsError:
             raise ObjectExists(f"object {key!r} already exists; sealed objects are written once", key=key) from None
-        finally:
-            os.close(dirfd)
 
     def open(self, key: str) -> BinaryIO:
         try:
-            f = open(self._path(key, _DATA), "rb")
+            f = open(self._path(key, _DATA), "rb", buffering=_READ_BUFFER)  # (a size given: no isatty() call)
         except FileNotFoundError:
             raise ObjectNotFound(f"no object {key!r}", key=key) from None
         try:
@@ -475,13 +515,18 @@ class FilesystemStore:
             state, _, size = self._state(key)
             check_deletable(self._info(key, state, size), bypass_governance=bypass_governance, now=self.clock.now())
             data = self._path(key, _DATA)
-            data.unlink()
-            self._path(key, _META).unlink(missing_ok=True)
-            _fsync_dir(data.parent)
+            os.unlink(data)
+            try:
+                os.unlink(self._path(key, _META))
+            except FileNotFoundError:
+                pass
+            _fsync_dir(os.path.dirname(data))
 
     def list(self, prefix: str = "") -> Iterator[str]:
         base = self.root / "objects"
         start = base / check_key(prefix.rsplit("/", 1)[0]) if "/" in prefix else base  # only under the prefix
+        if not os.path.isdir(start):  # (asked for every new record: is it there already?)
+            return
         found = []
         for dirpath, _dirs, files in os.walk(start):
             rel = os.path.relpath(dirpath, base)
