@@ -119,6 +119,7 @@ class KeyringProvider:
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._doc: dict = {}
+        self._ciphers: dict[str, AESGCM] = {}  # of the loaded file: KEK id → its AES-GCM (key schedule made once)
         self._load()  # fail in the constructor, not on first use
 
     # --- file handling ---------------------------------------------------------------------------
@@ -143,7 +144,7 @@ class KeyringProvider:
                 raise KeyringError(f"keyring {self.path} is unreadable: {e}", path=str(self.path)) from e
             if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("keks"), list):
                 raise KeyringError(f"keyring {self.path} is not an {FORMAT} file", path=str(self.path))
-            self._doc, self._stamp = doc, stamp
+            self._doc, self._stamp, self._ciphers = doc, stamp, {}
             return doc
 
     def _update(self, change) -> dict:
@@ -162,13 +163,21 @@ class KeyringProvider:
         finally:
             os.close(fd)
 
-    def _kek(self, kek_id: str) -> bytes:
-        doc = self._load()
+    def _kek(self, kek_id: str, doc: dict | None = None) -> AESGCM:
+        """The AES-GCM of KEK ``kek_id`` as the keyring file (``doc``, default: re-read if changed) has it."""
+        doc = doc or self._load()
+        ciphers = self._ciphers
+        cipher = ciphers.get(kek_id) if doc is self._doc else None
+        if cipher is not None:
+            return cipher
         for entry in doc["keks"]:
             if _kek_id(entry["version"]) == kek_id:
                 if entry.get("state") == "destroyed" or "key" not in entry:
                     raise KeyUnavailable(f"key-encryption key {kek_id} was destroyed", kek_id=kek_id)
-                return base64.b64decode(entry["key"])
+                cipher = AESGCM(base64.b64decode(entry["key"]))
+                if doc is self._doc:
+                    ciphers[kek_id] = cipher
+                return cipher
         raise KeyUnavailable(f"key-encryption key {kek_id} is not in keyring {self.path}", kek_id=kek_id)
 
     # --- KeyProvider ---------------------------------------------------------------------------------
@@ -177,10 +186,11 @@ class KeyringProvider:
         return _kek_id(int(self._load()["current"]))
 
     def _wrap(self, data_key: bytes, context: Mapping[str, str]) -> WrappedKey:
-        kek_id = self.current_kek()
+        doc = self._load()  # once: the current KEK and its key from the same reading of the file
+        kek_id = _kek_id(int(doc["current"]))
         nonce = os.urandom(12)
         aad = _AAD_LABEL + kek_id.encode() + b"\n" + canonical_context(context)
-        return WrappedKey(PROVIDER, kek_id, nonce + AESGCM(self._kek(kek_id)).encrypt(nonce, data_key, aad))
+        return WrappedKey(PROVIDER, kek_id, nonce + self._kek(kek_id, doc).encrypt(nonce, data_key, aad))
 
     def generate_data_key(self, context: Mapping[str, str]) -> tuple[bytes, WrappedKey]:
         data_key = os.urandom(DATA_KEY_SIZE)
@@ -193,7 +203,7 @@ class KeyringProvider:
         kek = self._kek(wrapped.kek_id)
         aad = _AAD_LABEL + wrapped.kek_id.encode() + b"\n" + canonical_context(context)
         try:
-            return AESGCM(kek).decrypt(wrapped.blob[:12], wrapped.blob[12:], aad)
+            return kek.decrypt(wrapped.blob[:12], wrapped.blob[12:], aad)
         except (InvalidTag, ValueError):
             raise IntegrityError(f"wrapped data key does not open under {wrapped.kek_id} for "
                                  f"{context.get('archive:object', '?')} (altered, or bound to another object)",
