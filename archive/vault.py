@@ -239,7 +239,9 @@ class Vault:
             receipt = self.receipt(name)
         else:
             key = _receipt_key(name, receipt.seq)
-            if self._load_receipt(key, name) != receipt:
+            with self.store.open(key) as f:
+                stored = f.read()
+            if stored != receipt.to_bytes():
                 raise IntegrityError(f"{key}: the stored seal receipt differs from the one written",
                                      object_key=name, segment="receipt")
         binding = binding or receipt.binding
