@@ -126,8 +126,11 @@ class Policy:
     text_sha256: str = ""  # of the file as read: the decision records exactly which text applied
     text: str = field(default="", repr=False)
 
-    def matches(self, meta: dict) -> bool:
-        return (not self.default) and any(all(_holds(meta, name, cond) for name, cond in conds.items())
+    def matches(self, meta: dict, seen: dict | None = None) -> bool:
+        """Whether the policy covers a record; ``seen`` keeps the record's field values for the next
+        policy asked about the same record (they mostly ask about the same few fields)."""
+        seen = {} if seen is None else seen
+        return (not self.default) and any(all(_holds(meta, name, cond, seen) for name, cond in conds.items())
                                           for conds in self.match)
 
     def ref(self) -> dict:
@@ -166,8 +169,15 @@ def _equal(name: str, actual: Any, wanted: Any) -> bool:
     return actual == wanted
 
 
-def _holds(meta: dict, name: str, cond: Any) -> bool:
-    values = [v for v in _values(meta, name) if v is not None]
+def _seen_values(meta: dict, name: str, seen: dict) -> list:
+    values = seen.get(name)
+    if values is None:
+        values = seen[name] = [v for v in _values(meta, name) if v is not None]
+    return values
+
+
+def _holds(meta: dict, name: str, cond: Any, seen: dict) -> bool:
+    values = _seen_values(meta, name, seen)
     if isinstance(cond, dict):
         if "exists" in cond:
             return bool(values) == bool(cond["exists"])
@@ -398,8 +408,28 @@ class PolicySet:
 
     def matching(self, meta: dict) -> list[Policy]:
         """The policies covering a record: every match, or the default when none matches."""
-        found = [p for p in self.policies if p.matches(meta)]
-        return found or [self.default]
+        seen: dict = {}
+        # Which policies match depends only on the values of the fields the policies name, and records
+        # come in few such combinations (channel, business line, jurisdiction…): each is worked out once.
+        try:
+            key = tuple(tuple(_seen_values(meta, name, seen)) for name in self._match_fields)
+            hash(key)
+        except TypeError:  # an unhashable value (a customer attribute holding an object): no memo
+            key = None
+        found = self._matches.get(key) if key is not None else None
+        if found is None:
+            found = tuple(p for p in self.policies if p.matches(meta, seen)) or (self.default,)
+            if key is not None and len(self._matches) < 10_000:
+                self._matches[key] = found
+        return list(found)
+
+    @cached_property
+    def _match_fields(self) -> tuple[str, ...]:
+        return tuple(sorted({name for p in self.policies for conds in p.match for name in conds}))
+
+    @cached_property
+    def _matches(self) -> dict[tuple, tuple[Policy, ...]]:
+        return {}
 
     def fingerprint(self) -> str:
         """SHA-256 over every policy's id, version and text digest: which set a decision was made under."""
