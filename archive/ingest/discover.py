@@ -52,6 +52,7 @@ class Found:
     load: Callable[[], Iterator[tuple]] | None = None
     rejection: ArchiveError | None = None
     files: tuple[str, ...] = ()  # the file names it is made of (for an inbox to move once archived)
+    kind: str = ""  # "recording" (media to probe, hash and seal: heavy), "chat" or "email"; "" when rejected
 
 
 def _hostile(name: str) -> str | None:
@@ -138,7 +139,7 @@ def _group(directory: Path, names: list[str], limits: Limits) -> Iterator[Found]
                 continue
             transcripts = [exts[e] for e in TRANSCRIPTS if e in exts]
             yield Found(origin, load=_recording_loader(directory, media, sidecars, transcripts),
-                        files=(*media, *(p.name for p in sidecars), *transcripts))
+                        files=(*media, *(p.name for p in sidecars), *transcripts), kind="recording")
             for other in sorted(set(group) - set(media) - {p.name for p in sidecars} - set(transcripts)):
                 yield Found(_show(directory / other), rejection=_unsupported(directory / other))
             continue
@@ -146,9 +147,9 @@ def _group(directory: Path, names: list[str], limits: Limits) -> Iterator[Found]
             path = directory / name
             ext = os.path.splitext(name)[1].lower()
             if ext == ".json":
-                yield Found(_show(path), load=_chat_loader(path), files=(name,))
+                yield Found(_show(path), load=_chat_loader(path), files=(name,), kind="chat")
             elif ext == ".eml":
-                yield Found(_show(path), load=_email_loader(path), files=(name,))
+                yield Found(_show(path), load=_email_loader(path), files=(name,), kind="email")
             elif ext == ".xml":
                 yield Found(_show(path), rejection=RejectedInput(
                     "metadata_without_recording", f"{_show(path)}: SIPREC metadata with no recording of the same name"))
@@ -162,9 +163,9 @@ def _unsupported(path: Path) -> RejectedInput:
                          f"{' '.join(MEDIA_TYPES)}, chats: .json, email: .eml")
 
 
-def _read_json(path: Path):
+def _read_json(path: Path, raw: bytes | None = None):
     try:
-        return json.loads(path.read_bytes())
+        return json.loads(path.read_bytes() if raw is None else raw)
     except UnicodeDecodeError as e:
         raise InvalidMetadata(path.name, f"is not UTF-8 JSON ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
@@ -226,26 +227,25 @@ def _chat_loader(path: Path):
         from archive.ingest.chats import convert
         from archive.ingest.pipeline import PartInput
 
-        doc = _read_json(path)
         from archive.ingest.chats import detect
 
+        with open(path, "rb", buffering=0) as f:  # read once: the metadata and the archived bytes are one snapshot
+            raw = f.read()
+        doc = _read_json(path, raw)
         fmt = detect(doc)
         for metadata in convert(doc, fmt, origin=path.name):
-            yield metadata, [PartInput("transcript", "application/json", _opener(path), filename=path.name)], fmt
+            yield metadata, [PartInput.of_bytes("transcript", "application/json", raw, filename=path.name)], fmt
 
     return load
 
 
 def _email_loader(path: Path):
     def load():
-        import io
-
         from archive.ingest.email_import import parse_eml
         from archive.ingest.pipeline import PartInput
 
         parsed = parse_eml(path.read_bytes(), origin=path.name)
-        parts = [PartInput(p.name, p.media_type, (lambda data=p.data: io.BytesIO(data)), filename=p.filename)
-                 for p in parsed.parts]
+        parts = [PartInput.of_bytes(p.name, p.media_type, p.data, filename=p.filename) for p in parsed.parts]
         yield parsed.metadata, parts, "email"
 
     return load

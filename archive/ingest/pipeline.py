@@ -74,6 +74,12 @@ class PartInput:
     media: dict | None = None
     sha256: str = ""
     size: int = 0
+    data: bytes | None = None  # the bytes, when the loader holds them already (a chat file read once)
+
+    @classmethod
+    def of_bytes(cls, name: str, media_type: str, data: bytes, *, filename: str | None = None) -> PartInput:
+        """A part whose bytes are in memory: hashed and sealed from that one snapshot of its source."""
+        return cls(name, media_type, lambda: io.BytesIO(data), filename=filename, data=data)
 
 
 @dataclass
@@ -160,7 +166,10 @@ class Ingestor:
         manifest. ``policies``: the run's policy set (default: the current one)."""
         metadata = validate(metadata)
         for part in parts:
-            part.sha256, part.size = _hash_stream(part.open)
+            if part.data is not None:
+                part.sha256, part.size = hashlib.sha256(part.data).hexdigest(), len(part.data)
+            else:
+                part.sha256, part.size = _hash_stream(part.open)
         rid = record_id(metadata, parts)
         with self._lock:  # one record id at a time in this process: a duplicate waits, then reuses its parts
             lock = self._record_locks.setdefault(rid, threading.Lock())
@@ -286,10 +295,12 @@ class Ingestor:
 
     @staticmethod
     def _inline_part(part: PartInput) -> dict:
-        with part.open() as f:
-            data = f.read()
-        if hashlib.sha256(data).hexdigest() != part.sha256:
-            raise SourceChanged(f"{part.filename or part.name} changed while it was being archived")
+        data = part.data
+        if data is None:
+            with part.open() as f:
+                data = f.read()
+            if hashlib.sha256(data).hexdigest() != part.sha256:
+                raise SourceChanged(f"{part.filename or part.name} changed while it was being archived")
         return {"name": part.name, "inline": base64.b64encode(data).decode(), "filename": part.filename,
                 "media_type": part.media_type, "size": len(data), "sha256": part.sha256,
                 **({"media": part.media} if part.media else {})}
@@ -316,7 +327,9 @@ class Ingestor:
     def run(self, paths: Iterable[Path], *, limits, progress: Callable[[Summary], None] | None = None,
             workers: int = 8) -> Summary:
         """Ingest every input under ``paths``; outcomes come back in input order. ``workers`` threads
-        prepare inputs (hash, seal large parts); their records are committed in groups of up to ``BATCH``
+        prepare recordings (probe, hash, seal their media); chats and emails, Python work that threads
+        would only hand the GIL back and forth for, are prepared by the calling thread. Records are
+        committed in groups of up to ``BATCH``
         (:meth:`_commit_many`), each group with a few flushes of the store instead of a few per record;
         one more thread writes their index entries. The policy set is read once, at the start of the run."""
         summary = Summary()
@@ -348,17 +361,24 @@ class Ingestor:
                     progress(summary)
             batch.clear()
 
+        records = [0]  # in the batch
+
         def take(future: Future) -> None:
             batch.append(future.result())
-            if sum(len(i.records) for i in batch) >= self.BATCH:
+            records[0] += len(batch[-1].records)
+            if records[0] >= self.BATCH:
                 commit_batch()
+                records[0] = 0
 
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix="ingest") as pool, \
                 ThreadPoolExecutor(1, thread_name_prefix="index") as indexer:
             pending: deque[Future] = deque()
             for found in discover(paths, limits=limits):
-                pending.append(pool.submit(self._prepare_input, found, policies))
-                while len(pending) > 2 * workers or (pending and pending[0].done()):
+                if found.kind == "recording":  # probing, hashing and sealing media: threads overlap the I/O
+                    pending.append(pool.submit(self._prepare_input, found, policies))
+                else:  # a chat or an email is Python work: a thread would only add hand-offs of the GIL
+                    pending.append(_done(self._prepare_input(found, policies)))
+                while len(pending) > self.BATCH + 2 * workers or (pending and pending[0].done()):
                     take(pending.popleft())
             while pending:
                 take(pending.popleft())
@@ -439,6 +459,12 @@ class _Input:
     origin: str
     records: list[_Prepared] = field(default_factory=list)
     outcome: Outcome | None = None
+
+
+def _done(result) -> Future:
+    future: Future = Future()
+    future.set_result(result)
+    return future
 
 
 def _transcript_text(metadata: dict, parts: list[PartInput]) -> str | None:

@@ -85,9 +85,16 @@ def _unknown(doc: Mapping, allowed: set[str], path: str) -> None:
                                                    "fields under source_fields)")
 
 
+class Validated(dict):
+    """Record metadata as :func:`validate` returned it: validating it again returns it as it is (the
+    importers validate what they convert, and the pipeline validates whatever it is given)."""
+
+
 def validate(doc: Any) -> dict:
     """Check ``doc`` against the record schema; return it normalised (schema tag set, times as given).
     Raises InvalidMetadata naming the first bad field."""
+    if type(doc) is Validated:
+        return doc
     if not isinstance(doc, Mapping):
         raise InvalidMetadata("(record)", "metadata must be a JSON object")
     _unknown(doc, _TOP, "")
@@ -165,7 +172,7 @@ def validate(doc: Any) -> dict:
                 raise InvalidMetadata(f"{path}text", "must be a string")
     if doc.get("source_fields") is not None and not isinstance(doc["source_fields"], Mapping):
         raise InvalidMetadata("source_fields", "must be an object")
-    return {"schema": SCHEMA, **{k: v for k, v in doc.items() if k != "schema"}}
+    return Validated({"schema": SCHEMA, **{k: v for k, v in doc.items() if k != "schema"}})
 
 
 def check_part_name(name: str) -> str:
