@@ -205,7 +205,8 @@ class SqliteIndex:
                 self.flush()
 
     def flush(self) -> None:
-        """Write every queued record to the index in one transaction."""
+        """Write every queued record to the index in one transaction: each table's rows for all of them
+        in one statement (a call into SQLite per table, not per record and table)."""
         with self._lock:
             if not self._pending:
                 return
@@ -214,29 +215,37 @@ class SqliteIndex:
             try:
                 counts: Counter = Counter()
                 grams: Counter = Counter()
-                for rid, view in pending.items():
+                ids = list(pending)
+                for i in range(0, len(ids), 500):  # records indexed before (a re-ingest, a reindex): replaced
+                    chunk = ids[i:i + 500]
+                    for row in self.db.execute(f"SELECT rec, started_utc FROM records WHERE record_id IN "
+                                               f"({','.join('?' * len(chunk))})", chunk).fetchall():
+                        self._remove_rec(*row, counts)
+                # new recs: the writer holds the database (BEGIN IMMEDIATE), so nobody else takes these
+                (last,) = self.db.execute("SELECT coalesce(max(rec), 0) FROM records").fetchone()
+                records, texts, fields_rows, facet_rows = [], [], [], []
+                for rec, (rid, view) in enumerate(pending.items(), last + 1):
                     meta = view["metadata"]
-                    self._remove(rid, counts)
-                    rec = self.db.execute(
-                        "INSERT INTO records (record_id, started_at, channel, source_system, interaction_id, manifest, "
-                        "started_utc) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (rid, meta["started_at"], meta["channel"], meta["source"]["system"],
-                         meta["source"]["interaction_id"], json.dumps(document.stored(view), ensure_ascii=False),
-                         document.started_utc(view))).lastrowid
+                    started = document.started_utc(view)
+                    records.append((rec, rid, meta["started_at"], meta["channel"], meta["source"]["system"],
+                                    meta["source"]["interaction_id"],
+                                    json.dumps(document.stored(view), ensure_ascii=False), started))
                     text = document.text(view)
-                    self.db.execute("INSERT INTO records_fts (rowid, text) VALUES (?, ?)", (rec, text))
+                    texts.append((rec, text))
                     grams.update(trigrams(text))
                     fields = document.fields(view)
-                    started = document.started_utc(view)
-                    self.db.executemany("INSERT OR IGNORE INTO record_fields VALUES (?, ?, ?)",
-                                        [(f, v, rec) for f, vs in fields.items() for v in vs])
+                    fields_rows += [(f, v, rec) for f, vs in fields.items() for v in vs]
                     facets = {(f, v) for f in FACETED for v in fields.get(f, ())}
-                    self.db.executemany("INSERT INTO record_facets VALUES (?, ?, ?, ?)",
-                                        [(f, started, v, rec) for f, v in facets])
+                    facet_rows += [(f, started, v, rec) for f, v in facets]
                     _count(counts, started, facets, +1)
+                insert = self._insert
+                insert("INSERT INTO records (rec, record_id, started_at, channel, source_system, interaction_id, "
+                       "manifest, started_utc)", records)
+                insert("INSERT INTO records_fts (rowid, text)", texts)
+                insert("INSERT OR IGNORE INTO record_fields", fields_rows)
+                insert("INSERT INTO record_facets", facet_rows)
                 self._add_counts(counts)
-                self.db.executemany("INSERT INTO trigram_stats VALUES (?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n",
-                                    grams.items())
+                insert("INSERT INTO trigram_stats", list(grams.items()), "ON CONFLICT DO UPDATE SET n = n + excluded.n")
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
@@ -246,19 +255,31 @@ class SqliteIndex:
     def _remove(self, record_id: str, counts: Counter) -> None:
         row = self.db.execute("SELECT rec, started_utc FROM records WHERE record_id = ?", (record_id,)).fetchone()
         if row is not None:
-            rec, started = row
-            row = (rec,)
-            facets = self.db.execute("SELECT field, value FROM record_facets WHERE rec = ?", row).fetchall()
-            _count(counts, started, facets, -1)
-            self.db.execute("DELETE FROM records_fts WHERE rowid = ?", row)
-            self.db.execute("DELETE FROM record_fields WHERE rec = ?", row)
-            self.db.execute("DELETE FROM record_facets WHERE rec = ?", row)
-            self.db.execute("DELETE FROM records WHERE rec = ?", row)
+            self._remove_rec(*row, counts)
+
+    def _remove_rec(self, rec: int, started: str, counts: Counter) -> None:
+        row = (rec,)
+        facets = self.db.execute("SELECT field, value FROM record_facets WHERE rec = ?", row).fetchall()
+        _count(counts, started, facets, -1)
+        self.db.execute("DELETE FROM records_fts WHERE rowid = ?", row)
+        self.db.execute("DELETE FROM record_fields WHERE rec = ?", row)
+        self.db.execute("DELETE FROM record_facets WHERE rec = ?", row)
+        self.db.execute("DELETE FROM records WHERE rec = ?", row)
+
+    def _insert(self, head: str, rows: list[tuple], tail: str = "", chunk: int = 256) -> None:
+        """``head VALUES (…), (…), … tail`` for ``rows``, ``chunk`` rows a statement. One statement for many
+        rows, not executemany: executemany takes the GIL back between rows, and an index written beside
+        the ingest thread would queue for it at every row."""
+        if not rows:
+            return
+        one = f"({', '.join('?' * len(rows[0]))})"
+        for i in range(0, len(rows), chunk):
+            part = rows[i:i + chunk]
+            self.db.execute(f"{head} VALUES {', '.join([one] * len(part))} {tail}", [v for row in part for v in row])
 
     def _add_counts(self, counts: Counter) -> None:
-        self.db.executemany("INSERT INTO facet_counts VALUES (?, ?, ?, ?, ?) "
-                            "ON CONFLICT DO UPDATE SET n = n + excluded.n",
-                            [(*key, n) for key, n in counts.items() if n])
+        self._insert("INSERT INTO facet_counts", [(*key, n) for key, n in counts.items() if n],
+                     "ON CONFLICT DO UPDATE SET n = n + excluded.n")
         self.db.executemany("DELETE FROM facet_counts WHERE field = ? AND grain = ? AND bucket = ? AND value = ? "
                             "AND n <= 0", [key for key, n in counts.items() if n < 0])
 
