@@ -264,12 +264,16 @@ class FilesystemStore:
         finally:
             os.close(fd)
 
-    def _header(self, f) -> tuple[dict, int]:
-        """(creation state, data offset) from an open ``#data`` file."""
+    def _header(self, f, *, parse: bool = True) -> tuple[dict | None, int]:
+        """(creation state, data offset) from an open ``#data`` file, leaving it at the data's first byte;
+        without ``parse``, the state is skipped (None): reading an object needs only where its data starts."""
         head = f.read(len(_MAGIC) + _LEN.size)
         if len(head) < len(_MAGIC) + _LEN.size or not head.startswith(_MAGIC):
             raise StorageError(f"{f.name}: not an object file of this store")
         (length,) = _LEN.unpack_from(head, len(_MAGIC))
+        if not parse:
+            f.seek(len(head) + length)
+            return None, len(head) + length
         try:
             return json.loads(f.read(length)), len(head) + length
         except ValueError as e:
@@ -482,7 +486,7 @@ class FilesystemStore:
         except FileNotFoundError:
             raise ObjectNotFound(f"no object {key!r}", key=key) from None
         try:
-            self._header(f)  # leaves the file positioned at the object's first byte
+            self._header(f, parse=False)  # leaves the file positioned at the object's first byte
         except BaseException:
             f.close()
             raise
