@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import BinaryIO
 
 from archive.crypto.stream import Binding, Sealer, iter_unseal_range, unseal_range, unseal_stream
@@ -74,10 +75,7 @@ class SealReceipt:
         return Binding(self.record_id, self.part)
 
     def to_bytes(self) -> bytes:
-        doc = {f.name: getattr(self, f.name) for f in fields(self)}  # shallow: asdict deep-copies, slowly
-        doc["wrapped_key"] = self.wrapped_key.to_json()
-        # compact: the indenting encoder is pure Python, and a receipt is written for every object
-        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return _receipt_bytes(self)
 
     @classmethod
     def from_bytes(cls, raw: bytes, key: str) -> SealReceipt:
@@ -90,6 +88,14 @@ class SealReceipt:
         except (ValueError, TypeError, KeyError) as e:
             raise IntegrityError(f"{key}: seal receipt is malformed ({e})", object_key=key,
                                  segment="receipt") from e
+
+
+@lru_cache(maxsize=1024)  # a receipt is serialised when written and again to check what was stored;
+def _receipt_bytes(receipt: SealReceipt) -> bytes:  # equal receipts serialise alike, so by value is safe
+    doc = {f.name: getattr(receipt, f.name) for f in fields(receipt)}  # shallow: asdict deep-copies, slowly
+    doc["wrapped_key"] = receipt.wrapped_key.to_json()
+    # compact: the indenting encoder is pure Python, and a receipt is written for every object
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
 @dataclass

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
@@ -55,7 +56,12 @@ class Found:
     kind: str = ""  # "recording" (media to probe, hash and seal: heavy), "chat" or "email"; "" when rejected
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9._ -]+")  # (most names: nothing hostile to look for)
+
+
 def _hostile(name: str) -> str | None:
+    if _PLAIN_NAME.fullmatch(name) and name not in (".", ".."):
+        return None
     if any(unicodedata.category(c) in ("Cc", "Cf") for c in name):
         return "contains control or format characters"
     try:

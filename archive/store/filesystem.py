@@ -527,8 +527,8 @@ class FilesystemStore:
             _fsync_dir(os.path.dirname(data))
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        base = self.root / "objects"
-        start = base / check_key(prefix.rsplit("/", 1)[0]) if "/" in prefix else base  # only under the prefix
+        base = self._objects
+        start = f"{base}/{check_key(prefix.rsplit('/', 1)[0])}" if "/" in prefix else base  # only under the prefix
         if not os.path.isdir(start):  # (asked for every new record: is it there already?)
             return
         found = []
