@@ -8,15 +8,17 @@ is one JSON object; progress and the profile summary come before it.
                    are committed in groups (a few ``syncfs`` per group of 128 instead of five fsyncs per
                    record: see ``archive/store/filesystem.py``), so most of what is left is inode creation
                    (a directory and two files per chat) and Python. On ext4 without a journal, creating
-                   inodes slows down for a few minutes after many files were deleted (the kernel skips
-                   recently freed inodes one by one), so a run right after another run or a test suite
-                   measures lower; ``sys`` time in ``time python bench/ingest.py`` shows it.
+                   inodes slows down for up to five minutes after many files were deleted (the kernel
+                   skips, one by one, inodes freed in the last 60 to 300 seconds), so a run right after
+                   another run or a test suite (pytest deletes its old temporary directories) measures
+                   lower; ``sys`` time in ``time python bench/ingest.py`` shows it.
 * ``calls_mb_s``   N five-minute 8 kHz stereo 16-bit WAV calls (9.6 MB each, a sox-made tone and noise
                    mix, each copy made distinct) with JSON sidecars; MB/s of recordings (1e6 bytes).
 * baselines, same files, same disk, same run: ``cp_fsync_chats_per_s`` copies every chat file and
   fsyncs it (the least a durable archive must do per input), ``cp_fsync_calls_mb_s`` the same for calls.
-* the profile: a second, smaller run under cProfile (every thread: the main thread commits the groups,
-  the workers prepare inputs, one thread writes the index), functions grouped by what they do.
+* the profile: a second, smaller run under cProfile, timed by each thread's CPU clock (so waiting counts
+  for nothing) in every thread: the main thread prepares chats and emails and commits the groups, worker
+  threads prepare recordings, one thread writes the index. Functions grouped by what they do.
 """
 
 from __future__ import annotations
@@ -113,8 +115,8 @@ def ingest(work: Path, name: str, inbox: Path, profile: bool = False):
     if profile:
         threading.setprofile(_thread_profiler())
     os.sync()
-    if profile:  # the main thread commits the groups of records
-        main = cProfile.Profile()
+    if profile:  # the main thread prepares chats and commits the groups of records
+        main = cProfile.Profile(time.thread_time)
         _thread_profiler.profiles.append(main)
         main.enable()
     start = time.perf_counter()
@@ -129,14 +131,14 @@ def ingest(work: Path, name: str, inbox: Path, profile: bool = False):
 
 
 def _thread_profiler():
-    # cProfile profiles one thread; ingest runs in worker threads, so each gets its own profiler and the
-    # stats are merged afterwards.
+    # cProfile profiles one thread; ingest runs in several, so each gets its own profiler (on its own CPU
+    # clock: time spent waiting is not where the time goes) and the stats are merged afterwards.
     profiles: list[cProfile.Profile] = []
     _thread_profiler.profiles = profiles
 
     def start(frame, event, arg):
         sys.setprofile(None)
-        p = cProfile.Profile()
+        p = cProfile.Profile(time.thread_time)
         profiles.append(p)
         p.enable()
         return None
