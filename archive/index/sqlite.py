@@ -333,8 +333,12 @@ class SqliteIndex:
         db = self._reader()
         db.execute("BEGIN")  # one snapshot for the page, the counts and the total
         try:
-            compiler = _Compiler(db)
+            compiler = _Compiler(db, db.execute("SELECT max(rec) FROM records").fetchone()[0] or 0)
             where, params = compiler.sql(q.tree)
+            listed = bool(facets or total) and not _bounds(q.tree)[2]
+            if listed:  # counts need every match: listed once, and the page is taken from the list
+                where, params = self._list(db, where, params)
+                compiler.walk = False
             recs = self._window(db, compiler, q.tree, order, beyond, after, limit) if compiler.walk else None
             if recs is None:
                 page_where, page_params = where, list(params)
@@ -388,15 +392,18 @@ class SqliteIndex:
         scanned = db.execute(f"SELECT count(*) FROM ({window})", (*span_params, budget)).fetchone()[0]
         return recs if scanned < budget else None
 
+    @staticmethod
+    def _list(db, where: str, params: list) -> tuple[str, list]:
+        """Every match into a temporary table; the condition that reads it back."""
+        db.execute("DELETE FROM temp.hits")
+        db.execute(f"INSERT INTO temp.hits SELECT r.rec FROM records r WHERE {where}", params)
+        return "r.rec IN (SELECT rec FROM temp.hits)", []
+
     def _counts(self, db, tree, where: str, params: list, facets, total: bool):
         """Facet counts and the total over every match. Unless the query is a date range alone (rolled-up
-        counts serve it), the matches are listed once, into a temporary table every count reads."""
+        counts serve it), the matches were ``listed`` in a temporary table every count reads."""
         if not facets and not total:
             return {}, None
-        if not _bounds(tree)[2]:
-            db.execute("DELETE FROM temp.hits")
-            db.execute(f"INSERT INTO temp.hits SELECT r.rec FROM records r WHERE {where}", params)
-            where, params = "r.rec IN (SELECT rec FROM temp.hits)", []
         counts = {name: self._facet(db, name, tree) for name in facets}
         count = db.execute(f"SELECT count(*) FROM records r WHERE {where}", params).fetchone()[0] \
             if total else None
@@ -559,11 +566,12 @@ class _Compiler:
     of at most four characters is the phrase of its trigrams, exact on its own. ``walk`` is set when the
     query is text alone (with a date range, perhaps) that matches many records."""
 
-    WALK_MIN = 2000
+    WALK_MIN = 2000  # matches (or a twentieth of the archive, if less) from which a text query walks
     GRAMS = 2
 
-    def __init__(self, db) -> None:
+    def __init__(self, db, records: int = 0) -> None:
         self.db = db
+        self.records = records  # about how many the index holds
         self.walk = False
         self.estimate = 0  # at most this many records hold the rarest trigram of the query's text
         self._ranked: dict[str, list[tuple[str, int]]] = {}
@@ -574,7 +582,7 @@ class _Compiler:
             [n for n in node.nodes if isinstance(n, Text)] if isinstance(node, And) and \
             all(isinstance(n, (Text, Range)) for n in node.nodes) else []
         self.estimate = min((self._estimate(n.text) for n in texts), default=0)
-        self.walk = bool(texts) and self.estimate >= self.WALK_MIN
+        self.walk = bool(texts) and self.estimate >= min(self.WALK_MIN, max(1, self.records // 20))
         return sql, params
 
     def _stats(self, text: str) -> list[tuple[str, int]]:
