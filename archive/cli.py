@@ -1122,8 +1122,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and no trigger is pending; write a signed disposition certificate for each. "
                                    "The store refuses anything still locked, whatever the local clock says.")
     p.add_argument("--dry-run", action="store_true", help="list what would go and why; delete nothing")
-    p.add_argument("--reviewed", nargs="+", metavar="RECORD_ID",
-                   help="records under an on_expiry: review policy that a person has reviewed: dispose of them too")
+    p.add_argument("--reviewed", nargs="+", action="extend", metavar="RECORD_ID",
+                   help="records under an on_expiry: review policy that a person has reviewed: dispose of them too "
+                        "(--reviewed A B, or --reviewed A --reviewed B)")
     p.add_argument("--json", action="store_true", help="print plans and results as JSON")
     p.set_defaults(run=cmd_dispose)
 
