@@ -23,6 +23,7 @@ covering sealed segments, a few at a time, so playback starts anywhere in an hou
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import re
@@ -258,6 +259,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ObjectNotFound(f"no record {rid!r}", record_id=rid)
         return services.retention.manifest(rid)
 
+    @functools.lru_cache(maxsize=4096)
+    def parts_of(rid: str) -> dict:
+        """A record's manifest, for serving its sealed parts (a player asks for one part many times): a
+        committed manifest never changes, and a sealed part is read from the store, so a part of a record
+        disposed of since is not found. Parts carried inside the manifest are served from the manifest as
+        read now, never from this one. Read-only."""
+        return manifest_of(rid)
+
     # --- session (the console's sign-in) ----------------------------------------------------------------
 
     @app.post(f"{API}/session", summary="Sign in with a token: sets the console's session cookie")
@@ -338,8 +347,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         header = request.headers.get("range")
 
         def do():
-            manifest = manifest_of(record_id)
+            manifest = parts_of(record_id)
             info = next((p for p in manifest["parts"] if p["name"] == part), None)
+            if info is not None and "inline" in info:  # its bytes are in the manifest: read it from the store
+                manifest = manifest_of(record_id)
+                info = next((p for p in manifest["parts"] if p["name"] == part), None)
             if info is None:
                 raise ObjectNotFound(f"record {record_id} has no part {part!r}", part=part)
             size = info["size"]

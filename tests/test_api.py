@@ -267,3 +267,53 @@ def test_an_export_job_interrupted_by_a_restart_is_marked_failed(tmp_path):
     jobs = ExportJobs(root, services=None)
     assert jobs.get(job["id"])["state"] == "failed" and "interrupted" in jobs.get(job["id"])["error"]
     assert not (root / job["id"] / ".bundle.zip.1.tmp").exists()
+
+
+def test_parts_of_a_record_disposed_of_are_no_longer_served(tmp_path):
+    """The server remembers a record's manifest to serve its parts quickly; once the record is disposed
+    of, neither its sealed audio nor its transcript, carried inside the manifest, is served any more."""
+    from archive.clock import FixedClock
+    from archive.index.sqlite import SqliteIndex
+    from archive.ingest.discover import Limits
+    from archive.ingest.pipeline import Ingestor
+    from archive.retention.service import Retention
+    from archive.services import open_archive
+    from archive.settings import Settings
+
+    env = cli_env(tmp_path / "home", "admin")
+    run(env, "init")
+    run(env, "identity", "add", "ann", "--role", "auditor")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    old = {"started_at": "2010-03-01T09:00:00Z", "participants": [{"role": "agent", "id": "7"}]}
+    (inbox / "call-9.wav").write_bytes(wav_bytes(200.0, 2))
+    (inbox / "call-9.json").write_text(json.dumps({**old, "schema": "archive-record/1", "channel": "phone",
+                                                   "source": {"system": "t", "interaction_id": "call-9"}}))
+    (inbox / "chat-9.json").write_text(json.dumps({**old, "schema": "archive-record/1", "channel": "chat",
+                                                   "source": {"system": "t", "interaction_id": "chat-9"},
+                                                   "messages": [{"at": "2010-03-01T09:00:01Z", "from": "7",
+                                                                 "text": "hello"}]}))
+    # ingested in 2015: kept ten years from 2010 (the default policy), so due now
+    settings = Settings.from_env(env)
+    archive = open_archive(settings)
+    clock = FixedClock(datetime(2015, 1, 1, tzinfo=UTC))
+    archive.store.clock = clock
+    index = SqliteIndex(settings.index_path)
+    summary = Ingestor(archive, index, retention=Retention(archive, index, clock=clock)).run([inbox], limits=Limits())
+    index.close()
+    assert summary.archived == 2, summary.outcomes
+    ids = {o.origin.rsplit("/", 1)[1].split(".")[0]: o.record_ids[0] for o in summary.outcomes}
+    token = run(env, "token", "create", "ann", "--role", "auditor").stdout.decode().strip()
+    with served(env, tmp_path / "server.log") as server:
+        api = {"base": server + "/api/v1"}
+        for rid, part in ((ids["call-9"], "audio"), (ids["chat-9"], "transcript")):
+            for headers in ({}, {"Range": "bytes=0-"}):
+                status, _, _ = call(api, f"/records/{rid}/parts/{part}?reason=check", token, headers)
+                assert status in (200, 206), (part, status)
+        disposed = run(env, "dispose", "--reviewed", ids["call-9"], "--reviewed", ids["chat-9"], "--json")
+        assert sorted(r["record_id"] for r in json.loads(disposed.stdout)["results"]
+                      if r["action"] == "deleted") == sorted(ids.values())
+        for rid, part in ((ids["call-9"], "audio"), (ids["chat-9"], "transcript")):
+            for headers in ({}, {"Range": "bytes=0-"}):
+                status, _, body = call(api, f"/records/{rid}/parts/{part}?reason=check", token, headers)
+                assert status == 404, (part, headers, status, body[:200])
