@@ -43,6 +43,7 @@ BATCH_FORMAT = "archive-audit-batch/1"
 CHECKPOINT_FORMAT = "archive-checkpoint/1"
 ZERO = "0" * 64
 OUTCOMES = ("ok", "denied", "error")
+_HOST = socket.gethostname()  # (an event's origin: read once, not per event)
 
 
 def _canonical(doc: dict) -> bytes:
@@ -67,7 +68,7 @@ class Event:
     def as_dict(self) -> dict:
         doc = {"actor": self.actor, "role": self.role, "action": self.action, "outcome": self.outcome,
                "target": self.target, "time": self.time or datetime.now(UTC).isoformat(timespec="milliseconds"),
-               "origin": self.origin or f"{socket.gethostname()}:{os.getpid()}"}
+               "origin": self.origin or f"{_HOST}:{os.getpid()}"}
         for key in ("reason", "case"):
             if getattr(self, key):
                 doc[key] = getattr(self, key)
