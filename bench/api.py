@@ -1,27 +1,39 @@
 """Benchmark: the HTTP API under 20 concurrent clients, on the embedded default.
 
-Run ``python bench/api.py [--records N] [--clients C] [--seconds S]`` (defaults 5000, 20, 30). The last
-line of stdout is one JSON object; progress goes to stderr.
+Run ``python bench/api.py [--records N] [--clients C] [--seconds S] [--think MS]`` (defaults 5000, 20, 30,
+250). The last line of stdout is one JSON object; progress goes to stderr.
 
 Set-up: a fresh embedded archive with N chat transcripts and one one-hour call (8 kHz stereo 16-bit WAV,
 115 MB, made by sox), served by ``archive serve --workers W`` (default 2, one per core) on loopback.
 
-Load: C clients (threads in four processes), each with its own keep-alive connection and an auditor
-token, for S seconds, alternating
+Clients: C auditors at once (threads in four processes), each with its own keep-alive connection and an
+auditor token, alternating
 * a search, chosen in turn from field filters, phrases, date ranges with facets and paged queries;
 * a playback seek: ``Range: bytes=K-`` at a random point in the middle half of the hour, as a player
   asks after a seek; the client reads the first bytes and hangs up, as a player does on the next seek.
 
 Every request is authenticated, authorised and appended to the audit log, as in production.
 
+Two runs of S seconds each:
+* **users** (the figures the issue names): each client pauses after every action for a think time drawn
+  from an exponential distribution with a mean of ``--think`` ms (250: four actions a second for every
+  auditor, ten times the pace of a person reading results and listening to calls). Latency here is what
+  a console user waits for;
+* **saturated**: no pause at all, so the clients keep the machine (two cores, shared with the clients)
+  fully busy and latency is mostly the queue: about C / throughput. This measures capacity; a plain
+  static file server measured the same way shows what the machine allows.
+
 Figures:
-* ``search_p95_ms``     95th percentile latency of the searches (request sent → whole body read)
-* ``playback_ttfb_ms``  95th percentile time to the first byte of the range responses (connect included)
-* ``errors``            requests that failed or answered anything but 200 / 206
-* baselines on the same machine in the same run: ``baseline_static_ttfb_ms``, the same seeks answered
-  by a plain static file server (Starlette's FileResponse under the same uvicorn, no TLS, no token, no
-  decryption, no audit), on the plaintext WAV; ``baseline_library_search_p95_ms``, the same searches
-  straight through the library in one thread (no HTTP, no token, no audit).
+* ``search_p95_ms``     95th percentile latency of the searches (request sent → whole body read), users run
+* ``playback_ttfb_ms``  95th percentile time to the first byte of the range responses (connect included),
+                        users run
+* ``errors``            requests that failed or answered anything but 200 / 206, in both runs
+* ``saturated``         the same p95s, p50s and requests per second with no pause
+* baselines on the same machine in the same run: ``baseline_static_ttfb_ms`` (users) and
+  ``baseline_static_saturated_ttfb_ms``, the same seeks answered by a plain static file server
+  (Starlette's FileResponse under the same uvicorn, no TLS, no token, no decryption, no audit) on the
+  plaintext WAV; ``baseline_library_search_p95_ms``, the same searches straight through the library in
+  one thread (no HTTP, no token, no audit).
 """
 
 from __future__ import annotations
@@ -108,10 +120,10 @@ def start(cmd: list[str], env: dict, port: int, probe: str, log_path: Path) -> s
 
 class Client(threading.Thread):
     def __init__(self, i: int, port: int, token: str | None, rid: str, size: int, records: int, until: float,
-                 path: str | None = None, search: bool = True) -> None:
+                 path: str | None = None, search: bool = True, think: float = 0.0) -> None:
         super().__init__(daemon=True)
         self.i, self.port, self.token, self.rid, self.size, self.records = i, port, token, rid, size, records
-        self.until, self.path, self.search = until, path, search
+        self.until, self.path, self.search, self.think = until, path, search, think
         self.rng = random.Random(i)
         self.search_ms: list[float] = []
         self.ttfb_ms: list[float] = []
@@ -161,11 +173,14 @@ class Client(threading.Thread):
                 self.errors.append(f"{type(e).__name__}: {e}")
                 self.conn = None
             k += 1
+            if self.think:
+                time.sleep(self.rng.expovariate(1 / self.think))
 
 
 def _load_part(job: tuple) -> tuple[list[float], list[float], list[str]]:
-    first, count, port, token, rid, size, records, until, path, search = job
-    threads = [Client(i, port, token, rid, size, records, until, path, search) for i in range(first, first + count)]
+    first, count, port, token, rid, size, records, until, path, search, think = job
+    threads = [Client(i, port, token, rid, size, records, until, path, search, think)
+               for i in range(first, first + count)]
     for t in threads:
         t.start()
     for t in threads:
@@ -175,15 +190,16 @@ def _load_part(job: tuple) -> tuple[list[float], list[float], list[str]]:
 
 
 def load(port: int, token: str | None, rid: str, size: int, records: int, clients: int, seconds: float,
-         path: str | None = None, search: bool = True) -> tuple[list[float], list[float], list[str]]:
-    """``clients`` concurrent clients for ``seconds``: threads spread over a few processes, so that the
-    load generator's own GIL does not add to the latencies it measures."""
+         path: str | None = None, search: bool = True, think: float = 0.0) -> tuple[list[float], list[float], list[str]]:
+    """``clients`` concurrent clients for ``seconds``, each pausing ``think`` seconds on average after each
+    action: threads spread over a few processes, so that the load generator's own GIL adds less to the
+    latencies it measures."""
     import multiprocessing
 
     until = time.monotonic() + seconds
     procs = min(clients, CLIENT_PROCESSES)
     jobs = [(sum(clients // procs + (j < clients % procs) for j in range(i)), clients // procs + (i < clients % procs),
-             port, token, rid, size, records, until, path, search) for i in range(procs)]
+             port, token, rid, size, records, until, path, search, think) for i in range(procs)]
     with multiprocessing.get_context("fork").Pool(procs) as pool:
         parts = pool.map(_load_part, jobs)
     return ([m for p in parts for m in p[0]], [m for p in parts for m in p[1]], [e for p in parts for e in p[2]])
@@ -195,6 +211,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--workers", type=int, default=2, help="archive serve --workers (default 2: one per core)")
+    ap.add_argument("--think", type=float, default=250, help="mean pause of each client after each action, ms "
+                                                              "(users run; default 250)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-api-"))
@@ -250,15 +268,24 @@ def main() -> None:
     static = start([sys.executable, "-m", "uvicorn", "static_app:app", "--port", str(static_port), "--log-level",
                     "warning", "--no-access-log", "--app-dir", str(work)], env, static_port, "/hour.wav",
                    work / "static.log")
+    think = args.think / 1000
     try:
         log("warm-up (3 s)")
         load(port, token, rid, size, args.records, args.clients, 3)
-        log(f"{args.clients} clients for {args.seconds:.0f} s: searches and seeks through the API")
-        search_ms, ttfb_ms, errors = load(port, token, rid, size, args.records, args.clients, args.seconds)
+        log(f"users: {args.clients} clients for {args.seconds:.0f} s, pausing {args.think:.0f} ms on average "
+            "between actions: searches and seeks through the API")
+        search_ms, ttfb_ms, errors = load(port, token, rid, size, args.records, args.clients, args.seconds,
+                                          think=think)
         log(f"{len(search_ms)} searches, {len(ttfb_ms)} seeks, {len(errors)} errors {errors[:3]}")
-        log(f"baseline: {args.clients} clients seeking in the plaintext file through a static file server")
+        log(f"saturated: {args.clients} clients for {args.seconds:.0f} s without pausing")
+        sat_search, sat_ttfb, sat_errors = load(port, token, rid, size, args.records, args.clients, args.seconds)
+        log(f"{len(sat_search)} searches, {len(sat_ttfb)} seeks, {len(sat_errors)} errors {sat_errors[:3]}")
+        log(f"baseline: {args.clients} clients seeking in the plaintext file through a static file server, "
+            "pausing, then not")
         _, static_ttfb, static_errors = load(static_port, None, rid, size, args.records, args.clients,
-                                             min(args.seconds, 10), path="/hour.wav", search=False)
+                                             min(args.seconds, 10), path="/hour.wav", search=False, think=think)
+        _, static_sat, static_sat_errors = load(static_port, None, rid, size, args.records, args.clients,
+                                                min(args.seconds, 10), path="/hour.wav", search=False)
     finally:
         server.terminate()
         static.terminate()
@@ -267,10 +294,15 @@ def main() -> None:
     if "Traceback" in (work / "server.log").read_text():
         errors.append("the server logged a traceback")
     result = {
-        "search_p95_ms": pct(search_ms, 0.95), "playback_ttfb_ms": pct(ttfb_ms, 0.95), "errors": len(errors),
+        "search_p95_ms": pct(search_ms, 0.95), "playback_ttfb_ms": pct(ttfb_ms, 0.95),
+        "errors": len(errors) + len(sat_errors),
         "search_p50_ms": pct(search_ms, 0.5), "playback_ttfb_p50_ms": pct(ttfb_ms, 0.5),
-        "requests_per_s": round((len(search_ms) + len(ttfb_ms)) / args.seconds, 1),
-        "baseline_static_ttfb_ms": pct(static_ttfb, 0.95), "baseline_static_errors": len(static_errors),
+        "requests_per_s": round((len(search_ms) + len(ttfb_ms)) / args.seconds, 1), "think_ms_mean": args.think,
+        "saturated": {"search_p95_ms": pct(sat_search, 0.95), "playback_ttfb_ms": pct(sat_ttfb, 0.95),
+                      "search_p50_ms": pct(sat_search, 0.5), "playback_ttfb_p50_ms": pct(sat_ttfb, 0.5),
+                      "requests_per_s": round((len(sat_search) + len(sat_ttfb)) / args.seconds, 1)},
+        "baseline_static_ttfb_ms": pct(static_ttfb, 0.95), "baseline_static_saturated_ttfb_ms": pct(static_sat, 0.95),
+        "baseline_static_errors": len(static_errors) + len(static_sat_errors),
         "baseline_library_search_p95_ms": pct(lib_ms, 0.95),
         "clients": args.clients, "workers": args.workers, "records": args.records + 1, "recording_mb": round(size / 1e6, 1),
         "searches": len(search_ms), "seeks": len(ttfb_ms),
