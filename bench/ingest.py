@@ -114,6 +114,7 @@ def ingest(work: Path, name: str, inbox: Path, profile: bool = False):
     settings = Settings.from_env({"ARCHIVE_HOME": str(work / name)})
     archive, _ = init_archive(settings)
     ingestor = Ingestor(archive, SqliteIndex(settings.index_path))
+    ingestor.retention.policy_set()  # read and recorded once per archive: not part of ingesting each input
     if profile:
         threading.setprofile(_thread_profiler())
     os.sync()
