@@ -230,10 +230,8 @@ def _recording_loader(directory: Path, media: list[str], sidecars: list[Path], t
 
 def _chat_loader(path: Path):
     def load():
-        from archive.ingest.chats import convert
+        from archive.ingest.chats import convert, detect
         from archive.ingest.pipeline import PartInput
-
-        from archive.ingest.chats import detect
 
         with open(path, "rb", buffering=0) as f:  # read once: the metadata and the archived bytes are one snapshot
             raw = f.read()

@@ -329,9 +329,9 @@ class Ingestor:
         """Ingest every input under ``paths``; outcomes come back in input order. ``workers`` threads
         prepare recordings (probe, hash, seal their media); chats and emails, Python work that threads
         would only hand the GIL back and forth for, are prepared by the calling thread. Records are
-        committed in groups of up to ``BATCH``
-        (:meth:`_commit_many`), each group with a few flushes of the store instead of a few per record;
-        one more thread writes their index entries. The policy set is read once, at the start of the run."""
+        committed in groups of up to ``BATCH`` (:meth:`_commit_many`), each group with a few flushes of
+        the store instead of a few per record; one more thread writes their index entries. The policy set
+        is read once, at the start of the run."""
         summary = Summary()
         policies = self.retention.policy_set()  # an invalid policy set stops the run before the first input
         try:

@@ -20,10 +20,11 @@ visible partial one. An object is visible exactly when its ``#data`` file exists
 
 ``put_many`` is the same protocol for a group of objects with one flush per step instead of one per
 object (group commit): (1) every object is written into its own nameless file, and missing directories
-are made; (2) one ``syncfs(2)`` makes all of those bytes durable, then each file is fsynced as well —
-by then a no-op that only reports a write error the kernel saw for it; (3) each file is ``link()``ed
-under its name; (4) one more ``syncfs`` makes the names (and the new directories) durable; only then does
-``put_many`` return and the objects count as written. A file is linked only after its bytes are on disk,
+are made; (2) one ``syncfs(2)`` makes all of those bytes durable (and reports a write error on any of
+them, since Linux 5.8; on an older kernel each file is then fsynced as well — by then a no-op that only
+reports such an error); (3) each file is ``link()``ed under its name; (4) one more ``syncfs`` makes the
+names (and the new directories) durable; only then does ``put_many`` return and the objects count as
+written. A file is linked only after its bytes are on disk,
 so a crash at any point leaves each object of the group either absent or whole, exactly as with ``put``;
 nameless files of a dead process vanish with it. Where ``syncfs`` is missing (not Linux), step 2 fsyncs
 each file and step 4 each changed directory. ``syncfs`` also flushes other writers' dirty data on the
