@@ -370,7 +370,7 @@ class SqliteIndex:
         oldest) entries of the start-time index, each checked for the text, until the page is full —
         a few hundred checks instead of listing every match. None when a bounded window does not fill the
         page (the text is rarer than its trigrams suggest); the query then runs whole."""
-        size = db.execute("SELECT max(rec) FROM records").fetchone()[0] or 0
+        size = compiler.records  # (read once per query, in its snapshot)
         if compiler.estimate * 20 < size:
             return None
         budget = min(self.WINDOW_MAX, max(1000, 4 * (limit + 1) * size // max(compiler.estimate, 1)))

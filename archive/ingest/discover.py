@@ -169,13 +169,14 @@ def _unsupported(path: Path) -> RejectedInput:
                          f"{' '.join(MEDIA_TYPES)}, chats: .json, email: .eml")
 
 
-def _read_json(path: Path, raw: bytes | None = None):
+def _parse_json(raw: bytes, name: str):
+    """``raw`` (the bytes of file ``name``) as JSON; raises InvalidMetadata naming the file and the place."""
     try:
-        return json.loads(path.read_bytes() if raw is None else raw)
+        return json.loads(raw)
     except UnicodeDecodeError as e:
-        raise InvalidMetadata(path.name, f"is not UTF-8 JSON ({e.reason} at byte {e.start})") from None
+        raise InvalidMetadata(name, f"is not UTF-8 JSON ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
-        raise InvalidMetadata(path.name, f"is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise InvalidMetadata(name, f"is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
 
 
 def _opener(path: Path) -> Callable:
@@ -200,7 +201,7 @@ def _recording_loader(directory: Path, media: list[str], sidecars: list[Path], t
                 metadata = {**siprec, **metadata}
                 fmt = "recording+siprec"
             else:
-                doc = _read_json(sidecar)
+                doc = _parse_json(sidecar.read_bytes(), sidecar.name)
                 if not isinstance(doc, dict):
                     raise InvalidMetadata(sidecar.name, "must hold one JSON object (the record metadata)")
                 metadata = {**metadata, **doc}
@@ -233,9 +234,8 @@ def _chat_loader(path: Path):
         from archive.ingest.chats import convert, detect
         from archive.ingest.pipeline import PartInput
 
-        with open(path, "rb", buffering=0) as f:  # read once: the metadata and the archived bytes are one snapshot
-            raw = f.read()
-        doc = _read_json(path, raw)
+        raw = path.read_bytes()  # read once: the metadata and the archived bytes are one snapshot
+        doc = _parse_json(raw, path.name)
         fmt = detect(doc)
         for metadata in convert(doc, fmt, origin=path.name):
             yield metadata, [PartInput.of_bytes("transcript", "application/json", raw, filename=path.name)], fmt

@@ -361,14 +361,15 @@ class Ingestor:
                     progress(summary)
             batch.clear()
 
-        records = [0]  # in the batch
+        records = 0  # in the batch
 
         def take(future: Future) -> None:
+            nonlocal records
             batch.append(future.result())
-            records[0] += len(batch[-1].records)
-            if records[0] >= self.BATCH:
+            records += len(batch[-1].records)
+            if records >= self.BATCH:
                 commit_batch()
-                records[0] = 0
+                records = 0
 
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix="ingest") as pool, \
                 ThreadPoolExecutor(1, thread_name_prefix="index") as indexer:

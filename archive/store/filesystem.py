@@ -24,9 +24,9 @@ are made; (2) one ``syncfs(2)`` makes all of those bytes durable (and reports a 
 them, since Linux 5.8; on an older kernel each file is then fsynced as well — by then a no-op that only
 reports such an error); (3) each file is ``link()``ed under its name; (4) one more ``syncfs`` makes the
 names (and the new directories) durable; only then does ``put_many`` return and the objects count as
-written. A file is linked only after its bytes are on disk,
-so a crash at any point leaves each object of the group either absent or whole, exactly as with ``put``;
-nameless files of a dead process vanish with it. Where ``syncfs`` is missing (not Linux), step 2 fsyncs
+written. A file is linked only after its bytes are on disk, so a crash at any point leaves each object
+of the group either absent or whole, exactly as with ``put``; nameless files of a dead process vanish
+with it. Where ``syncfs`` is missing (not Linux), step 2 fsyncs
 each file and step 4 each changed directory. ``syncfs`` also flushes other writers' dirty data on the
 same filesystem; that costs time, never safety.
 
