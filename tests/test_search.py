@@ -32,6 +32,10 @@ def test_queries_parse_into_one_tree():
     assert parse("(a OR b) c").tree == And((Or((Text("a"), Text("b"))), Text("c")))
     assert parse("NOT hold:CASE-7 -channel:chat").tree == And((Not(Field("hold", "case-7")),
                                                               Not(Field("channel", "chat"))))
+    # a leading - negates any term: a phrase, a group, a field filter (docs/search.md), like NOT
+    assert parse('deposit -"not a deposit"').tree == And((Text("deposit"), Not(Text("not a deposit", phrase=True))))
+    assert parse("-(a OR b) -agent:1").tree == parse("NOT (a OR b) NOT agent:1").tree
+    assert parse("e-mail - x").tree == And((Text("e-mail"), Text("-"), Text("x")))  # inside a word, or alone: text
     assert parse('product:"Harbour  Life"').tree == Field("product", "harbour life")
     assert parse("customer.phone:+8613800138000").tree == Field("customer.phone", "+8613800138000")
     assert parse("agent:10*").tree == Field("agent", "10", prefix=True)
@@ -48,6 +52,8 @@ def test_queries_parse_into_one_tree():
     ("()", 2, "empty parentheses"),
     ("sort:random", 6, "sort is newest or oldest"),
     ("channel:", 9, "needs a value"),
+    ("refund -OR x", 8, "- needs something"),
+    ("-sort:oldest", 2, "cannot apply to sort:"),
 ])
 def test_syntax_errors_point_at_the_column(query, column, words):
     with pytest.raises(QuerySyntaxError) as e:
@@ -92,6 +98,7 @@ QUERIES = [
     "1111", "987", "tag:vip", "policy:default", "policy:sec-17a-4-b4", "finding:missing-part-video",
     "policy:cn-insurance-dual-recording", "hold:case-1", "NOT hold:CASE-1", "sort:oldest", "part:transcript",
     "interaction:c03", "source:t", "refund sort:oldest", "surrender OR cancel", "xyz-not-there",
+    'refund -"my order"', "refund -(agent:1042 channel:chat)", '-"not a deposit" -after:2024-03-01',
     '"\\"50%"', "%_off", '"0%_o"', "_", "50%_",
 ]
 
@@ -150,6 +157,8 @@ def test_filters_ranges_phrases_logic_and_sort(corpus):
     assert q("sort:oldest")[0] == "c07"
     assert q("refund") == ["c02", "c01", "c07"]
     assert q('"not a deposit"') == ["c03", "c02"]
+    assert q('deposit -"not a deposit"') == [] and q('refund -"my order"') == ["c02", "c07"]
+    assert q("refund -(agent:1042 channel:chat)") == ["c02"]
     assert q("agent:1042 refund") == ["c02", "c01", "c07"]
     assert q("agent:10*") == q("agent:1042")
     assert q("customer.phone:+8613800138000") == ["c04", "c01"]

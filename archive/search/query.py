@@ -12,8 +12,8 @@
 * ``after:DATE`` / ``before:DATE`` — the interaction started on or after / before (ISO-8601 date or
   date-time; a date is midnight UTC).
 * words and ``"quoted phrases"`` — found in transcripts, messages, subjects, names and identifiers.
-* ``AND`` (or nothing), ``OR``, ``NOT`` (or a leading ``-``) and parentheses; ``AND`` binds tighter than
-  ``OR``.
+* ``AND`` (or nothing), ``OR``, ``NOT`` (or a leading ``-``, before any term: word, filter, phrase or group) and
+  parentheses; ``AND`` binds tighter than ``OR``.
 * ``sort:newest`` (default) or ``sort:oldest``.
 
 A syntax error names the column (1-based) where it was found.
@@ -107,12 +107,15 @@ class Query:
 
 # --- tokens ----------------------------------------------------------------------------------------------
 
-_TOKEN = re.compile(r'\s*(?:(?P<lp>\()|(?P<rp>\))|(?P<phrase>"(?:[^"\\]|\\.)*"?)|(?P<word>[^\s()"]+(?:"(?:[^"\\]|\\.)*"?)?))')
+# A ``-`` that starts a token and is followed by a term (a word, a field filter, a phrase or a group) is a
+# token of its own: it negates that term, as NOT does. A ``-`` inside a word (``e-mail``) or alone is text.
+_TOKEN = re.compile(r'\s*(?:(?P<lp>\()|(?P<rp>\))|(?P<minus>-(?=[^\s)]))|(?P<phrase>"(?:[^"\\]|\\.)*"?)'
+                    r'|(?P<word>[^\s()"]+(?:"(?:[^"\\]|\\.)*"?)?))')
 
 
 @dataclass(frozen=True)
 class _Tok:
-    kind: str  # lp rp phrase word end
+    kind: str  # lp rp minus phrase word end
     text: str
     column: int
 
@@ -213,15 +216,14 @@ class _Parser:
 
     def unary(self):
         tok = self.peek()
-        if tok.kind == "word" and tok.text == "NOT":
+        if tok.kind == "minus" or (tok.kind == "word" and tok.text == "NOT"):
             self.take()
-            if self.peek().kind in ("end", "rp"):
-                raise self.error("NOT needs something after it", tok)
-            return Not(self.unary())
-        if tok.kind == "word" and tok.text.startswith("-") and len(tok.text) > 1:
-            self.take()
-            inner = _Tok("word", tok.text[1:], tok.column + 1)
-            return Not(self.term(inner))
+            if self.peek().kind in ("end", "rp") or (self.peek().kind == "word" and self.peek().text == "OR"):
+                raise self.error(f"{tok.text} needs something after it", tok)
+            inner = self.unary()
+            if inner is None:  # sort:… is not a condition
+                raise self.error(f"{tok.text} cannot apply to sort:", self.toks[self.i - 1])
+            return Not(inner)
         return self.primary()
 
     def primary(self):
