@@ -75,7 +75,8 @@ ATTRIBUTE_FIELD = re.compile(r"customer\.attributes\.[A-Za-z0-9_-]{1,64}")
 OPERATORS = ("gt", "gte", "lt", "lte", "exists")
 
 # What a retention period may be counted from, and the event kind that dates it (recording-end comes from
-# the record itself). dispute-resolved binds only records a dispute-opened event covers (decide.py).
+# the record itself). dispute-resolved binds records a dispute-opened event of the same dispute covers, and
+# records the resolution's own selector covers (decide.py); a record neither covers is not bound.
 TRIGGERS: dict[str, str | None] = {
     "recording-end": None,
     "contract-terminated": "contract-terminated",
