@@ -5,9 +5,10 @@ Every request authenticates with a token (``Authorization: Bearer arc_…``, see
 for the console, with the session cookie ``POST /api/v1/session`` sets from a token (HttpOnly,
 SameSite=Strict; a state-changing request with the cookie must also carry ``X-Archive-Console: 1``, which
 no cross-site form can send). Every operation goes through the same :class:`archive.access.Session` as the
-CLI, so it is authorised and recorded in the audit trail — refusals included, and requests with no valid
-token too. Content (a record's detail, a part's bytes) needs a stated reason: the ``X-Archive-Reason``
-header, or ``reason`` in the query for players that cannot set headers.
+CLI, so it is authorised and recorded in the audit trail — refusals included, requests with no valid
+token too, and failures of any kind: an exception that is not an ArchiveError is recorded as
+``internal_error``. Content (a record's detail, a part's bytes) needs a stated reason: the
+``X-Archive-Reason`` header, or ``reason`` in the query for players that cannot set headers.
 
 Search results are summaries — who, when, which channel, which parts, findings, holds — never content:
 message text and transcripts are shown only by the record endpoint, with a reason, and there with card
@@ -18,13 +19,14 @@ unknown, revoked or expired token, 403 for a refusal, 404, 413, 416, 422 for bad
 reaches a client: an unexpected failure is a 500 saying only that, with the details in the server's log.
 
 Parts are served with HTTP Range (RFC 9110): a request for ``bytes=a-`` answers 206, decrypting only the
-covering sealed segments, a few at a time, so playback starts anywhere in an hour-long call at once.
+covering sealed segments, a few at a time, so playback starts anywhere in an hour-long call at once. A
+streamed body is audited when it ends: a download that fails mid-way (a tampered segment) is recorded as
+an error and cut short, never as ``retrieve ok``.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import re
 import shutil
@@ -35,11 +37,12 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from fastapi import FastAPI, File, Query, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from archive.access import AccessDenied, Session, denied_without_identity
+from archive.access import AccessDenied, Attempt, Session, denied_without_identity
+from archive.apistream import AuditedStream
 from archive.dates import parse_datetime
 from archive.errors import ArchiveError, InputError, ObjectNotFound
 from archive.search.document import mask_pci
@@ -100,6 +103,12 @@ class QueueUnavailable(ArchiveError):
 
 class CrossSite(AccessDenied):
     code = "console_header_missing"
+
+
+class InternalError(ArchiveError):
+    """Raised in place of an exception that is not an ArchiveError, so the attempt is audited as failed."""
+
+    code = "internal_error"
 
 
 # --- request bodies -----------------------------------------------------------------------------------
@@ -248,11 +257,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         header = request.headers.get("x-archive-reason")
         return unquote(header) if header else reason
 
+    def guarded(request: Request, do):
+        """``do``, with any exception that is not an ArchiveError logged (with its traceback, for the
+        operator) and raised as an InternalError: the attempt is audited as failed, and the client gets
+        a JSON 500 that says only that."""
+        def call():
+            try:
+                return do()
+            except ArchiveError:
+                raise
+            except Exception as e:
+                log.exception("unexpected error on %s %s", request.method, request.url.path)
+                raise InternalError("the server failed; the error is in its log") from e
+        return call
+
     def run(request: Request, operation: str, do, target: dict, reason: str | None = None, case: str | None = None):
         s = session(request, operation, target)
         target["via"] = "api"  # the same dict: what do() adds (record ids, counts) is recorded with it
-        return s.run(operation, do, target=target, reason=reason_of(request, reason),
+        return s.run(operation, guarded(request, do), target=target, reason=reason_of(request, reason),
                      case=request.headers.get("x-archive-case") or case)
+
+    def begin(request: Request, operation: str, target: dict, reason: str | None = None) -> Attempt:
+        """An attempt recorded when it ends (a streamed response), authorised now."""
+        s = session(request, operation, target)
+        target["via"] = "api"
+        return Attempt(s, operation, target=target, reason=reason_of(request, reason),
+                       case=request.headers.get("x-archive-case"))
+
+    def served(request: Request, attempt: Attempt, prepare):
+        """The response ``prepare()`` makes for ``attempt``: a body already read in full is recorded ok at
+        once, a stream when it ends; a failure before the first byte is recorded and raised."""
+        try:
+            response = guarded(request, prepare)()
+        except BaseException as e:
+            attempt.failed(e)
+            raise
+        if not isinstance(response, AuditedStream):
+            attempt.succeeded()
+        return response
 
     def manifest_of(rid: str) -> dict:
         if not _RECORD_ID.fullmatch(rid):
@@ -338,6 +380,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "holds": services.retention.held_records().get(record_id, [])}
         return run(request, "view", do, {"records": [record_id]}, reason)
 
+    def part_info(record_id: str, part: str) -> tuple[dict, dict]:
+        manifest = parts_of(record_id)
+        info = next((p for p in manifest["parts"] if p["name"] == part), None)
+        if info is not None and "inline" in info:  # its bytes are in the manifest: read it from the store
+            manifest = manifest_of(record_id)
+            info = next((p for p in manifest["parts"] if p["name"] == part), None)
+        if info is None:
+            raise ObjectNotFound(f"record {record_id} has no part {part!r}", part=part)
+        return manifest, info
+
     @app.get(f"{API}/records/{{record_id}}/parts/{{part}}",
              summary="A part's bytes, verified; HTTP Range for playback from any point (needs a reason)",
              responses={206: {"description": "the requested range"}, 416: {"description": "range not satisfiable"}})
@@ -345,15 +397,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
              download: bool = False):
         target = {"records": [record_id], "part": part}
         header = request.headers.get("range")
+        attempt = begin(request, "retrieve", target, reason)
 
-        def do():
-            manifest = parts_of(record_id)
-            info = next((p for p in manifest["parts"] if p["name"] == part), None)
-            if info is not None and "inline" in info:  # its bytes are in the manifest: read it from the store
-                manifest = manifest_of(record_id)
-                info = next((p for p in manifest["parts"] if p["name"] == part), None)
-            if info is None:
-                raise ObjectNotFound(f"record {record_id} has no part {part!r}", part=part)
+        def prepare():
+            manifest, info = part_info(record_id, part)
             size = info["size"]
             media = info.get("media_type") or "application/octet-stream"
             name = f"{record_id}-{re.sub(r'[^A-Za-z0-9._-]', '_', info.get('filename') or part)}"
@@ -363,18 +410,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 start, end = _parse_range(header, size, open_end=lambda k: max(k + OPEN_RANGE_MIN,
                                                                                (k // OPEN_RANGE_ALIGN + 1) * OPEN_RANGE_ALIGN))
                 target["range"] = f"{start}-{end - 1}"
-                headers = {**headers, "Content-Range": f"bytes {start}-{end - 1}/{size}"}
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
                 chunks = services.ingestor.read_part(manifest, part, start, end)
                 if end - start <= WHOLE_RANGE:  # a player's seek: decrypted here, sent as one body
                     return Response(b"".join(chunks), status_code=206, media_type=media, headers=headers)
-                first = next(chunks, b"")  # the key and header are checked before the status is sent
-                return StreamingResponse(itertools.chain([first], chunks), status_code=206, media_type=media,
-                                         headers={**headers, "Content-Length": str(end - start)})
-            chunks = services.ingestor.read_part(manifest, part)
-            first = next(chunks, b"")
-            return StreamingResponse(itertools.chain([first], chunks), media_type=media,
-                                     headers={**headers, "Content-Length": str(size)})
-        return run(request, "retrieve", do, target, reason)
+                return AuditedStream(chunks, end - start, attempt, status_code=206, media_type=media, headers=headers)
+            return AuditedStream(services.ingestor.read_part(manifest, part), size, attempt, media_type=media,
+                                 headers=headers)
+        return served(request, attempt, prepare)
 
     @app.get(f"{API}/records/{{record_id}}/retention", summary="Why a record is kept until when, holds, findings")
     def explain(request: Request, record_id: str) -> dict:
@@ -437,27 +480,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 prefix = scratch.rstrip("/") + "/"
                 outcomes = []
                 services.retention.refresh()
-                for found in discover_group(Path(scratch), names, Limits(settings.max_input_bytes)):
-                    found.origin = "upload:" + found.origin.removeprefix(prefix)
-                    if found.rejection is not None:
-                        found.rejection = type(found.rejection)(found.rejection.code,
-                                                                str(found.rejection).replace(prefix, "upload:"))
-                    outcomes.append(services.ingestor.ingest(found))
-                services.index.flush()
+                try:
+                    for found in discover_group(Path(scratch), names, Limits(settings.max_input_bytes)):
+                        found.origin = "upload:" + found.origin.removeprefix(prefix)
+                        if found.rejection is not None:
+                            found.rejection = type(found.rejection)(found.rejection.code,
+                                                                    str(found.rejection).replace(prefix, "upload:"))
+                        outcomes.append(services.ingestor.ingest(found))
+                finally:
+                    services.index.flush()  # what was committed is indexed, whatever happened next
             target["records"] = sorted({r for o in outcomes for r in o.record_ids})
             target.update({s: sum(o.status == s for o in outcomes) for s in ("archived", "duplicate", "rejected")})
-            return outcomes
+            result = Summary()
+            for o in outcomes:
+                result.add(o)
+            body = as_json(result)
+            if result.rejected:  # the attempt's outcome is the client's: error input_rejected, with the counts
+                raise Rejected(f"{result.rejected} input(s) rejected: " +
+                               "; ".join(f"{o.origin}: [{o.code}] {o.reason}" for o in outcomes
+                                         if o.status == "rejected"), **body)
+            return JSONResponse(body, status_code=201 if result.archived else 200)
 
-        outcomes = run(request, "ingest", do, target)
-        result = Summary()
-        for o in outcomes:
-            result.add(o)
-        body = as_json(result)
-        if result.rejected:
-            raise Rejected(f"{result.rejected} input(s) rejected: " +
-                           "; ".join(f"{o.origin}: [{o.code}] {o.reason}" for o in outcomes if o.status == "rejected"),
-                           **body)
-        return JSONResponse(body, status_code=201 if result.archived else 200)
+        return run(request, "ingest", do, target)
 
     @app.post(f"{API}/ingest/register", status_code=202,
               summary="Queue the ingest of a file already in an inbox (ARCHIVE_INBOX) for the workers")
