@@ -14,6 +14,12 @@ Search results are summaries — who, when, which channel, which parts, findings
 message text and transcripts are shown only by the record endpoint, with a reason, and there with card
 numbers masked (PCI DSS 3.3.1). The original bytes stay available, unmasked, as parts.
 
+Content the archive did not write is never active in its origin (:mod:`archive.webcontent`): a part is
+served as an attachment of ``application/octet-stream`` unless it is audio, video, a raster image or plain
+text, always under a sandboxing CSP, and never to a ``<script>``, a style sheet, a worker or a frame; an
+e-mail's HTML body is read through ``/records/{id}/html``, sandboxed, script-less, with no remote loads,
+in a frame of the console.
+
 Errors are JSON ``{"code", "message", "details"}`` with the error's HTTP status: 401 for a missing,
 unknown, revoked or expired token, 403 for a refusal, 404, 413, 416, 422 for bad input. Nothing else
 reaches a client: an unexpected failure is a 500 saying only that, with the details in the server's log.
@@ -48,6 +54,8 @@ from archive.errors import ArchiveError, InputError, ObjectNotFound
 from archive.search.document import mask_pci
 from archive.settings import Settings
 from archive.tokens import Tokens
+from archive.webcontent import (HTML_VIEW_CSP, HTML_VIEW_DESTINATIONS, PART_DESTINATIONS, html_media_type,
+                                part_headers, refused_destination)
 
 log = logging.getLogger("archive.api")
 API = "/api/v1"
@@ -103,6 +111,12 @@ class QueueUnavailable(ArchiveError):
 
 class CrossSite(AccessDenied):
     code = "console_header_missing"
+
+
+class ContentRefused(AccessDenied):
+    """Raised when content is asked for as something a browser would run or frame (Sec-Fetch-Dest)."""
+
+    code = "content_use_refused"
 
 
 class InternalError(ArchiveError):
@@ -390,8 +404,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ObjectNotFound(f"record {record_id} has no part {part!r}", part=part)
         return manifest, info
 
+    def refuse_use(request: Request, allowed: frozenset[str]) -> None:
+        dest = request.headers.get("sec-fetch-dest")
+        why = refused_destination(dest, allowed)
+        if why:
+            raise ContentRefused(why, destination=dest[:40])
+
     @app.get(f"{API}/records/{{record_id}}/parts/{{part}}",
-             summary="A part's bytes, verified; HTTP Range for playback from any point (needs a reason)",
+             summary="A part's bytes, verified; HTTP Range for playback from any point (needs a reason). Served "
+                     "as an attachment unless it is audio, video, a raster image or plain text",
              responses={206: {"description": "the requested range"}, 416: {"description": "range not satisfiable"}})
     def part(request: Request, record_id: str, part: str, reason: str | None = None,
              download: bool = False):
@@ -400,12 +421,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         attempt = begin(request, "retrieve", target, reason)
 
         def prepare():
+            refuse_use(request, PART_DESTINATIONS)  # never a script, a style sheet, a worker or a frame
             manifest, info = part_info(record_id, part)
             size = info["size"]
-            media = info.get("media_type") or "application/octet-stream"
-            name = f"{record_id}-{re.sub(r'[^A-Za-z0-9._-]', '_', info.get('filename') or part)}"
-            headers = {"Accept-Ranges": "bytes", "Cache-Control": "private, no-store",
-                       "Content-Disposition": f"{'attachment' if download else 'inline'}; filename=\"{name}\""}
+            media, fenced = part_headers(record_id, part, info.get("filename"), info.get("media_type"), download)
+            headers = {"Accept-Ranges": "bytes", "Cache-Control": "private, no-store", **dict(fenced)}
             if header:
                 start, end = _parse_range(header, size, open_end=lambda k: max(k + OPEN_RANGE_MIN,
                                                                                (k // OPEN_RANGE_ALIGN + 1) * OPEN_RANGE_ALIGN))
@@ -416,6 +436,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     return Response(b"".join(chunks), status_code=206, media_type=media, headers=headers)
                 return AuditedStream(chunks, end - start, attempt, status_code=206, media_type=media, headers=headers)
             return AuditedStream(services.ingestor.read_part(manifest, part), size, attempt, media_type=media,
+                                 headers=headers)
+        return served(request, attempt, prepare)
+
+    @app.get(f"{API}/records/{{record_id}}/html",
+             summary="An e-mail's HTML body to read in the console (needs a reason): sandboxed, no script, "
+                     "no remote loads; framed only by the console", response_class=Response)
+    def html_body(request: Request, record_id: str, reason: str | None = None):
+        target = {"records": [record_id], "part": "body-html", "rendered": "sandboxed"}
+        attempt = begin(request, "retrieve", target, reason)
+
+        def prepare():
+            refuse_use(request, HTML_VIEW_DESTINATIONS)
+            manifest, info = part_info(record_id, "body-html")
+            headers = {"Content-Type": html_media_type(info.get("media_type")), "Content-Security-Policy": HTML_VIEW_CSP,
+                       "X-Frame-Options": "SAMEORIGIN", "X-Content-Type-Options": "nosniff",
+                       "X-DNS-Prefetch-Control": "off", "Cross-Origin-Resource-Policy": "same-origin",
+                       "Cache-Control": "private, no-store", "Content-Disposition": "inline"}
+            return AuditedStream(services.ingestor.read_part(manifest, "body-html"), info["size"], attempt,
                                  headers=headers)
         return served(request, attempt, prepare)
 

@@ -1,6 +1,8 @@
 """The HTTP API against hostile content and hostile clients, on a real server (``archive serve`` in its
 own process, or uvicorn in this one where a failure has to be injected):
 
+* an e-mail's parts are served as attachments, never as the sender's type; every part response is
+  sandboxed; a part asked for as a script is refused and audited; the HTML view is fenced;
 * a download that fails mid-way (a tampered sealed segment) is cut short and audited as an error, and
   one the client abandons is not audited ``ok``; a rejected upload is audited with its true outcome;
 * any failure inside an attempt — an exception the library did not mean — is audited and answered as
@@ -113,6 +115,60 @@ def wait_for_event(api, match, what: str) -> dict:
             return found[0]
         time.sleep(0.05)
     pytest.fail(f"no audit event: {what}")
+
+
+# --- parts: attachments, sandboxed, never scripts --------------------------------------------------
+
+
+def test_an_emails_parts_are_attachments_and_a_part_is_never_a_script(api):
+    rid, token = api["ids"]["inv-1@vendor.example"], api["tokens"]["ann"]
+    status, _, body = call(api, f"/records/{rid}", token, {"X-Archive-Reason": "check"})
+    parts = {p["name"]: p for p in json.loads(body)["parts"]}
+    assert parts["body-html"]["media_type"].startswith("text/html")  # what the sender said stays on record
+    for name in ("body-html", "attachment-1", "message"):
+        status, headers, _ = call(api, f"/records/{rid}/parts/{name}?reason=check", token)
+        assert status == 200 and headers["content-type"] == "application/octet-stream", (name, headers)
+        assert headers["content-disposition"].startswith("attachment; filename=")
+        assert headers["content-security-policy"].startswith("sandbox; default-src 'none'")
+        assert headers["x-content-type-options"] == "nosniff"
+    _, headers, _ = call(api, f"/records/{rid}/parts/attachment-1?reason=check", token)
+    assert headers["content-disposition"] == (f"attachment; filename=\"{rid}-Rechnung_f_r_M_rz.html\"; "
+                                              f"filename*=UTF-8''{rid}-Rechnung%20f%C3%BCr%20M%C3%A4rz.html")
+    _, headers, _ = call(api, f"/records/{rid}/parts/body?reason=check", token)
+    assert headers["content-type"] == "text/plain; charset=utf-8" and headers["content-disposition"].startswith("inline")
+    # asked for as a script, a style sheet, a worker or a frame: refused, and the refusal is on record
+    for dest in ("script", "style", "worker", "iframe", "object"):
+        status, _, body = call(api, f"/records/{rid}/parts/attachment-1?reason=check", token, {"Sec-Fetch-Dest": dest})
+        assert status == 403 and json.loads(body)["code"] == "content_use_refused", (dest, body)
+    refused = [e for e in events(api) if e["action"] == "retrieve" and e["outcome"] == "denied"
+               and e["target"].get("part") == "attachment-1"]
+    assert len(refused) == 5 and all("Sec-Fetch-Dest" in e["details"]["denied"] for e in refused)
+    # the players keep their type, inline, and their ranges
+    call_id = api["ids"]["call-1"]
+    for dest in ("audio", "video", "empty", None):
+        status, headers, body = call(api, f"/records/{call_id}/parts/audio?reason=play", token,
+                                     {"Range": "bytes=1000-1999", **({"Sec-Fetch-Dest": dest} if dest else {})})
+        assert status == 206 and len(body) == 1000 and headers["content-type"] == "audio/wav", (dest, headers)
+        assert headers["content-disposition"].startswith("inline")
+
+
+def test_the_html_view_is_fenced_audited_and_needs_a_reason(api):
+    rid, token = api["ids"]["inv-1@vendor.example"], api["tokens"]["ann"]
+    status, _, body = call(api, f"/records/{rid}/html", token)
+    assert status == 403 and "reason" in json.loads(body)["message"]
+    status, headers, body = call(api, f"/records/{rid}/html?reason=read%20the%20invoice", token)
+    assert status == 200 and b"<p>html" in body and headers["content-type"] == "text/html; charset=utf-8"
+    assert headers["content-security-policy"] == ("sandbox; default-src 'none'; style-src 'unsafe-inline'; "
+                                                  "img-src data:; frame-ancestors 'self'; base-uri 'none'; "
+                                                  "form-action 'none'")
+    assert headers["x-frame-options"] == "SAMEORIGIN" and headers["x-content-type-options"] == "nosniff"
+    status, _, body = call(api, f"/records/{rid}/html?reason=x", token, {"Sec-Fetch-Dest": "script"})
+    assert status == 403 and json.loads(body)["code"] == "content_use_refused"
+    status, _, body = call(api, f"/records/{api['ids']['call-1']}/html?reason=x", token)
+    assert status == 404 and "body-html" in json.loads(body)["message"]
+    viewed = wait_for_event(api, lambda e: e["action"] == "retrieve" and e.get("reason") == "read the invoice",
+                            "the HTML view")
+    assert viewed["outcome"] == "ok" and viewed["target"]["part"] == "body-html" and viewed["actor"] == "ann"
 
 
 # --- streamed downloads: audited when they end ---------------------------------------------------------

@@ -1,0 +1,74 @@
+"""Unit tests (no server) of what the API lets a browser do with archived content (archive.webcontent)."""
+
+from __future__ import annotations
+
+import pytest
+
+from archive.webcontent import (HTML_VIEW_CSP, PART_CSP, PART_DESTINATIONS, content_disposition, html_media_type,
+                                inline_media_type, part_headers, refused_destination)
+
+
+# --- what is served inline, and how ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("declared", [
+    "text/html", "text/html; charset=utf-8", "application/xhtml+xml", "image/svg+xml", "application/javascript",
+    "text/javascript", "application/ecmascript", "text/xml", "application/xml", "application/pdf",
+    "message/rfc822", "multipart/related", "text/css", "application/x-shockwave-flash", "application/json",
+    "audio/svg+xml", "video/html", "text/plain\r\nContent-Type: text/html", "", "garbage", "text/ plain"])
+def test_types_a_browser_could_make_active_are_never_served_as_themselves(declared):
+    assert inline_media_type(declared) is None
+    media, headers = part_headers("r1", "attachment-1", "x.bin", declared, False)
+    assert media == "application/octet-stream"
+    assert dict(headers)["Content-Disposition"].startswith("attachment;")
+
+
+@pytest.mark.parametrize("declared, served", [
+    ("audio/wav", "audio/wav"), ("audio/mpeg", "audio/mpeg"), ("video/mp4", "video/mp4"), ("VIDEO/WebM", "video/webm"),
+    ("image/png", "image/png"), ("image/jpeg", "image/jpeg"), ("text/plain; charset=utf-8", "text/plain; charset=utf-8"),
+    ("text/plain; charset=UTF-7", "text/plain"), ("text/plain; charset=utf-8\r\nSet-Cookie: x=1", "text/plain"),
+    ("text/vtt; charset=utf-8", "text/vtt; charset=utf-8")])
+def test_media_plain_text_and_raster_images_are_served_inline_with_a_clean_type(declared, served):
+    assert inline_media_type(declared) == served
+    media, headers = part_headers("r1", "audio", None, declared, False)
+    assert media == served and dict(headers)["Content-Disposition"] == 'inline; filename="r1-audio"'
+    media, headers = part_headers("r1", "audio", None, declared, True)  # a download is always an attachment
+    assert media == "application/octet-stream" and dict(headers)["Content-Disposition"].startswith("attachment;")
+
+
+def test_every_part_response_is_sandboxed_script_less_and_not_sniffed():
+    _, headers = part_headers("r1", "body", None, "text/plain", False)
+    headers = dict(headers)
+    assert headers["Content-Security-Policy"] == PART_CSP and PART_CSP.startswith("sandbox; default-src 'none'")
+    assert "script" not in PART_CSP and headers["X-Content-Type-Options"] == "nosniff"
+    assert HTML_VIEW_CSP.startswith("sandbox; default-src 'none'") and "script" not in HTML_VIEW_CSP
+    assert "frame-ancestors 'self'" in HTML_VIEW_CSP and "img-src data:;" in HTML_VIEW_CSP
+
+
+def test_file_names_follow_rfc_6266_without_controls_bidi_or_paths():
+    assert content_disposition("attachment", "r1-Rechnung für März.pdf") == \
+        "attachment; filename=\"r1-Rechnung_f_r_M_rz.pdf\"; filename*=UTF-8''r1-Rechnung%20f%C3%BCr%20M%C3%A4rz.pdf"
+    assert content_disposition("attachment", "r1-invoice\u202egpj.exe") == 'attachment; filename="r1-invoicegpj.exe"'
+    hostile = content_disposition("attachment", 'r1-a"; filename="evil.html\r\n\x00.txt')
+    assert "\r" not in hostile and "\n" not in hostile and "\x00" not in hostile
+    assert hostile.count('"') == 2 and 'filename*=UTF-8\'\'r1-a%22%3B%20filename%3D%22evil.html.txt' in hostile
+    assert content_disposition("attachment", "../../etc/passwd") == 'attachment; filename="passwd"'
+    assert content_disposition("inline", "") == 'inline; filename="part"'
+
+
+def test_the_html_body_keeps_its_charset_unless_it_is_utf_7():
+    assert html_media_type("text/html; charset=GB2312") == "text/html; charset=gb2312"
+    assert html_media_type("text/html; charset=utf-7") == "text/html"
+    assert html_media_type("text/html") == "text/html"
+
+
+@pytest.mark.parametrize("dest", ["script", "style", "worker", "sharedworker", "serviceworker", "audioworklet",
+                                  "paintworklet", "embed", "object", "iframe", "frame", "font", "manifest", "xslt",
+                                  "json", "something-new"])
+def test_parts_are_refused_to_anything_that_runs_styles_or_frames_them(dest):
+    assert refused_destination(dest, PART_DESTINATIONS)
+
+
+@pytest.mark.parametrize("dest", [None, "", "document", "empty", "audio", "video", "track", "image"])
+def test_parts_are_served_to_navigation_fetch_players_and_images(dest):
+    assert refused_destination(dest, PART_DESTINATIONS) is None
