@@ -27,7 +27,8 @@ reaches a client: an unexpected failure is a 500 saying only that, with the deta
 Parts are served with HTTP Range (RFC 9110): a request for ``bytes=a-`` answers 206, decrypting only the
 covering sealed segments, a few at a time, so playback starts anywhere in an hour-long call at once. A
 streamed body is audited when it ends: a download that fails mid-way (a tampered segment) is recorded as
-an error and cut short, never as ``retrieve ok``.
+an error and cut short, never as ``retrieve ok``. An upload is read only after its token is checked and
+authorised, with the size limit enforced as it streams (:mod:`archive.uploads`).
 """
 
 from __future__ import annotations
@@ -35,25 +36,25 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import shutil
 import socket
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote
 
-from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from archive.access import AccessDenied, Attempt, Session, denied_without_identity
-from archive.apistream import AuditedStream
+from archive.apistream import AuditedStream, request_body
 from archive.dates import parse_datetime
 from archive.errors import ArchiveError, InputError, ObjectNotFound
 from archive.search.document import mask_pci
 from archive.settings import Settings
 from archive.tokens import Tokens
+from archive.uploads import MAX_FILES, MultipartReceiver, check_length
 from archive.webcontent import (HTML_VIEW_CSP, HTML_VIEW_DESTINATIONS, PART_DESTINATIONS, html_media_type,
                                 part_headers, refused_destination)
 
@@ -86,11 +87,6 @@ SECURITY_HEADERS = {
 class RangeNotSatisfiable(InputError):
     code = "range_not_satisfiable"
     http_status = 416
-
-
-class TooLarge(InputError):
-    code = "input_too_large"
-    http_status = 413
 
 
 class Rejected(InputError):
@@ -486,35 +482,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post(f"{API}/ingest", summary="Upload one input: a recording with its sidecar (.json or SIPREC .xml), "
                                        "a chat transcript, or an .eml", status_code=201,
               responses={200: {"description": "every input was archived before (duplicates)"},
-                         413: {"description": "larger than ARCHIVE_MAX_INPUT_BYTES"},
-                         422: {"description": "rejected, with the reason (and quarantined)"}})
-    def ingest(request: Request, files: list[UploadFile] = File(..., description="the files of one input "  # noqa: B008
-                                                                                 "(formats are detected)")) -> JSONResponse:
-        from archive.ingest.discover import Limits, _hostile
+                         401: {"description": "no valid token: refused before the body is read"},
+                         413: {"description": "larger than ARCHIVE_MAX_INPUT_BYTES (nothing is kept)"},
+                         422: {"description": "rejected, with the reason (and quarantined)"}},
+              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                  "type": "object", "required": ["files"], "properties": {"files": {
+                      "type": "array", "items": {"type": "string", "format": "binary"},
+                      "description": f"the files of one input, at most {MAX_FILES} (formats are detected)"}}}}}}})
+    def ingest(request: Request) -> JSONResponse:
+        from archive.ingest.discover import Limits
         from archive.ingest.discover import group as discover_group
         from archive.ingest.pipeline import Summary, as_json
 
-        target: dict = {"upload": [f.filename for f in files][:20]}
+        target: dict = {"upload": []}
 
         def do():
-            names = []
-            for f in files:
-                name = f.filename or ""
-                problem = _hostile(name) if name else "is empty"
-                if problem or name.startswith("."):
-                    raise InputError(f"file name {name[:80]!r} {problem or 'is hidden'}", file=name[:80])
-                if name in names:
-                    raise InputError(f"file {name!r} is uploaded twice", file=name)
-                if (f.size or 0) > settings.max_input_bytes:
-                    raise TooLarge(f"{name} is {f.size:,} bytes; the limit is {settings.max_input_bytes:,} "
-                                   "(ARCHIVE_MAX_INPUT_BYTES)", file=name)
-                names.append(name)
+            # authorised by now (run): only then is a byte of the body read, and never more than the limits
+            check_length(request.headers.get("content-length"), settings.max_input_bytes)
             uploads = settings.home / "uploads"
             uploads.mkdir(exist_ok=True, mode=0o700)
             with tempfile.TemporaryDirectory(dir=uploads) as scratch:
-                for f, name in zip(files, names):
-                    with open(Path(scratch) / name, "wb") as out:
-                        shutil.copyfileobj(f.file, out, 1 << 20)
+                receiver = MultipartReceiver(request.headers.get("content-type"), Path(scratch),
+                                             max_file_bytes=settings.max_input_bytes)
+                try:
+                    for chunk in request_body(request):
+                        receiver.feed(chunk)
+                    names = receiver.finish()
+                finally:
+                    receiver.close()
+                    target["upload"] = [n[:200] for n in receiver.names[:20]]
                 prefix = scratch.rstrip("/") + "/"
                 outcomes = []
                 services.retention.refresh()

@@ -1,7 +1,9 @@
 """The API's streamed bodies, in both directions, and what they mean for the audit trail.
 
 * :class:`AuditedStream` — a response whose attempt is recorded when it ends (:class:`archive.access.Attempt`):
-  ``ok`` only once the last byte went out, an error with its code when reading failed mid-way.
+  ``ok`` only once the last byte went out, an error with its code when reading failed mid-way;
+* :func:`request_body` — a request body read chunk by chunk from a handler running in a worker thread,
+  so an upload is read only when the handler decides to, after authentication, and never whole.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ import logging
 from collections.abc import Iterator
 
 import anyio
+from fastapi import Request
 from fastapi.responses import Response
 
 from archive.access import Attempt
 from archive.errors import ArchiveError
+from archive.uploads import BadUpload
 
 log = logging.getLogger("archive.api")
 
@@ -101,3 +105,27 @@ class AuditedStream(Response):
         else:
             self.attempt.failed(Interrupted(f"the transfer stopped after {sent} of {self.length} bytes: the client "
                                             "left (or the server stopped)"), sent_bytes=sent, size=self.length)
+
+
+def request_body(request: Request) -> Iterator[bytes]:
+    """The request body's chunks as they arrive, for a handler running in a worker thread (FastAPI runs
+    plain ``def`` handlers in anyio's thread pool): each chunk is awaited on the event loop."""
+    from starlette.requests import ClientDisconnect
+
+    stream = request.stream().__aiter__()
+
+    async def next_chunk() -> bytes | None:
+        try:
+            return await stream.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    while True:
+        try:
+            chunk = anyio.from_thread.run(next_chunk)
+        except ClientDisconnect:
+            raise BadUpload("the client left before the upload was complete") from None
+        if chunk is None:
+            return
+        if chunk:
+            yield chunk

@@ -5,6 +5,8 @@ own process, or uvicorn in this one where a failure has to be injected):
   sandboxed; a part asked for as a script is refused and audited; the HTML view is fenced;
 * a download that fails mid-way (a tampered sealed segment) is cut short and audited as an error, and
   one the client abandons is not audited ``ok``; a rejected upload is audited with its true outcome;
+* an upload is not read before its token is checked, a body larger than the limit is refused before it
+  is read or at the byte it passes the limit, and nothing is kept;
 * any failure inside an attempt — an exception the library did not mean — is audited and answered as
   JSON, never a bare 500.
 """
@@ -228,9 +230,72 @@ def test_a_download_the_client_abandons_is_not_audited_ok(api):
 # --- uploads -----------------------------------------------------------------------------------------
 
 
+def raw_upload(api, headers: dict, body_start: bytes) -> bytes:
+    """Send an upload's headers and the start of its body, and read the response without sending the
+    rest: a server that wanted the whole body first would never answer."""
+    host, port = api["base"].removeprefix("http://").split(":")
+    head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": "x", **headers}.items())
+    with socket.create_connection((host, int(port)), timeout=20) as s:
+        s.sendall(f"POST /api/v1/ingest HTTP/1.1\r\n{head}\r\n".encode() + body_start)
+        got = b""
+        while b"\r\n\r\n" not in got:
+            chunk = s.recv(65536)
+            assert chunk, got
+            got += chunk
+        head, _, body = got.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")))
+        while len(body) < length:
+            chunk = s.recv(65536)
+            assert chunk, got
+            body += chunk
+        return head + b"\r\n\r\n" + body
+
+
 def nothing_kept(api) -> bool:
     uploads = api["home"] / "uploads"
     return not uploads.exists() or not any(uploads.iterdir())
+
+
+def test_an_upload_without_a_valid_token_is_refused_before_its_body_is_read(api):
+    start = (b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.wav\"\r\n\r\n" + b"x" * 1024**2)
+    for auth in ({}, {"Authorization": "Bearer arc_nope_nope"}):
+        answer = raw_upload(api, {"Content-Type": "multipart/form-data; boundary=b", "Content-Length": str(500 * 1024**2),
+                                  **auth}, start)
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    # a valid token without the ingest role: refused too, before the body
+    answer = raw_upload(api, {"Content-Type": "multipart/form-data; boundary=b", "Content-Length": str(500 * 1024**2),
+                              "Authorization": f"Bearer {api['tokens']['ann']}"}, start)
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+    assert nothing_kept(api)
+    refused = [e for e in events(api) if e["action"] == "ingest" and e["outcome"] == "denied"]
+    assert {e["actor"] for e in refused} >= {"(none)", "ann"}
+
+
+def test_an_upload_larger_than_the_limit_is_refused_and_nothing_is_kept(api):
+    token = api["tokens"]["rec"]
+    start = b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.wav\"\r\n\r\n"
+    answer = raw_upload(api, {"Content-Type": "multipart/form-data; boundary=b", "Content-Length": str(600 * 1024**2),
+                              "Authorization": f"Bearer {token}"}, start)
+    assert answer.startswith(b"HTTP/1.1 413") and b"input_too_large" in answer, answer[:400]
+    # no Content-Length (chunked): refused at the byte that passes the limit
+    host, port = api["base"].removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+
+    def body():
+        yield start
+        for _ in range(LIMIT // 65536 + 2):
+            yield b"\0" * 65536
+        yield b"\r\n--b--\r\n"
+    conn.request("POST", "/api/v1/ingest", body=body(), encode_chunked=True,
+                 headers={"Authorization": f"Bearer {token}", "Content-Type": "multipart/form-data; boundary=b"})
+    response = conn.getresponse()
+    doc = json.loads(response.read())
+    conn.close()
+    assert response.status == 413 and doc["code"] == "input_too_large" and "big.wav" in doc["message"], doc
+    assert nothing_kept(api)
+    refused = [e for e in events(api) if e["action"] == "ingest" and e["outcome"] == "error"
+               and e["details"].get("error") == "input_too_large"]
+    assert len(refused) == 2
 
 
 def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:

@@ -1,9 +1,16 @@
-"""Unit tests (no server) of what the API lets a browser do with archived content (archive.webcontent)."""
+"""Unit tests (no server) of what the API lets a browser do with archived content (archive.webcontent)
+and of receiving an upload with its limits enforced as it streams (archive.uploads)."""
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
+
 import pytest
 
+from archive.errors import InputError
+from archive.uploads import MAX_FILES, BadUpload, MultipartReceiver, TooLarge, check_length
 from archive.webcontent import (HTML_VIEW_CSP, PART_CSP, PART_DESTINATIONS, content_disposition, html_media_type,
                                 inline_media_type, part_headers, refused_destination)
 
@@ -72,3 +79,80 @@ def test_parts_are_refused_to_anything_that_runs_styles_or_frames_them(dest):
 @pytest.mark.parametrize("dest", [None, "", "document", "empty", "audio", "video", "track", "image"])
 def test_parts_are_served_to_navigation_fetch_players_and_images(dest):
     assert refused_destination(dest, PART_DESTINATIONS) is None
+
+
+# --- uploads ---------------------------------------------------------------------------------------
+
+
+def multipart(files: list[tuple[str, bytes]], boundary: str = "b0undary") -> tuple[bytes, str]:
+    out = b""
+    for name, data in files:
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+                f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def receive(tmp_path: Path, body: bytes, kind: str, limit: int = 1000, chunk: int = 7) -> list[str]:
+    receiver = MultipartReceiver(kind, tmp_path, max_file_bytes=limit)
+    try:
+        for i in range(0, len(body), chunk):
+            receiver.feed(body[i:i + chunk])
+        return receiver.finish()
+    finally:
+        receiver.close()
+
+
+def fresh(directory: Path) -> Path:
+    directory.mkdir()
+    return directory
+
+
+def test_an_upload_is_written_file_by_file_as_it_streams(tmp_path):
+    body, kind = multipart([("call.wav", b"RIFF" + bytes(range(256)) * 3), ("call.json", b'{"a": 1}')])
+    assert receive(tmp_path, body, kind) == ["call.wav", "call.json"]
+    assert (tmp_path / "call.wav").read_bytes() == b"RIFF" + bytes(range(256)) * 3
+    assert stat.S_IMODE(os.stat(tmp_path / "call.json").st_mode) == 0o600
+
+
+def test_a_file_over_the_limit_stops_the_upload_at_that_byte(tmp_path):
+    body, kind = multipart([("small.json", b"{}"), ("big.wav", b"x" * 5000), ("after.txt", b"never")])
+    with pytest.raises(TooLarge) as e:
+        receive(tmp_path, body, kind, limit=1000)
+    assert e.value.http_status == 413 and "big.wav" in str(e.value)
+    assert (tmp_path / "big.wav").stat().st_size <= 1000 and not (tmp_path / "after.txt").exists()
+
+
+@pytest.mark.parametrize("name, words", [("../evil.json", "could escape"), ("a\x07b.json", "control"),
+                                         (".hidden.json", "hidden"), ("", "empty")])
+def test_hostile_file_names_are_refused_before_a_byte_is_written(tmp_path, name, words):
+    body, kind = multipart([(name, b"{}")])
+    with pytest.raises(InputError) as e:
+        receive(tmp_path, body, kind)
+    assert words in str(e.value) and list(tmp_path.iterdir()) == []
+
+
+def test_bodies_that_are_not_one_complete_upload_are_refused(tmp_path):
+    body, kind = multipart([("a.json", b"{}")])
+    with pytest.raises(BadUpload, match="closing boundary"):
+        receive(tmp_path, body[:-30], kind)
+    with pytest.raises(BadUpload, match="multipart/form-data"):
+        MultipartReceiver("application/json", tmp_path, max_file_bytes=10)
+    with pytest.raises(BadUpload, match="no file"):
+        receive(fresh(tmp_path / "x"),
+                b"--b\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n--b--\r\n",
+                "multipart/form-data; boundary=b")
+    dupes, kind = multipart([("a.json", b"{}"), ("a.json", b"{}")])
+    with pytest.raises(InputError, match="twice"):
+        receive(fresh(tmp_path / "y"), dupes, kind)
+    many, kind = multipart([(f"f{i}.json", b"{}") for i in range(MAX_FILES + 1)])
+    with pytest.raises(TooLarge, match="at most"):
+        receive(fresh(tmp_path / "z"), many, kind)
+
+
+def test_a_content_length_no_upload_can_have_is_refused_before_reading():
+    check_length(None, 1000)
+    check_length(str(MAX_FILES * 1000), 1000)
+    with pytest.raises(TooLarge):
+        check_length(str(500 * 1024**2), 1000)
+    with pytest.raises(BadUpload):
+        check_length("lots", 1000)
