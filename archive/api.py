@@ -2,13 +2,16 @@
 (``/``), served by ``archive serve``.
 
 Every request authenticates with a token (``Authorization: Bearer arc_…``, see :mod:`archive.tokens`), or,
-for the console, with the session cookie ``POST /api/v1/session`` sets from a token (HttpOnly,
-SameSite=Strict; a state-changing request with the cookie must also carry ``X-Archive-Console: 1``, which
-no cross-site form can send). Every operation goes through the same :class:`archive.access.Session` as the
-CLI, so it is authorised and recorded in the audit trail — refusals included, requests with no valid
-token too, and failures of any kind: an exception that is not an ArchiveError is recorded as
-``internal_error``. Content (a record's detail, a part's bytes) needs a stated reason: the
-``X-Archive-Reason`` header, or ``reason`` in the query for players that cannot set headers.
+for the console, with the session cookie ``POST /api/v1/session`` sets after checking a token: an opaque
+session id, bound to the token, ended by sign-out, idle time or the token's end (HttpOnly, SameSite=Strict;
+a state-changing request with the cookie must also carry ``X-Archive-Console: 1``, which no cross-site
+form can send, and a request with it that a browser marks as coming from another site or a sandboxed
+frame, ``Sec-Fetch-Site``, is refused). Every operation goes through the same
+:class:`archive.access.Session` as the CLI, so it is authorised and recorded in the audit trail —
+refusals included, requests with no valid token too, and failures of any kind: an exception that is not
+an ArchiveError is recorded as ``internal_error``. Content (a record's detail, a part's bytes) needs a
+stated reason: the ``X-Archive-Reason`` header, or ``reason`` in the query for players that cannot set
+headers.
 
 Search results are summaries — who, when, which channel, which parts, findings, holds — never content:
 message text and transcripts are shown only by the record endpoint, with a reason, and there with card
@@ -38,7 +41,6 @@ import logging
 import re
 import socket
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -49,11 +51,11 @@ from pydantic import BaseModel, Field
 
 from archive.access import AccessDenied, Attempt, Session, denied_without_identity
 from archive.apistream import AuditedStream, request_body
-from archive.dates import parse_datetime
+from archive.audit.log import Event
 from archive.errors import ArchiveError, InputError, ObjectNotFound
 from archive.search.document import mask_pci
 from archive.settings import Settings
-from archive.tokens import Tokens
+from archive.tokens import ConsoleSessions, Tokens
 from archive.uploads import MAX_FILES, MultipartReceiver, check_length
 from archive.webcontent import (HTML_VIEW_CSP, HTML_VIEW_DESTINATIONS, PART_DESTINATIONS, html_media_type,
                                 part_headers, refused_destination)
@@ -107,6 +109,10 @@ class QueueUnavailable(ArchiveError):
 
 class CrossSite(AccessDenied):
     code = "console_header_missing"
+
+
+class CrossSiteFetch(AccessDenied):
+    code = "cross_site_request"
 
 
 class ContentRefused(AccessDenied):
@@ -221,6 +227,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     services = services_for(open_archive(settings or Settings.from_env()))
     settings = services.settings
     tokens = Tokens(settings.tokens_path, services.identities)
+    sessions = ConsoleSessions(settings.home / "sessions.sqlite", tokens)
     jobs = ExportJobs(settings.home / "exports", services)
     app = FastAPI(title="Compliance archive API", version="1", openapi_url=f"{API}/openapi.json",
                   docs_url=f"{API}/docs", redoc_url=None,
@@ -248,12 +255,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         presented = header[7:].strip() if header[:7].lower() == "bearer " else (header or None)
         try:
             if presented is None and COOKIE in request.cookies:
-                presented = request.cookies[COOKIE]
                 if request.method not in _SAFE_METHODS and request.headers.get("x-archive-console") != "1":
                     raise CrossSite("a console request must carry the header X-Archive-Console: 1")
+                # the console's own pages send same-origin, an address typed or bookmarked none; anything
+                # else — another site, or a sandboxed frame (an opaque origin) — gets nothing with the cookie
+                site = request.headers.get("sec-fetch-site")
+                if site not in (None, "same-origin", "none"):
+                    raise CrossSiteFetch(f"a request with the console's session must come from the console, "
+                                         f"not from a {site[:20]!r} context")
+                return sessions.authenticate(request.cookies[COOKIE])
             return tokens.authenticate(presented)
         except AccessDenied as e:
             denied_without_identity(services.archive.audit, None, operation, {**target, "via": "api"}, e)
+            raise
+        except ArchiveError as e:  # the session store failed: no refusal, but the attempt is on record
+            services.archive.audit.append(Event(actor="(unknown)", role="none", action=operation, outcome="error",
+                                                target={**target, "via": "api"}, details={"error": e.code}))
             raise
 
     def session(request: Request, operation: str, target: dict) -> Session:
@@ -321,7 +338,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # --- session (the console's sign-in) ----------------------------------------------------------------
 
-    @app.post(f"{API}/session", summary="Sign in with a token: sets the console's session cookie")
+    @app.post(f"{API}/session", summary="Sign in with a token: sets the console's session cookie (an opaque "
+                                        "session id, never the token)")
     def sign_in(request: Request, body: SessionRequest) -> JSONResponse:
         target: dict = {"session": "start", "via": "api"}
         try:
@@ -330,11 +348,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             denied_without_identity(services.archive.audit, None, "session-start", target, e)
             raise
         target["token"] = token.token_id
-        Session(services.archive.audit, token, token.actor).run("session-start", lambda: None, target=target)
-        left = int((parse_datetime(token.expires_at) - datetime.now(UTC)).total_seconds())
+
+        def do():
+            session_id, info = sessions.start(token)
+            target["session"] = info["ref"]  # a reference (a prefix of the stored hash), never the id
+            return session_id, info
+        session_id, info = Session(services.archive.audit, token, token.actor).run("session-start", guarded(request, do),
+                                                                                   target=target)
         response = JSONResponse({"actor": token.actor, "role": token.role, "token": token.token_id,
-                                 "expires_at": token.expires_at})
-        response.set_cookie(COOKIE, body.token, max_age=max(1, min(left, 12 * 3600)), path=API, httponly=True,
+                                 "expires_at": token.expires_at, "session_ends_at": info["ends_at"],
+                                 "idle_timeout_s": info["idle_timeout_s"]})
+        response.set_cookie(COOKIE, session_id, max_age=info["max_age_s"], path=API, httponly=True,
                             samesite="strict", secure=request.url.scheme == "https")
         return response
 
@@ -343,10 +367,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         token = authenticate(request, "session-check", {"session": "check"})
         return {"actor": token.actor, "role": token.role, "token": token.token_id, "expires_at": token.expires_at}
 
-    @app.delete(f"{API}/session", summary="Sign out: clears the session cookie", status_code=204)
-    def sign_out() -> Response:
+    @app.delete(f"{API}/session", summary="Sign out: ends the console session (on the server too) and clears "
+                                          "its cookie", status_code=204)
+    def sign_out(request: Request) -> Response:
+        from archive.access import Access, Identity
+
+        session_id = request.cookies.get(COOKIE)
+        try:
+            token = sessions.authenticate(session_id)
+        except AccessDenied:
+            token = None  # nothing live to end: the cookie is cleared all the same
+        if sessions.end(session_id) and token is not None:
+            Access(services.archive.audit, Identity(token.actor, frozenset({token.role}))).record(
+                "session-end", target={"session": sessions.reference(session_id), "token": token.token_id,
+                                       "via": "api"}, role=token.role)
         response = Response(status_code=204)
-        response.delete_cookie(COOKIE, path=API)
+        response.delete_cookie(COOKIE, path=API, httponly=True, samesite="strict",
+                               secure=request.url.scheme == "https")
         return response
 
     # --- search and review ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ own process, or uvicorn in this one where a failure has to be injected):
   one the client abandons is not audited ``ok``; a rejected upload is audited with its true outcome;
 * an upload is not read before its token is checked, a body larger than the limit is refused before it
   is read or at the byte it passes the limit, and nothing is kept;
+* the console's cookie is an opaque session id that sign-out, revocation and cross-site use end;
 * any failure inside an attempt — an exception the library did not mean — is audited and answered as
   JSON, never a bare 500.
 """
@@ -339,6 +340,52 @@ def test_a_hostile_input_through_the_api_is_audited_and_answered_as_json(api):
         event = wait_for_event(api, lambda e, n=name: e["action"] == "ingest" and n in e["target"].get("upload", []),
                                f"the upload of {name}")
         assert event["outcome"] == "error" and event["details"]["error"] == doc["code"], (name, event, doc)
+
+
+# --- the console's session ------------------------------------------------------------------------------
+
+
+def sign_in(api, token: str, headers: dict | None = None) -> tuple[str, str]:
+    status, headers, body = call(api, "/session", body={"token": token}, headers=headers)
+    assert status == 200, body
+    return headers["set-cookie"], headers["set-cookie"].split(";")[0]
+
+
+def test_the_session_cookie_is_an_opaque_id_that_sign_out_and_revocation_end(api):
+    secret = api["tokens"]["ann"]
+    header, cookie = sign_in(api, secret)
+    value = cookie.split("=", 1)[1]
+    assert value.startswith("ses_") and secret not in header and secret.split("_", 2)[2] not in header
+    assert "HttpOnly" in header and "SameSite=strict" in header and "Path=/api/v1" in header
+    assert "Secure" not in header
+    status, _, body = call(api, "/session", headers={"Cookie": cookie})
+    assert status == 200 and json.loads(body)["actor"] == "ann"
+    # a browser that marks the request as from another site, or from a sandboxed frame, gets nothing
+    status, _, body = call(api, "/search?q=", headers={"Cookie": cookie, "Sec-Fetch-Site": "cross-site"})
+    assert status == 403 and json.loads(body)["code"] == "cross_site_request"
+    status, _, _ = call(api, "/search?q=", headers={"Cookie": cookie, "Sec-Fetch-Site": "same-origin"})
+    assert status == 200
+    # sign-out ends it on the server: the same cookie, replayed, is refused
+    status, headers, _ = call(api, "/session", headers={"Cookie": cookie, "X-Archive-Console": "1"}, method="DELETE")
+    assert status == 204 and "Max-Age=0" in headers["set-cookie"]
+    status, _, body = call(api, "/session", headers={"Cookie": cookie})
+    assert status == 401 and "signed out" in json.loads(body)["message"]
+    # revoking the token ends every session started with it
+    extra = run(api["env"], "token", "create", "ann", "--role", "auditor").stdout.decode().strip()
+    _, cookie = sign_in(api, extra)
+    assert call(api, "/search?q=", headers={"Cookie": cookie})[0] == 200
+    run(api["env"], "token", "revoke", extra.split("_")[1])
+    status, _, body = call(api, "/search?q=", headers={"Cookie": cookie})
+    assert status == 401 and "revoked" in json.loads(body)["message"]
+    # a raw token in the cookie (what the cookie used to hold) is no session
+    status, _, _ = call(api, "/session", headers={"Cookie": f"archive_session={secret}"})
+    assert status == 401
+    # behind a TLS-terminating proxy (X-Forwarded-Proto from loopback) the cookie is Secure
+    header, _ = sign_in(api, secret, {"X-Forwarded-Proto": "https"})
+    assert "Secure" in header
+    actions = [(e["action"], e["outcome"]) for e in events(api) if e["actor"] == "ann"]
+    assert ("session-start", "ok") in actions and ("session-end", "ok") in actions
+    assert not any(value in json.dumps(e) for e in events(api))  # the id itself is never recorded
 
 
 # --- unexpected failures --------------------------------------------------------------------------------

@@ -1,10 +1,15 @@
-"""Unit tests (no server) of what the API lets a browser do with archived content (archive.webcontent)
-and of receiving an upload with its limits enforced as it streams (archive.uploads)."""
+"""Unit tests (no server) of what the API lets a browser do with archived content (archive.webcontent),
+of receiving an upload with its limits enforced as it streams (archive.uploads), and of the console's
+sessions (archive.tokens.ConsoleSessions): opaque ids stored as hashes, ended by sign-out, idle time, the
+token's revocation or expiry, and shared between processes."""
 
 from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +18,8 @@ from archive.errors import InputError
 from archive.uploads import MAX_FILES, BadUpload, MultipartReceiver, TooLarge, check_length
 from archive.webcontent import (HTML_VIEW_CSP, PART_CSP, PART_DESTINATIONS, content_disposition, html_media_type,
                                 inline_media_type, part_headers, refused_destination)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # --- what is served inline, and how ---------------------------------------------------------------
@@ -156,3 +163,114 @@ def test_a_content_length_no_upload_can_have_is_refused_before_reading():
         check_length(str(500 * 1024**2), 1000)
     with pytest.raises(BadUpload):
         check_length("lots", 1000)
+
+
+# --- console sessions ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sessions(tmp_path):
+    from archive.access import Identities
+    from archive.tokens import ConsoleSessions, Tokens
+
+    identities = Identities(tmp_path / "identities.json")
+    identities.set("ann", ["auditor"])
+    tokens = Tokens(tmp_path / "tokens.json", identities)
+    return ConsoleSessions(tmp_path / "sessions.sqlite", tokens), tokens
+
+
+def test_a_session_id_is_opaque_random_and_stored_only_as_a_hash(sessions, tmp_path):
+    store, tokens = sessions
+    secret, _ = tokens.create("ann", "auditor")
+    token = tokens.authenticate(secret)
+    session_id, info = store.start(token)
+    other, _ = store.start(token)
+    assert session_id.startswith("ses_") and session_id != other and secret not in session_id
+    assert secret.split("_", 2)[2] not in session_id and len(session_id) > 40
+    assert store.authenticate(session_id).actor == "ann"
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("sessions.sqlite*"))
+    assert session_id.encode() not in stored and store.reference(session_id).encode() in stored
+    assert stat.S_IMODE(os.stat(tmp_path / "sessions.sqlite").st_mode) == 0o600
+    assert info["idle_timeout_s"] == store.IDLE and info["max_age_s"] <= store.MAX_AGE
+
+
+def test_a_session_ends_with_sign_out_idle_time_its_age_and_its_token(sessions):
+    from archive.tokens import TokenInvalid
+
+    store, tokens = sessions
+    secret, entry = tokens.create("ann", "auditor")
+    token = tokens.authenticate(secret)
+    t0 = datetime.now(UTC).timestamp()
+    used, _ = store.start(token, now=t0)
+    store.authenticate(used, now=t0 + store.IDLE - 10)  # in use: the idle clock starts again
+    assert store.authenticate(used, now=t0 + 2 * store.IDLE - 20).actor == "ann"
+    idle, _ = store.start(token, now=t0)
+    with pytest.raises(TokenInvalid, match="without use"):
+        store.authenticate(idle, now=t0 + store.IDLE + 1)
+    with pytest.raises(TokenInvalid, match="unknown or was signed out"):  # and it is gone for good
+        store.authenticate(idle, now=t0)
+    aged, _ = store.start(token, now=t0)
+    for step in range(1, 13 * 60 // 20):  # used every 20 minutes: still ends 12 hours after it began
+        try:
+            store.authenticate(aged, now=t0 + step * 1200)
+        except TokenInvalid as e:
+            assert "expired" in str(e) and step * 1200 >= store.MAX_AGE
+            break
+    else:
+        pytest.fail("a session in use never expired")
+    out, _ = store.start(token)
+    assert store.end(out) and not store.end(out)
+    with pytest.raises(TokenInvalid, match="signed out"):
+        store.authenticate(out)
+    demoted, _ = store.start(token)
+    tokens.identities.set("ann", ["legal"])  # the identity loses the token's role
+    with pytest.raises(TokenInvalid, match="no longer holds"):
+        store.authenticate(demoted)
+    tokens.identities.set("ann", ["auditor"])
+    live, _ = store.start(token)
+    tokens.revoke(entry["id"])
+    with pytest.raises(TokenInvalid, match="revoked"):
+        store.authenticate(live)
+    for bogus in (None, "", "arc_x_y", secret, "ses_" + "A" * 43, "ses_" + "x" * 200):
+        with pytest.raises(TokenInvalid):
+            store.authenticate(bogus)
+
+
+def test_a_session_ends_with_its_tokens_expiry(sessions):
+    from archive.tokens import TokenInvalid
+
+    store, tokens = sessions
+    secret, _ = tokens.create("ann", "auditor", expires="PT1H", now=datetime.now(UTC) - timedelta(minutes=50))
+    session_id, info = store.start(tokens.authenticate(secret))
+    assert info["max_age_s"] <= 600  # the cookie lives no longer than the token
+    with pytest.raises(TokenInvalid, match="expired"):
+        store.authenticate(session_id, now=datetime.now(UTC).timestamp() + 601)
+
+
+def test_sessions_are_shared_by_the_processes_of_one_archive(sessions, tmp_path):
+    """What ``archive serve --workers N`` relies on: a session started in one process is honoured, and
+    ended, in another."""
+    store, tokens = sessions
+    secret, _ = tokens.create("ann", "auditor")
+    session_id, _ = store.start(tokens.authenticate(secret))
+    code = ("import sys; from pathlib import Path; from archive.access import Identities; "
+            "from archive.tokens import ConsoleSessions, Tokens; h = Path(sys.argv[1]); "
+            "s = ConsoleSessions(h / 'sessions.sqlite', Tokens(h / 'tokens.json', Identities(h / 'identities.json'))); "
+            "print(s.authenticate(sys.argv[2]).actor, s.end(sys.argv[2]))")
+    other = subprocess.run([sys.executable, "-c", code, str(tmp_path), session_id], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert other.stdout.split() == ["ann", "True"], other.stderr
+    from archive.tokens import TokenInvalid
+
+    with pytest.raises(TokenInvalid, match="signed out"):  # ended over there: ended here
+        store.authenticate(session_id)
+
+
+def test_a_damaged_session_store_is_an_archive_error_not_a_crash(sessions, tmp_path):
+    from archive.tokens import SessionsUnavailable
+
+    store, tokens = sessions
+    (tmp_path / "sessions.sqlite").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(SessionsUnavailable) as e:
+        store.authenticate("ses_" + "x" * 43)
+    assert e.value.http_status == 503 and "sessions.sqlite" in str(e.value)

@@ -2,8 +2,9 @@
 // Everything shown is put in the page as text (never as HTML), so content from records cannot run; an
 // e-mail's HTML version is shown only in a sandboxed frame (no scripts, no same-origin access) whose
 // response the server sandboxes too, with remote loads blocked. Parts open as downloads unless they are
-// media, plain text or raster images. The session is an HttpOnly cookie set by POST /api/v1/session;
-// state-changing requests carry the X-Archive-Console header the server requires with the cookie. Content needs a stated reason, asked for in a dialog before a record
+// media, plain text or raster images. The session is an HttpOnly cookie set by POST /api/v1/session — an
+// opaque session id, not the token — and state-changing requests carry the X-Archive-Console header the
+// server requires with the cookie. Content needs a stated reason, asked for in a dialog before a record
 // opens and sent with every request for it.
 "use strict";
 
@@ -116,7 +117,7 @@ function loginView() {
     h("label", { for: "token" }, "API token"),
     input,
     h("p", { id: "token-help", class: "muted" }, "An administrator makes one with ",
-      h("code", {}, "archive token create NAME --role auditor"), ". It is kept in an HttpOnly cookie for this tab's session."),
+      h("code", {}, "archive token create NAME --role auditor"), ". It is checked once: the browser keeps only a session id (an HttpOnly cookie), which ends when you sign out, after 30 minutes without use, or when the token is revoked."),
     h("div", { class: "buttons" }, h("button", { type: "submit", class: "primary", id: "sign-in" }, "Sign in")));
   show(form);
   input.focus();
