@@ -193,3 +193,42 @@ class Session:
             raise
         access.record(operation, target=target, role=role, reason=reason, case=case)
         return result
+
+
+class Attempt:
+    """One operation whose outcome is known only after the call that starts it has returned — a response
+    streamed after its status was sent. Made like :meth:`Session.run`: authorised at once (a refusal is
+    recorded and raised); then recorded exactly once, when it ends, by :meth:`succeeded` or
+    :meth:`failed` — the same event Session.run would write, never ``ok`` before the last byte."""
+
+    def __init__(self, session: Session, operation: str, *, target: dict, reason: str | None = None,
+                 case: str | None = None) -> None:
+        self.operation, self.target, self.reason, self.case = operation, target, reason, case
+        self.recorded = False
+        try:
+            self._access = Access(session.audit, session._identities.get(session.actor))
+        except AccessDenied as e:
+            denied_without_identity(session.audit, session.actor, operation, target, e)
+            raise
+        self.role = self._access.authorize(operation, target=target, reason=reason, case=case,
+                                           permission=OPERATIONS[operation])
+
+    def succeeded(self, **details) -> None:
+        """Record the operation as done (``ok``)."""
+        self._record("ok", details)
+
+    def failed(self, error: BaseException, **details) -> None:
+        """Record the operation as refused (``denied``, for AccessDenied) or failed (``error``, with the
+        error's code; ``internal_error`` for an exception that is not an ArchiveError)."""
+        if isinstance(error, AccessDenied):
+            self._record("denied", {"denied": str(error), **details})
+        else:
+            self._record("error", {"error": getattr(error, "code", None) if isinstance(error, ArchiveError)
+                                   else "internal_error", **details})
+
+    def _record(self, outcome: str, details: dict) -> None:
+        if self.recorded:
+            return
+        self.recorded = True
+        self._access.record(self.operation, target=self.target, outcome=outcome, reason=self.reason,
+                            case=self.case, role=self.role, details=details)

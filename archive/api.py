@@ -2,49 +2,63 @@
 (``/``), served by ``archive serve``.
 
 Every request authenticates with a token (``Authorization: Bearer arc_…``, see :mod:`archive.tokens`), or,
-for the console, with the session cookie ``POST /api/v1/session`` sets from a token (HttpOnly,
-SameSite=Strict; a state-changing request with the cookie must also carry ``X-Archive-Console: 1``, which
-no cross-site form can send). Every operation goes through the same :class:`archive.access.Session` as the
-CLI, so it is authorised and recorded in the audit trail — refusals included, and requests with no valid
-token too. Content (a record's detail, a part's bytes) needs a stated reason: the ``X-Archive-Reason``
-header, or ``reason`` in the query for players that cannot set headers.
+for the console, with the session cookie ``POST /api/v1/session`` sets after checking a token: an opaque
+session id, bound to the token, ended by sign-out, idle time or the token's end (HttpOnly, SameSite=Strict;
+a state-changing request with the cookie must also carry ``X-Archive-Console: 1``, which no cross-site
+form can send, and a request with it that a browser marks as coming from another site or a sandboxed
+frame, ``Sec-Fetch-Site``, is refused). Every operation goes through the same
+:class:`archive.access.Session` as the CLI, so it is authorised and recorded in the audit trail —
+refusals included, requests with no valid token too, and failures of any kind: an exception that is not
+an ArchiveError is recorded as ``internal_error``. Content (a record's detail, a part's bytes) needs a
+stated reason: the ``X-Archive-Reason`` header, or ``reason`` in the query for players that cannot set
+headers.
 
 Search results are summaries — who, when, which channel, which parts, findings, holds — never content:
 message text and transcripts are shown only by the record endpoint, with a reason, and there with card
 numbers masked (PCI DSS 3.3.1). The original bytes stay available, unmasked, as parts.
+
+Content the archive did not write is never active in its origin (:mod:`archive.webcontent`): a part is
+served as an attachment of ``application/octet-stream`` unless it is audio, video, a raster image or plain
+text, always under a sandboxing CSP, and never to a ``<script>``, a style sheet, a worker or a frame; an
+e-mail's HTML body is read through ``/records/{id}/html``, sandboxed, script-less, with no remote loads,
+in a frame of the console.
 
 Errors are JSON ``{"code", "message", "details"}`` with the error's HTTP status: 401 for a missing,
 unknown, revoked or expired token, 403 for a refusal, 404, 413, 416, 422 for bad input. Nothing else
 reaches a client: an unexpected failure is a 500 saying only that, with the details in the server's log.
 
 Parts are served with HTTP Range (RFC 9110): a request for ``bytes=a-`` answers 206, decrypting only the
-covering sealed segments, a few at a time, so playback starts anywhere in an hour-long call at once.
+covering sealed segments, a few at a time, so playback starts anywhere in an hour-long call at once. A
+streamed body is audited when it ends: a download that fails mid-way (a tampered segment) is recorded as
+an error and cut short, never as ``retrieve ok``. An upload is read only after its token is checked and
+authorised, with the size limit enforced as it streams (:mod:`archive.uploads`).
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import re
-import shutil
 import socket
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote
 
-from fastapi import FastAPI, File, Query, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from archive.access import AccessDenied, Session, denied_without_identity
-from archive.dates import parse_datetime
+from archive.access import AccessDenied, Attempt, Session, denied_without_identity
+from archive.apistream import AuditedStream, request_body
+from archive.audit.log import Event
 from archive.errors import ArchiveError, InputError, ObjectNotFound
 from archive.search.document import mask_pci
 from archive.settings import Settings
-from archive.tokens import Tokens
+from archive.tokens import ConsoleSessions, Tokens
+from archive.uploads import MAX_FILES, MultipartReceiver, check_length
+from archive.webcontent import (HTML_VIEW_CSP, HTML_VIEW_DESTINATIONS, PART_DESTINATIONS, html_media_type,
+                                part_headers, refused_destination)
 
 log = logging.getLogger("archive.api")
 API = "/api/v1"
@@ -77,11 +91,6 @@ class RangeNotSatisfiable(InputError):
     http_status = 416
 
 
-class TooLarge(InputError):
-    code = "input_too_large"
-    http_status = 413
-
-
 class Rejected(InputError):
     code = "input_rejected"
     http_status = 422
@@ -100,6 +109,22 @@ class QueueUnavailable(ArchiveError):
 
 class CrossSite(AccessDenied):
     code = "console_header_missing"
+
+
+class CrossSiteFetch(AccessDenied):
+    code = "cross_site_request"
+
+
+class ContentRefused(AccessDenied):
+    """Raised when content is asked for as something a browser would run or frame (Sec-Fetch-Dest)."""
+
+    code = "content_use_refused"
+
+
+class InternalError(ArchiveError):
+    """Raised in place of an exception that is not an ArchiveError, so the attempt is audited as failed."""
+
+    code = "internal_error"
 
 
 # --- request bodies -----------------------------------------------------------------------------------
@@ -202,6 +227,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     services = services_for(open_archive(settings or Settings.from_env()))
     settings = services.settings
     tokens = Tokens(settings.tokens_path, services.identities)
+    sessions = ConsoleSessions(settings.home / "sessions.sqlite", tokens)
     jobs = ExportJobs(settings.home / "exports", services)
     app = FastAPI(title="Compliance archive API", version="1", openapi_url=f"{API}/openapi.json",
                   docs_url=f"{API}/docs", redoc_url=None,
@@ -229,12 +255,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         presented = header[7:].strip() if header[:7].lower() == "bearer " else (header or None)
         try:
             if presented is None and COOKIE in request.cookies:
-                presented = request.cookies[COOKIE]
                 if request.method not in _SAFE_METHODS and request.headers.get("x-archive-console") != "1":
                     raise CrossSite("a console request must carry the header X-Archive-Console: 1")
+                # the console's own pages send same-origin, an address typed or bookmarked none; anything
+                # else — another site, or a sandboxed frame (an opaque origin) — gets nothing with the cookie
+                site = request.headers.get("sec-fetch-site")
+                if site not in (None, "same-origin", "none"):
+                    raise CrossSiteFetch(f"a request with the console's session must come from the console, "
+                                         f"not from a {site[:20]!r} context")
+                return sessions.authenticate(request.cookies[COOKIE])
             return tokens.authenticate(presented)
         except AccessDenied as e:
             denied_without_identity(services.archive.audit, None, operation, {**target, "via": "api"}, e)
+            raise
+        except ArchiveError as e:  # the session store failed: no refusal, but the attempt is on record
+            services.archive.audit.append(Event(actor="(unknown)", role="none", action=operation, outcome="error",
+                                                target={**target, "via": "api"}, details={"error": e.code}))
             raise
 
     def session(request: Request, operation: str, target: dict) -> Session:
@@ -248,11 +284,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         header = request.headers.get("x-archive-reason")
         return unquote(header) if header else reason
 
+    def guarded(request: Request, do):
+        """``do``, with any exception that is not an ArchiveError logged (with its traceback, for the
+        operator) and raised as an InternalError: the attempt is audited as failed, and the client gets
+        a JSON 500 that says only that."""
+        def call():
+            try:
+                return do()
+            except ArchiveError:
+                raise
+            except Exception as e:
+                log.exception("unexpected error on %s %s", request.method, request.url.path)
+                raise InternalError("the server failed; the error is in its log") from e
+        return call
+
     def run(request: Request, operation: str, do, target: dict, reason: str | None = None, case: str | None = None):
         s = session(request, operation, target)
         target["via"] = "api"  # the same dict: what do() adds (record ids, counts) is recorded with it
-        return s.run(operation, do, target=target, reason=reason_of(request, reason),
+        return s.run(operation, guarded(request, do), target=target, reason=reason_of(request, reason),
                      case=request.headers.get("x-archive-case") or case)
+
+    def begin(request: Request, operation: str, target: dict, reason: str | None = None) -> Attempt:
+        """An attempt recorded when it ends (a streamed response), authorised now."""
+        s = session(request, operation, target)
+        target["via"] = "api"
+        return Attempt(s, operation, target=target, reason=reason_of(request, reason),
+                       case=request.headers.get("x-archive-case"))
+
+    def served(request: Request, attempt: Attempt, prepare):
+        """The response ``prepare()`` makes for ``attempt``: a body already read in full is recorded ok at
+        once, a stream when it ends; a failure before the first byte is recorded and raised."""
+        try:
+            response = guarded(request, prepare)()
+        except BaseException as e:
+            attempt.failed(e)
+            raise
+        if not isinstance(response, AuditedStream):
+            attempt.succeeded()
+        return response
 
     def manifest_of(rid: str) -> dict:
         if not _RECORD_ID.fullmatch(rid):
@@ -269,7 +338,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # --- session (the console's sign-in) ----------------------------------------------------------------
 
-    @app.post(f"{API}/session", summary="Sign in with a token: sets the console's session cookie")
+    @app.post(f"{API}/session", summary="Sign in with a token: sets the console's session cookie (an opaque "
+                                        "session id, never the token)")
     def sign_in(request: Request, body: SessionRequest) -> JSONResponse:
         target: dict = {"session": "start", "via": "api"}
         try:
@@ -278,11 +348,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             denied_without_identity(services.archive.audit, None, "session-start", target, e)
             raise
         target["token"] = token.token_id
-        Session(services.archive.audit, token, token.actor).run("session-start", lambda: None, target=target)
-        left = int((parse_datetime(token.expires_at) - datetime.now(UTC)).total_seconds())
+
+        def do():
+            session_id, info = sessions.start(token)
+            target["session"] = info["ref"]  # a reference (a prefix of the stored hash), never the id
+            return session_id, info
+        session_id, info = Session(services.archive.audit, token, token.actor).run("session-start", guarded(request, do),
+                                                                                   target=target)
         response = JSONResponse({"actor": token.actor, "role": token.role, "token": token.token_id,
-                                 "expires_at": token.expires_at})
-        response.set_cookie(COOKIE, body.token, max_age=max(1, min(left, 12 * 3600)), path=API, httponly=True,
+                                 "expires_at": token.expires_at, "session_ends_at": info["ends_at"],
+                                 "idle_timeout_s": info["idle_timeout_s"]})
+        response.set_cookie(COOKIE, session_id, max_age=info["max_age_s"], path=API, httponly=True,
                             samesite="strict", secure=request.url.scheme == "https")
         return response
 
@@ -291,10 +367,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         token = authenticate(request, "session-check", {"session": "check"})
         return {"actor": token.actor, "role": token.role, "token": token.token_id, "expires_at": token.expires_at}
 
-    @app.delete(f"{API}/session", summary="Sign out: clears the session cookie", status_code=204)
-    def sign_out() -> Response:
+    @app.delete(f"{API}/session", summary="Sign out: ends the console session (on the server too) and clears "
+                                          "its cookie", status_code=204)
+    def sign_out(request: Request) -> Response:
+        from archive.access import Access, Identity
+
+        session_id = request.cookies.get(COOKIE)
+        try:
+            token = sessions.authenticate(session_id)
+        except AccessDenied:
+            token = None  # nothing live to end: the cookie is cleared all the same
+        if sessions.end(session_id) and token is not None:
+            Access(services.archive.audit, Identity(token.actor, frozenset({token.role}))).record(
+                "session-end", target={"session": sessions.reference(session_id), "token": token.token_id,
+                                       "via": "api"}, role=token.role)
         response = Response(status_code=204)
-        response.delete_cookie(COOKIE, path=API)
+        response.delete_cookie(COOKIE, path=API, httponly=True, samesite="strict",
+                               secure=request.url.scheme == "https")
         return response
 
     # --- search and review ------------------------------------------------------------------------------
@@ -338,43 +427,68 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "holds": services.retention.held_records().get(record_id, [])}
         return run(request, "view", do, {"records": [record_id]}, reason)
 
+    def part_info(record_id: str, part: str) -> tuple[dict, dict]:
+        manifest = parts_of(record_id)
+        info = next((p for p in manifest["parts"] if p["name"] == part), None)
+        if info is not None and "inline" in info:  # its bytes are in the manifest: read it from the store
+            manifest = manifest_of(record_id)
+            info = next((p for p in manifest["parts"] if p["name"] == part), None)
+        if info is None:
+            raise ObjectNotFound(f"record {record_id} has no part {part!r}", part=part)
+        return manifest, info
+
+    def refuse_use(request: Request, allowed: frozenset[str]) -> None:
+        dest = request.headers.get("sec-fetch-dest")
+        why = refused_destination(dest, allowed)
+        if why:
+            raise ContentRefused(why, destination=dest[:40])
+
     @app.get(f"{API}/records/{{record_id}}/parts/{{part}}",
-             summary="A part's bytes, verified; HTTP Range for playback from any point (needs a reason)",
+             summary="A part's bytes, verified; HTTP Range for playback from any point (needs a reason). Served "
+                     "as an attachment unless it is audio, video, a raster image or plain text",
              responses={206: {"description": "the requested range"}, 416: {"description": "range not satisfiable"}})
     def part(request: Request, record_id: str, part: str, reason: str | None = None,
              download: bool = False):
         target = {"records": [record_id], "part": part}
         header = request.headers.get("range")
+        attempt = begin(request, "retrieve", target, reason)
 
-        def do():
-            manifest = parts_of(record_id)
-            info = next((p for p in manifest["parts"] if p["name"] == part), None)
-            if info is not None and "inline" in info:  # its bytes are in the manifest: read it from the store
-                manifest = manifest_of(record_id)
-                info = next((p for p in manifest["parts"] if p["name"] == part), None)
-            if info is None:
-                raise ObjectNotFound(f"record {record_id} has no part {part!r}", part=part)
+        def prepare():
+            refuse_use(request, PART_DESTINATIONS)  # never a script, a style sheet, a worker or a frame
+            manifest, info = part_info(record_id, part)
             size = info["size"]
-            media = info.get("media_type") or "application/octet-stream"
-            name = f"{record_id}-{re.sub(r'[^A-Za-z0-9._-]', '_', info.get('filename') or part)}"
-            headers = {"Accept-Ranges": "bytes", "Cache-Control": "private, no-store",
-                       "Content-Disposition": f"{'attachment' if download else 'inline'}; filename=\"{name}\""}
+            media, fenced = part_headers(record_id, part, info.get("filename"), info.get("media_type"), download)
+            headers = {"Accept-Ranges": "bytes", "Cache-Control": "private, no-store", **dict(fenced)}
             if header:
                 start, end = _parse_range(header, size, open_end=lambda k: max(k + OPEN_RANGE_MIN,
                                                                                (k // OPEN_RANGE_ALIGN + 1) * OPEN_RANGE_ALIGN))
                 target["range"] = f"{start}-{end - 1}"
-                headers = {**headers, "Content-Range": f"bytes {start}-{end - 1}/{size}"}
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
                 chunks = services.ingestor.read_part(manifest, part, start, end)
                 if end - start <= WHOLE_RANGE:  # a player's seek: decrypted here, sent as one body
                     return Response(b"".join(chunks), status_code=206, media_type=media, headers=headers)
-                first = next(chunks, b"")  # the key and header are checked before the status is sent
-                return StreamingResponse(itertools.chain([first], chunks), status_code=206, media_type=media,
-                                         headers={**headers, "Content-Length": str(end - start)})
-            chunks = services.ingestor.read_part(manifest, part)
-            first = next(chunks, b"")
-            return StreamingResponse(itertools.chain([first], chunks), media_type=media,
-                                     headers={**headers, "Content-Length": str(size)})
-        return run(request, "retrieve", do, target, reason)
+                return AuditedStream(chunks, end - start, attempt, status_code=206, media_type=media, headers=headers)
+            return AuditedStream(services.ingestor.read_part(manifest, part), size, attempt, media_type=media,
+                                 headers=headers)
+        return served(request, attempt, prepare)
+
+    @app.get(f"{API}/records/{{record_id}}/html",
+             summary="An e-mail's HTML body to read in the console (needs a reason): sandboxed, no script, "
+                     "no remote loads; framed only by the console", response_class=Response)
+    def html_body(request: Request, record_id: str, reason: str | None = None):
+        target = {"records": [record_id], "part": "body-html", "rendered": "sandboxed"}
+        attempt = begin(request, "retrieve", target, reason)
+
+        def prepare():
+            refuse_use(request, HTML_VIEW_DESTINATIONS)
+            manifest, info = part_info(record_id, "body-html")
+            headers = {"Content-Type": html_media_type(info.get("media_type")), "Content-Security-Policy": HTML_VIEW_CSP,
+                       "X-Frame-Options": "SAMEORIGIN", "X-Content-Type-Options": "nosniff",
+                       "X-DNS-Prefetch-Control": "off", "Cross-Origin-Resource-Policy": "same-origin",
+                       "Cache-Control": "private, no-store", "Content-Disposition": "inline"}
+            return AuditedStream(services.ingestor.read_part(manifest, "body-html"), info["size"], attempt,
+                                 headers=headers)
+        return served(request, attempt, prepare)
 
     @app.get(f"{API}/records/{{record_id}}/retention", summary="Why a record is kept until when, holds, findings")
     def explain(request: Request, record_id: str) -> dict:
@@ -405,59 +519,60 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post(f"{API}/ingest", summary="Upload one input: a recording with its sidecar (.json or SIPREC .xml), "
                                        "a chat transcript, or an .eml", status_code=201,
               responses={200: {"description": "every input was archived before (duplicates)"},
-                         413: {"description": "larger than ARCHIVE_MAX_INPUT_BYTES"},
-                         422: {"description": "rejected, with the reason (and quarantined)"}})
-    def ingest(request: Request, files: list[UploadFile] = File(..., description="the files of one input "  # noqa: B008
-                                                                                 "(formats are detected)")) -> JSONResponse:
-        from archive.ingest.discover import Limits, _hostile
+                         401: {"description": "no valid token: refused before the body is read"},
+                         413: {"description": "larger than ARCHIVE_MAX_INPUT_BYTES (nothing is kept)"},
+                         422: {"description": "rejected, with the reason (and quarantined)"}},
+              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                  "type": "object", "required": ["files"], "properties": {"files": {
+                      "type": "array", "items": {"type": "string", "format": "binary"},
+                      "description": f"the files of one input, at most {MAX_FILES} (formats are detected)"}}}}}}})
+    def ingest(request: Request) -> JSONResponse:
+        from archive.ingest.discover import Limits
         from archive.ingest.discover import group as discover_group
         from archive.ingest.pipeline import Summary, as_json
 
-        target: dict = {"upload": [f.filename for f in files][:20]}
+        target: dict = {"upload": []}
 
         def do():
-            names = []
-            for f in files:
-                name = f.filename or ""
-                problem = _hostile(name) if name else "is empty"
-                if problem or name.startswith("."):
-                    raise InputError(f"file name {name[:80]!r} {problem or 'is hidden'}", file=name[:80])
-                if name in names:
-                    raise InputError(f"file {name!r} is uploaded twice", file=name)
-                if (f.size or 0) > settings.max_input_bytes:
-                    raise TooLarge(f"{name} is {f.size:,} bytes; the limit is {settings.max_input_bytes:,} "
-                                   "(ARCHIVE_MAX_INPUT_BYTES)", file=name)
-                names.append(name)
+            # authorised by now (run): only then is a byte of the body read, and never more than the limits
+            check_length(request.headers.get("content-length"), settings.max_input_bytes)
             uploads = settings.home / "uploads"
             uploads.mkdir(exist_ok=True, mode=0o700)
             with tempfile.TemporaryDirectory(dir=uploads) as scratch:
-                for f, name in zip(files, names):
-                    with open(Path(scratch) / name, "wb") as out:
-                        shutil.copyfileobj(f.file, out, 1 << 20)
+                receiver = MultipartReceiver(request.headers.get("content-type"), Path(scratch),
+                                             max_file_bytes=settings.max_input_bytes)
+                try:
+                    for chunk in request_body(request):
+                        receiver.feed(chunk)
+                    names = receiver.finish()
+                finally:
+                    receiver.close()
+                    target["upload"] = [n[:200] for n in receiver.names[:20]]
                 prefix = scratch.rstrip("/") + "/"
                 outcomes = []
                 services.retention.refresh()
-                for found in discover_group(Path(scratch), names, Limits(settings.max_input_bytes)):
-                    found.origin = "upload:" + found.origin.removeprefix(prefix)
-                    if found.rejection is not None:
-                        found.rejection = type(found.rejection)(found.rejection.code,
-                                                                str(found.rejection).replace(prefix, "upload:"))
-                    outcomes.append(services.ingestor.ingest(found))
-                services.index.flush()
+                try:
+                    for found in discover_group(Path(scratch), names, Limits(settings.max_input_bytes)):
+                        found.origin = "upload:" + found.origin.removeprefix(prefix)
+                        if found.rejection is not None:
+                            found.rejection = type(found.rejection)(found.rejection.code,
+                                                                    str(found.rejection).replace(prefix, "upload:"))
+                        outcomes.append(services.ingestor.ingest(found))
+                finally:
+                    services.index.flush()  # what was committed is indexed, whatever happened next
             target["records"] = sorted({r for o in outcomes for r in o.record_ids})
             target.update({s: sum(o.status == s for o in outcomes) for s in ("archived", "duplicate", "rejected")})
-            return outcomes
+            result = Summary()
+            for o in outcomes:
+                result.add(o)
+            body = as_json(result)
+            if result.rejected:  # the attempt's outcome is the client's: error input_rejected, with the counts
+                raise Rejected(f"{result.rejected} input(s) rejected: " +
+                               "; ".join(f"{o.origin}: [{o.code}] {o.reason}" for o in outcomes
+                                         if o.status == "rejected"), **body)
+            return JSONResponse(body, status_code=201 if result.archived else 200)
 
-        outcomes = run(request, "ingest", do, target)
-        result = Summary()
-        for o in outcomes:
-            result.add(o)
-        body = as_json(result)
-        if result.rejected:
-            raise Rejected(f"{result.rejected} input(s) rejected: " +
-                           "; ".join(f"{o.origin}: [{o.code}] {o.reason}" for o in outcomes if o.status == "rejected"),
-                           **body)
-        return JSONResponse(body, status_code=201 if result.archived else 200)
+        return run(request, "ingest", do, target)
 
     @app.post(f"{API}/ingest/register", status_code=202,
               summary="Queue the ingest of a file already in an inbox (ARCHIVE_INBOX) for the workers")

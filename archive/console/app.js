@@ -1,8 +1,11 @@
 // The auditors' console: a page over the HTTP API (/api/v1), no build step, no third-party code.
-// Everything shown is put in the page as text (never as HTML), so content from records cannot run.
-// The session is an HttpOnly cookie set by POST /api/v1/session; state-changing requests carry the
-// X-Archive-Console header the server requires with the cookie. Content needs a stated reason, asked
-// for in a dialog before a record opens and sent with every request for it.
+// Everything shown is put in the page as text (never as HTML), so content from records cannot run; an
+// e-mail's HTML version is shown only in a sandboxed frame (no scripts, no same-origin access) whose
+// response the server sandboxes too, with remote loads blocked. Parts open as downloads unless they are
+// media, plain text or raster images. The session is an HttpOnly cookie set by POST /api/v1/session — an
+// opaque session id, not the token — and state-changing requests carry the X-Archive-Console header the
+// server requires with the cookie. Content needs a stated reason, asked for in a dialog before a record
+// opens and sent with every request for it.
 "use strict";
 
 const API = "/api/v1";
@@ -114,7 +117,7 @@ function loginView() {
     h("label", { for: "token" }, "API token"),
     input,
     h("p", { id: "token-help", class: "muted" }, "An administrator makes one with ",
-      h("code", {}, "archive token create NAME --role auditor"), ". It is kept in an HttpOnly cookie for this tab's session."),
+      h("code", {}, "archive token create NAME --role auditor"), ". It is checked once: the browser keeps only a session id (an HttpOnly cookie), which ends when you sign out, after 30 minutes without use, or when the token is revoked."),
     h("div", { class: "buttons" }, h("button", { type: "submit", class: "primary", id: "sign-in" }, "Sign in")));
   show(form);
   input.focus();
@@ -233,6 +236,21 @@ function player(rid, part, reason) {
                     id: `middle-${part.name}` }, "Jump to the middle")));
 }
 
+function htmlVersion(rid, reason) {
+  // The sender's HTML, as it was written: in a frame with every sandbox restriction (no allow-scripts,
+  // no allow-same-origin, no forms, no popups, no top navigation), from a response that the server
+  // sandboxes as well and that may load nothing (no remote images, fonts or style sheets).
+  const box = h("div", { id: "html-version" });
+  box.append(h("button", { type: "button", id: "show-html", onclick: () => {
+    box.replaceChildren(h("iframe", { id: "html-body", class: "html-body", sandbox: "", referrerpolicy: "no-referrer",
+      title: "HTML version of the message (sandboxed: no scripts, no remote content)",
+      src: `${API}/records/${rid}/html?${new URLSearchParams({ reason })}` }));
+  } }, "Show the HTML version"));
+  return [h("h2", { id: "h-html" }, "HTML version"),
+    h("p", { class: "muted" }, "Shown as the sender wrote it, in a sandbox: no scripts, forms or remote images. The text above is the message's plain text."),
+    box];
+}
+
 function thread(meta) {
   const names = {};
   for (const p of meta.participants || []) for (const k of ["id", "email", "phone"]) if (p[k]) names[p[k]] = p;
@@ -307,6 +325,7 @@ async function recordView(rid) {
            p.email ? ` · ${p.email}` : ""].join(""))))),
       h("section", {}, players.length ? [h("h2", {}, "Playback"), players] : null,
         (meta.messages || []).length ? [h("h2", {}, meta.channel === "email" ? "Messages" : "Conversation"), thread(meta)] : null,
+        rec.parts.some(p => p.name === "body-html") ? htmlVersion(rid, reason) : null,
         rec.transcript ? [h("h2", {}, "Transcript"), h("pre", { class: "transcript" }, rec.transcript)] : null)),
     findings, h("h2", {}, "Parts"), partsTable, retention, access);
 }
