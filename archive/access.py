@@ -11,15 +11,14 @@ Roles (least privilege; an identity may hold several):
 
 Viewing or retrieving content needs a stated reason (``--reason``), recorded with the access. Every
 attempt — allowed, denied or failed — is an audit event; a denied one is recorded *before* the error is
-raised, so the trail shows who tried. Identities are kept in ``$ARCHIVE_HOME/identities.json``; the CLI
-acts as ``--actor`` or ``ARCHIVE_ACTOR``, never silently as the OS user. (The HTTP API will bind tokens
-to identities the same way; OIDC can slot in as another source of :class:`Identity`.)
+raised, so the trail shows who tried. Identities are kept in ``$ARCHIVE_HOME/identities.json``, changed
+under a lock and written atomically; the CLI acts as ``--actor`` or ``ARCHIVE_ACTOR``, never silently as
+the OS user. (The HTTP API will bind tokens to identities the same way; OIDC can slot in as another
+source of :class:`Identity`.)
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,14 +85,19 @@ class Identities:
         unknown = sorted(set(roles) - set(ROLES))
         if unknown:
             raise ArchiveError(f"unknown role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}")
-        doc = {"format": "archive-identities/1", "identities": dict(self._load())}
-        if roles:
-            doc["identities"][actor] = sorted(set(roles))
-        else:
-            doc["identities"].pop(actor, None)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+
+        def change(current: dict | None) -> dict:
+            identities = dict((current or {}).get("identities", {}))
+            if roles:
+                identities[actor] = sorted(set(roles))
+            else:
+                identities.pop(actor, None)
+            return {"format": "archive-identities/1", "identities": identities}
+
+        try:  # under the file's lock, from the file as it is now: two admins never undo each other's change
+            self._file.update(change)
+        except ValueError as e:
+            raise ArchiveError(f"{self.path} is not valid JSON: {e}") from e
 
 
 class Access:
