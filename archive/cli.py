@@ -2,12 +2,17 @@
 
 Each command builds settings from the environment, opens the archive, calls one library function and
 turns an ArchiveError into a one-line message on stderr and its exit status. No stack traces for
-expected failures; ``ARCHIVE_DEBUG=1`` shows them.
+expected failures; ``ARCHIVE_DEBUG=1`` shows them. Everything printed for people goes through
+:func:`archive.text.printable` (control, bidi and invisible characters escaped); ``--json`` output escapes
+them as JSON does (:func:`archive.text.json_text`); messages never carry a URL's credentials
+(:func:`archive.text.redact`).
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
+import io
 import json
 import os
 import re
@@ -22,10 +27,42 @@ from archive.access import Identities, Session
 from archive.errors import ArchiveError, InputError
 from archive.services import Archive, init_archive, open_archive
 from archive.settings import Settings
+from archive.text import json_text, printable, redact
 
 
 def _out(doc: object) -> None:
-    print(json.dumps(doc, indent=1, default=str, ensure_ascii=False))
+    print(json_text(json.dumps(doc, indent=1, default=str, ensure_ascii=False)))
+
+
+class _Terminal(io.TextIOBase):
+    """The CLI's stdout and stderr: text reaches the terminal with control, C1, bidi and invisible format
+    characters escaped; the newlines and tabs the CLI lays out its output with, and a carriage return
+    that begins a progress line, are kept."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        head = "\r" if text.startswith("\r") else ""
+        self._stream.write(head + printable(text[len(head):], newlines=True))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    @property
+    def buffer(self):
+        return self._stream.buffer
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self._stream, "encoding", "utf-8")
 
 
 def _retain_until(args: argparse.Namespace) -> datetime | None:
@@ -111,7 +148,7 @@ def cmd_head(archive: Archive, args: argparse.Namespace) -> int:
 
 def cmd_ls(archive: Archive, args: argparse.Namespace) -> int:
     for name in archive.vault.names(args.prefix):
-        print(name)
+        print(printable(name))
     return 0
 
 
@@ -124,7 +161,7 @@ def cmd_hold(archive: Archive, args: argparse.Namespace) -> int:
     request_id = _retention(archive).request_release(object_name=args.name, by=args.actor or archive.settings.actor,
                                                      reason=args.reason)
     args.audit_target["request"] = request_id
-    print(f"release of the hold on {args.name} requested: {request_id}\n"
+    print(f"release of the hold on {printable(args.name)} requested: {request_id}\n"
           f"a second, different legal identity must run: archive approve {request_id} --reason ...")
     return 0
 
@@ -154,7 +191,7 @@ def cmd_extend(archive: Archive, args: argparse.Namespace) -> int:
 
 def cmd_delete(archive: Archive, args: argparse.Namespace) -> int:
     archive.vault.delete(args.name, bypass_governance=args.bypass_governance)
-    print(f"deleted {args.name}")
+    print(f"deleted {printable(args.name)}")
     return 0
 
 
@@ -257,18 +294,19 @@ def cmd_show(archive: Archive, args: argparse.Namespace) -> int:
         return 0
     meta = manifest["metadata"]
     print(_line(manifest))
-    print(f"  source      {meta['source']['system']} {meta['source']['interaction_id']}")
+    print(f"  source      {printable(meta['source']['system'])} {printable(meta['source']['interaction_id'])}")
     for key in ("direction", "ended_at", "duration_s", "business_line", "product", "jurisdiction", "language",
                 "subject"):
         if meta.get(key) is not None:
-            print(f"  {key:<13} {meta[key]}")
+            print(f"  {key:<13} {printable(meta[key])}")
     for p in meta["participants"]:
-        print("  participant " + " ".join(f"{k}={p[k]}" for k in ("role", "id", "name", "phone", "email", "account")
-                                          if p.get(k)))
+        print("  participant " + " ".join(f"{k}={printable(p[k])}" for k in ("role", "id", "name", "phone", "email",
+                                                                             "account") if p.get(k)))
     for part in manifest["parts"]:
         media = part.get("media") or {}
         extra = " ".join(f"{k}={media[k]}" for k in ("codec", "duration_s", "channels", "sample_rate") if media.get(k))
-        print(f"  part        {part['name']:<12} {part['size']:>10} B  sha256={part['sha256'][:16]}…  {extra}")
+        print(f"  part        {part['name']:<12} {part['size']:>10} B  sha256={part['sha256'][:16]}…  "
+              f"{printable(extra)}")
     decision = retention.decision(manifest["record_id"], manifest)
     pending = "" if decision["final"] else f", provisional: waiting for {', '.join(decision['pending'])}"
     print(f"  retained    until {decision['retain_until']} under {decision['governing']}{pending}")
@@ -276,9 +314,9 @@ def cmd_show(archive: Archive, args: argparse.Namespace) -> int:
     if cases:
         print(f"  legal hold  {', '.join(cases)}")
     for f in manifest.get("findings", []):
-        print(f"  finding     {f['code']}: {f['detail']}")
+        print(f"  finding     {f['code']}: {printable(f['detail'])}")
     for m in meta.get("messages", [])[: args.messages]:
-        print(f"  {m['at'][:19]}  {m['from']}: {(m.get('text') or '').strip()[:200]}")
+        print(f"  {printable(m['at'][:19])}  {printable(m['from'])}: {printable((m.get('text') or '').strip()[:200])}")
     return 0
 
 
@@ -304,7 +342,7 @@ def cmd_search(archive: Archive, args: argparse.Namespace) -> int:
     for record in page.records:
         print(_line(record))
     for name, counts in page.facets.items():
-        print(f"  {name}: " + ", ".join(f"{v} ({n})" for v, n in counts))
+        print(f"  {printable(name)}: " + ", ".join(f"{printable(v)} ({n})" for v, n in counts))
     more = f"; next page: --cursor {page.next}" if page.next else ""
     print(f"{len(page.records)} of {page.total} record(s){more}", file=sys.stderr)
     return 0
@@ -469,7 +507,7 @@ def cmd_export(archive: Archive, args: argparse.Namespace) -> int:
         _out(summary)
     else:
         print(f"exported {summary['records']} record(s), {result.files} file(s), {result.bytes:,} bytes for case "
-              f"{args.case}: {', '.join(summary['bundle'])}")
+              f"{printable(args.case)}: {printable(', '.join(summary['bundle']))}")
         print("verify it anywhere with: archive verify-bundle BUNDLE --public-key KEY   (archive keys public)")
     return 0
 
@@ -535,7 +573,7 @@ def cmd_token_list(archive: Archive, args: argparse.Namespace) -> int:
         return 0
     for t in tokens:
         state = f"revoked {t['revoked_at']}" if t["revoked_at"] else f"expires {t['expires_at']}"
-        print(f"{t['id']}  {t['actor']:<16} {t['role']:<8} {state}  {t.get('note', '')}")
+        print(f"{t['id']}  {printable(t['actor']):<16} {t['role']:<8} {state}  {printable(t.get('note', ''))}")
     return 0
 
 
@@ -554,7 +592,7 @@ def cmd_quarantine_list(archive: Archive, args: argparse.Namespace) -> int:
         _out(entries)
     else:
         for e in entries:
-            print(f"{e['at']}  [{e['code']}] {e['reason']}")
+            print(f"{e['at']}  [{e['code']}] {printable(e['reason'])}")
         print(f"{len(entries)} rejected input(s)", file=sys.stderr)
     return 0
 
@@ -576,7 +614,7 @@ def cmd_identity_set(archive: Archive, args: argparse.Namespace) -> int:
     roles = [] if args.identity_command == "remove" else sorted(set(args.role))
     ids.set(args.identity, roles)
     args.audit_target["roles"] = roles
-    print(f"{args.identity}: {', '.join(roles) or 'removed'}")
+    print(f"{printable(args.identity)}: {', '.join(roles) or 'removed'}")
     return 0
 
 
@@ -636,8 +674,8 @@ def cmd_audit_show(archive: Archive, args: argparse.Namespace) -> int:
         for r in rows:
             proof = f"proof: {len(r['proof']['path'])} hashes to root {r['proof']['root'][:16]}… of size " \
                     f"{r['proof']['tree_size']}" if "proof" in r else "not yet in a checkpoint"
-            print(f"{r['seq']:>6}  {r['time'][:19]}  {r['actor']} ({r['role']})  {r['action']} {r['outcome']}"
-                  f"  reason: {r['reason'] or '-'}  [{proof}]")
+            print(f"{r['seq']:>6}  {r['time'][:19]}  {printable(r['actor'])} ({r['role']})  {r['action']} "
+                  f"{r['outcome']}  reason: {printable(r['reason'] or '-')}  [{proof}]")
         print(f"{len(rows)} event(s) for {args.record_id}", file=sys.stderr)
     return 0
 
@@ -686,7 +724,7 @@ def cmd_policy_explain(archive: Archive, args: argparse.Namespace) -> int:
     if cases:
         print(f"  legal hold: {', '.join(cases)} — not disposed of whatever the dates, until released")
     for f in manifest.get("findings", []):
-        print(f"  finding {f['code']} ({f['policy']}): {f['detail']}")
+        print(f"  finding {f['code']} ({f['policy']}): {printable(f['detail'])}")
     return 0
 
 
@@ -740,7 +778,7 @@ def cmd_hold_list(archive: Archive, args: argparse.Namespace) -> int:
         placed = next((h for h in case["history"] if h["action"] == "place"), {})
         state = "active" if case["active"] else "released"
         print(f"{case['case']:<20} {state:<9} {len(case['records']):>5} record(s)  placed {str(placed.get('at'))[:19]} "
-              f"by {placed.get('by')}  reason: {placed.get('reason') or '-'}")
+              f"by {printable(placed.get('by'))}  reason: {printable(placed.get('reason') or '-')}")
     return 0
 
 
@@ -1188,9 +1226,21 @@ def _commands(parser: argparse.ArgumentParser, prefix: tuple = ()):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Terminal(stdout), _Terminal(stderr)  # nothing raw reaches the terminal
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     run: Callable = args.run
+    debug = bool(os.environ.get("ARCHIVE_DEBUG"))
     try:
         settings = Settings.from_env()
         if not getattr(args, "needs_archive", True):
@@ -1205,14 +1255,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return session.run(operation, lambda: run(archive, args), target=target, reason=args.reason,
                            case=getattr(args, "case_id", None) or args.case)
     except ArchiveError as e:
-        if os.environ.get("ARCHIVE_DEBUG"):
+        if debug:
             raise
-        print(f"archive: error [{e.code}]: {e}", file=sys.stderr)
+        print(f"archive: error [{e.code}]: {printable(redact(e))}", file=sys.stderr)
         return e.exit_status
     except (OSError, ValueError) as e:
-        if os.environ.get("ARCHIVE_DEBUG"):
+        if debug:
             raise
-        print(f"archive: error: {e}", file=sys.stderr)
+        print(f"archive: error: {printable(redact(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

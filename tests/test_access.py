@@ -70,7 +70,43 @@ def request_id(proc) -> str:
     return proc.stdout.split(b"requested: ")[1].split()[0].decode()
 
 
+# --- what reaches the terminal -------------------------------------------------------------------------
+
+
+def test_control_c1_and_bidi_characters_are_shown_escaped(world):
+    lee = as_(world, "lee")
+    run(lee, "hold", "place", "CASE-B1", world["chat"], "--reason", HOSTILE)
+    for out in (run(lee, "hold", "list").stdout,
+                run(world["env"], "audit", "show", "--record", world["chat"]).stdout):
+        text = out.decode()
+        assert not any(c in text for c in "\u202e\u0085\x1b\u2066"), repr(text)
+        assert "settled\\u202eevil\\x85\\x1b[2J\\u2066x" in text
+    raw = run(lee, "hold", "list", "--json").stdout
+    assert not any(c.encode() in raw for c in "\u202e\u0085\x1b\u2066")
+    assert HOSTILE in {c["history"][0]["reason"] for c in json.loads(raw)}  # JSON keeps the exact value
+    refused = run(as_(world, "mallory\u202e"), "hold", "list", check=False)  # an error message quoting a name
+    assert refused.returncode == 77 and "\u202e".encode() not in refused.stderr and b"\\u202e" in refused.stderr
+
+
 # --- files and settings ----------------------------------------------------------------------------------
+
+
+def test_credentials_in_urls_are_never_echoed(world):
+    secret = "hunter2pw"
+    proc = run({**world["env"], "ARCHIVE_S3_ENDPOINT_URL": f"ftp://user:{secret}@example.com"}, "object", "ls",
+               check=False)
+    assert proc.returncode == 78 and b"ARCHIVE_S3_ENDPOINT_URL" in proc.stderr and secret.encode() not in proc.stderr
+    from tests.apikit import free_port
+
+    unreachable = {**world["env"], "ARCHIVE_STORE": "s3://evidence", "ARCHIVE_S3_ENDPOINT_URL":
+                   f"http://user:{secret}@127.0.0.1:{free_port()}", "ARCHIVE_S3_ACCESS_KEY_ID": "AK",
+                   "ARCHIVE_S3_SECRET_ACCESS_KEY": "SK"}
+    proc = run(unreachable, "object", "ls", check=False)
+    assert proc.returncode != 0 and b"127.0.0.1" in proc.stderr, proc.stderr
+    assert secret.encode() not in proc.stdout + proc.stderr
+    from archive.settings import Settings
+
+    assert secret not in repr(Settings.from_env(unreachable))
 
 
 def test_identity_changes_by_many_writers_at_once_are_all_kept(tmp_path):
