@@ -10,8 +10,9 @@ Roles (least privilege; an identity may hold several):
 | admin   | keys, identities, checkpoints, object administration, trigger events, disposition |
 
 Viewing or retrieving content needs a stated reason (``--reason``), recorded with the access. Every
-attempt — allowed, denied or failed — is an audit event; a denied one is recorded *before* the error is
-raised, so the trail shows who tried. Identities are kept in ``$ARCHIVE_HOME/identities.json``, changed
+attempt — allowed, denied or failed, whatever the failure — is an audit event with its true outcome; a
+denied one is recorded *before* the error is raised, so the trail shows who tried, and why they said
+they did. Identities are kept in ``$ARCHIVE_HOME/identities.json``, changed
 under a lock and written atomically; the CLI acts as ``--actor`` or ``ARCHIVE_ACTOR``, never silently as
 the OS user. (The HTTP API will bind tokens to identities the same way; OIDC can slot in as another
 source of :class:`Identity`.)
@@ -136,10 +137,20 @@ class Access:
 
 
 def denied_without_identity(audit: AuditLog, actor: str | None, action: str, target: dict,
-                            error: AccessDenied) -> None:
-    """Record an attempt by no one, or by someone unknown: the trail must show it too."""
+                            error: AccessDenied, *, reason: str | None = None, case: str | None = None) -> None:
+    """Record an attempt by no one, or by someone unknown, with the reason and case it gave: the trail
+    must show it too (they are what an investigator reads first)."""
     audit.append(Event(actor=actor or "(none)", role="none", action=action, outcome="denied", target=target,
-                       details={"denied": str(error)}))
+                       reason=reason, case=case, details={"denied": str(error)}))
+
+
+def failure_details(error: BaseException) -> dict:
+    """What the trail keeps of a failure: the stable code (and, for an unexpected error, its type) —
+    never its message, which may quote content or a secret."""
+    if isinstance(error, ArchiveError):
+        return {"error": error.code}
+    code = "interrupted" if isinstance(error, KeyboardInterrupt) else "internal_error"
+    return {"error": code, "type": type(error).__name__}
 
 
 # Every operation on the archive, in the audit trail's words, and the permission it needs. The CLI, the
@@ -166,10 +177,12 @@ OPERATIONS: dict[str, str] = {
 class Session:
     """One identity's way into the archive: every operation is authorised, performed and recorded.
 
-    ``run(operation, do, target=…)`` refuses (recording the refusal) unless the identity may perform the
-    operation with the reason given; then calls ``do()``; then records the outcome — ``ok``, or ``error``
-    with the error's code when ``do`` raises. ``target`` may be extended by ``do`` (e.g. with the record
-    ids an ingest produced) before it is recorded.
+    ``run(operation, do, target=…)`` refuses (recording the refusal, with the reason and case given)
+    unless the identity may perform the operation with the reason given; then calls ``do()``; then
+    records the outcome — ``ok``; ``denied`` when ``do`` refuses; ``error`` with the error's code when
+    ``do`` raises anything else, an unexpected exception (an OSError, a bug) included, as
+    ``internal_error`` with its type — and re-raises. ``target`` may be extended by ``do`` (e.g. with the
+    record ids an ingest produced) before it is recorded.
     """
 
     def __init__(self, audit: AuditLog, identities: Identities, actor: str | None) -> None:
@@ -182,7 +195,11 @@ class Session:
         try:
             access = Access(self.audit, self._identities.get(self.actor))
         except AccessDenied as e:
-            denied_without_identity(self.audit, self.actor, operation, target, e)
+            denied_without_identity(self.audit, self.actor, operation, target, e, reason=reason, case=case)
+            raise
+        except BaseException as e:  # the identity file could not be read: the attempt is still recorded
+            self.audit.append(Event(actor=self.actor or "(none)", role="none", action=operation, outcome="error",
+                                    target=target, reason=reason, case=case, details=failure_details(e)))
             raise
         role = access.authorize(operation, target=target, reason=reason, case=case, permission=permission)
         try:
@@ -191,9 +208,9 @@ class Session:
             access.record(operation, target=target, outcome="denied", reason=reason, case=case, role=role,
                           details={"denied": str(e)})
             raise
-        except ArchiveError as e:
+        except BaseException as e:  # any failure, expected or not: the trail says it was not "ok"
             access.record(operation, target=target, outcome="error", reason=reason, case=case, role=role,
-                          details={"error": e.code})
+                          details=failure_details(e))
             raise
         access.record(operation, target=target, role=role, reason=reason, case=case)
         return result

@@ -224,7 +224,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"code": "internal_error", "message": "the server failed; the error is in its log"},
                             status_code=500)
 
-    def authenticate(request: Request, operation: str, target: dict):
+    def authenticate(request: Request, operation: str, target: dict, reason: str | None = None,
+                     case: str | None = None):
         header = request.headers.get("authorization", "")
         presented = header[7:].strip() if header[:7].lower() == "bearer " else (header or None)
         try:
@@ -234,13 +235,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     raise CrossSite("a console request must carry the header X-Archive-Console: 1")
             return tokens.authenticate(presented)
         except AccessDenied as e:
-            denied_without_identity(services.archive.audit, None, operation, {**target, "via": "api"}, e)
+            denied_without_identity(services.archive.audit, None, operation, {**target, "via": "api"}, e,
+                                    reason=reason_of(request, reason or request.query_params.get("reason")),
+                                    case=request.headers.get("x-archive-case") or case)
             raise
 
-    def session(request: Request, operation: str, target: dict) -> Session:
+    def session(request: Request, operation: str, target: dict, reason: str | None = None,
+                case: str | None = None) -> Session:
         """The caller's session, from the bearer token or the console's cookie; a missing or bad token is
         recorded and refused."""
-        token = authenticate(request, operation, target)
+        token = authenticate(request, operation, target, reason, case)
         request.state.actor, request.state.role = token.actor, token.role
         return Session(services.archive.audit, token, token.actor)
 
@@ -249,7 +253,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return unquote(header) if header else reason
 
     def run(request: Request, operation: str, do, target: dict, reason: str | None = None, case: str | None = None):
-        s = session(request, operation, target)
+        s = session(request, operation, target, reason, case)
         target["via"] = "api"  # the same dict: what do() adds (record ids, counts) is recorded with it
         return s.run(operation, do, target=target, reason=reason_of(request, reason),
                      case=request.headers.get("x-archive-case") or case)

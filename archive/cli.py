@@ -1,8 +1,9 @@
 """The ``archive`` command: a thin edge over the library.
 
 Each command builds settings from the environment, opens the archive, calls one library function and
-turns an ArchiveError into a one-line message on stderr and its exit status. No stack traces for
-expected failures; ``ARCHIVE_DEBUG=1`` shows them. Everything printed for people goes through
+turns an ArchiveError into a one-line message on stderr and its exit status; an unexpected error is a
+one-line message too (exit 70), after :class:`archive.access.Session` has recorded it. No stack traces;
+``ARCHIVE_DEBUG=1`` shows them. Everything printed for people goes through
 :func:`archive.text.printable` (control, bidi and invisible characters escaped); ``--json`` output escapes
 them as JSON does (:func:`archive.text.json_text`); messages never carry a URL's credentials
 (:func:`archive.text.redact`).
@@ -28,6 +29,8 @@ from archive.errors import ArchiveError, InputError
 from archive.services import Archive, init_archive, open_archive
 from archive.settings import Settings
 from archive.text import json_text, printable, redact
+
+EX_SOFTWARE = 70  # an unexpected error (a bug): sysexits' internal software error
 
 
 def _out(doc: object) -> None:
@@ -183,7 +186,7 @@ def cmd_approve(archive: Archive, args: argparse.Namespace) -> int:
 def cmd_extend(archive: Archive, args: argparse.Namespace) -> int:
     until = _retain_until(args)
     if until is None:
-        raise SystemExit("archive object extend: give --retain-until DATE or --retain DURATION")
+        raise InputError("archive object extend: give --retain-until DATE or --retain DURATION")
     archive.vault.extend_retention(args.name, until, args.mode)
     _out(_info(archive.vault.head(args.name)))
     return 0
@@ -1266,6 +1269,12 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a bug: one clear line, not a traceback (the audit event was written by Session.run)
+        if debug:
+            raise
+        print(f"archive: internal error [internal_error]: {type(e).__name__}: {printable(redact(e))} "
+              "(ARCHIVE_DEBUG=1 shows where)", file=sys.stderr)
+        return EX_SOFTWARE
 
 
 if __name__ == "__main__":

@@ -70,6 +70,78 @@ def request_id(proc) -> str:
     return proc.stdout.split(b"requested: ")[1].split()[0].decode()
 
 
+# --- reasons -----------------------------------------------------------------------------------------
+
+
+def test_an_unknown_or_missing_identity_is_refused_with_its_reason_and_case_recorded(world):
+    proc = run(as_(world, "mallory"), "show", world["chat"], "--reason", "looking around", "--case", "C-9",
+               check=False)
+    assert proc.returncode == 77 and b"unknown identity" in proc.stderr
+    anonymous = {k: v for k, v in world["env"].items() if k != "ARCHIVE_ACTOR"}
+    assert run(anonymous, "get", world["call"], "--part", "audio", "--reason", "no one", "--case", "C-10",
+               check=False).returncode == 77
+    trail = events(world["env"])
+    mallory = [e for e in trail if e["actor"] == "mallory"][-1]
+    assert (mallory["outcome"], mallory["reason"], mallory["case"]) == ("denied", "looking around", "C-9")
+    nobody = [e for e in trail if e["actor"] == "(none)" and e["action"] == "retrieve"][-1]
+    assert (nobody["reason"], nobody["case"], nobody["target"]["records"]) == ("no one", "C-10", [world["call"]])
+
+
+# --- failures of any kind ----------------------------------------------------------------------------
+
+
+def test_an_unexpected_error_inside_an_operation_is_recorded_and_re_raised(tmp_path):
+    from archive.access import Identities, Session
+    from archive.services import init_archive
+    from archive.settings import Settings
+
+    archive, _ = init_archive(Settings.from_env({"ARCHIVE_HOME": str(tmp_path / "home"), "ARCHIVE_ACTOR": "ann"}))
+    Identities(archive.settings.identities_path).set("ann", ["auditor"])
+    session = Session(archive.audit, Identities(archive.settings.identities_path), "ann")
+
+    def fails():
+        raise OSError(5, "Input/output error reading customer secret 4111-1111")
+
+    with pytest.raises(OSError):
+        session.run("retrieve", fails, target={"records": ["r" + "b" * 32]}, reason="playback")
+    with pytest.raises(ZeroDivisionError):
+        session.run("search", lambda: 1 / 0, target={"query": "x"})
+    last = [e.event for e in archive.audit.events()][-2:]
+    assert [(e["action"], e["outcome"], e["details"]) for e in last] == [
+        ("retrieve", "error", {"error": "internal_error", "type": "OSError"}),
+        ("search", "error", {"error": "internal_error", "type": "ZeroDivisionError"})]
+    assert last[0]["reason"] == "playback" and "secret" not in json.dumps(last)
+
+
+def test_the_cli_turns_a_bug_into_one_line_and_an_audit_event(world, monkeypatch, capsys):
+    from archive import cli
+    from archive.vault import Vault
+
+    for key in [k for k in os.environ if k.startswith("ARCHIVE_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("ARCHIVE_HOME", str(world["home"]))
+    monkeypatch.setenv("ARCHIVE_ACTOR", "admin")
+
+    def broken(self, prefix="", **kw):
+        raise RuntimeError("a bug, quoting content: please refund")
+
+    monkeypatch.setattr(Vault, "names", broken)
+    assert cli.main(["object", "ls"]) == cli.EX_SOFTWARE
+    err = capsys.readouterr().err
+    assert "internal error" in err and "RuntimeError" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    monkeypatch.undo()
+    last = [e for e in events(world["env"]) if e["action"] == "object-list"][-1]
+    assert (last["outcome"], last["details"]) == ("error", {"error": "internal_error", "type": "RuntimeError"})
+
+
+def test_an_os_error_in_a_command_leaves_an_error_event(world):
+    proc = run(world["env"], "object", "put", "/no/such/input.wav", "--name", "probe", check=False)
+    assert proc.returncode == 2 and b"/no/such/input.wav" in proc.stderr
+    last = [e for e in events(world["env"]) if e["action"] == "object-put"][-1]
+    assert (last["outcome"], last["details"]) == ("error", {"error": "internal_error", "type": "FileNotFoundError"})
+
+
 # --- what reaches the terminal -------------------------------------------------------------------------
 
 
