@@ -9,8 +9,10 @@ Roles (least privilege; an identity may hold several):
 | legal   | what an auditor may, plus holds, exports and retention trigger events      |
 | admin   | keys, identities, checkpoints, object administration, trigger events, disposition |
 
-Viewing or retrieving content needs a stated reason (``--reason``), recorded with the access. Every
-attempt — allowed, denied or failed, whatever the failure — is an audit event with its true outcome; a
+Viewing, retrieving or exporting content, every legal-hold action (placing a hold, asking for its
+release) and every four-eyes approval need a stated reason (``--reason``), recorded with the action. A
+reason must say something (:func:`archive.text.meaningful`): blank text, spaces or invisible characters
+alone are refused, for the CLI and the API alike. Every attempt — allowed, denied or failed, whatever the failure — is an audit event with its true outcome; a
 denied one is recorded *before* the error is raised, so the trail shows who tried, and why they said
 they did. Identities are kept in ``$ARCHIVE_HOME/identities.json``, changed
 under a lock and written atomically; the CLI acts as ``--actor`` or ``ARCHIVE_ACTOR``, never silently as
@@ -26,6 +28,7 @@ from pathlib import Path
 from archive.audit.log import AuditLog, Event
 from archive.errors import AccessDenied, ArchiveError
 from archive.jsonfile import JsonFile
+from archive.text import meaningful
 
 ROLES = ("ingest", "auditor", "legal", "admin")
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -37,8 +40,18 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "admin": frozenset({"keys", "identity", "audit-checkpoint", "audit-read", "object-admin", "disposition",
                         "quarantine-read", "policy-read", "retention-event", "reindex", "fixity", "status"}),
 }
-NEEDS_REASON = frozenset({"view", "retrieve", "export"})
+NEEDS_REASON = frozenset({"view", "retrieve", "export"})  # permissions whose every use shows content
+# operations that need a reason whatever permission they take: legal holds and four-eyes approvals
+REASONED_OPERATIONS = frozenset({"hold", "hold-release-request", "approve"})
 NEEDS_CASE = frozenset({"export"})  # evidence leaves the archive only for a named case or matter
+
+
+def require_reason(reason: str | None, what: str) -> str:
+    """``reason`` when it says something (see :func:`archive.text.meaningful`); else AccessDenied."""
+    if not meaningful(reason):
+        raise AccessDenied(f"{what}: state a reason with --reason (blank text, spaces or invisible characters "
+                           "alone are not a reason)", action=what)
+    return reason
 
 
 @dataclass(frozen=True)
@@ -117,9 +130,12 @@ class Access:
         if role is None:
             why = (f"{self.identity.actor} (roles: {', '.join(sorted(self.identity.roles)) or 'none'}) may not "
                    f"{action}")
-        elif needed in NEEDS_REASON and not (reason and reason.strip()):
+        elif needed in NEEDS_REASON and not meaningful(reason):
             why = f"{action} shows content: state a reason with --reason"
-        elif needed in NEEDS_CASE and not (case and case.strip()):
+        elif action in REASONED_OPERATIONS and not meaningful(reason):
+            why = (f"{action} is a legal-hold action: state a reason with --reason (blank text, spaces or "
+                   "invisible characters alone are not a reason)")
+        elif needed in NEEDS_CASE and not meaningful(case):
             why = f"{action} is for a case: name it with --case CASE"
         if why is not None:
             self.record(action, target=target, outcome="denied", reason=reason, case=case,

@@ -860,7 +860,8 @@ def _target(args: argparse.Namespace) -> dict:
 
 def _identity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actor", help="who is acting (default: ARCHIVE_ACTOR); must be a known identity")
-    p.add_argument("--reason", help="why: recorded in the audit log with this access")
+    p.add_argument("--reason", help="why: recorded in the audit log with this access; required to see content "
+                                    "and for every hold action and approval")
     p.add_argument("--case", help="case or matter id this access is for; recorded in the audit log")
 
 
@@ -1144,14 +1145,15 @@ def build_parser() -> argparse.ArgumentParser:
                                       "legal hold, whatever their retention dates, until released.")
     hsub = hold.add_subparsers(dest="hold_command", required=True, metavar="ACTION")
     p = hsub.add_parser("place", help="hold records for a case",
-                        description="Hold RECORD_IDs and/or every record matching --query for CASE.")
+                        description="Hold RECORD_IDs and/or every record matching --query for CASE. Needs "
+                                    "--reason (recorded with the hold).")
     p.add_argument("case_id", metavar="CASE")
     p.add_argument("records", nargs="*", metavar="RECORD_ID")
     p.add_argument("--query", help="hold every record this search finds")
     p.set_defaults(run=cmd_hold_place)
     p = hsub.add_parser("release", help="request the release of a case's hold",
-                        description="Request the release of CASE's hold; a second, different legal identity "
-                                    "approves with 'archive approve'.")
+                        description="Request the release of CASE's hold (needs --reason); a second, different legal "
+                                    "identity approves with 'archive approve'.")
     p.add_argument("case_id", metavar="CASE")
     p.set_defaults(run=cmd_hold_release)
     p = hsub.add_parser("list", help="every case with a hold", description="List legal holds.")
@@ -1171,7 +1173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("approve", help="approve another person's four-eyes request",
                        description="Approve a request made by someone else (releasing a legal hold); the "
-                                   "approver must be a different identity holding the needed role.")
+                                   "approver must be a different identity holding the needed role, and give --reason.")
     p.add_argument("request_id")
     p.set_defaults(run=cmd_approve)
 

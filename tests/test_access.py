@@ -73,6 +73,89 @@ def request_id(proc) -> str:
 # --- reasons -----------------------------------------------------------------------------------------
 
 
+def test_hold_actions_and_approvals_need_a_reason_that_says_something(world):
+    lee, kim = as_(world, "lee"), as_(world, "kim")
+    for reason in [None, *BLANK_REASONS]:
+        given = [] if reason is None else ["--reason", reason]
+        proc = run(lee, "hold", "place", "CASE-R1", world["chat"], *given, check=False)
+        assert proc.returncode == 77 and b"state a reason" in proc.stderr, (reason, proc.stderr)
+        proc = run(lee, "object", "hold", f"records/{world['chat']}/manifest", "on", *given, check=False)
+        assert proc.returncode == 77 and b"state a reason" in proc.stderr, (reason, proc.stderr)
+    assert "CASE-R1" not in {c["case"] for c in json.loads(run(lee, "hold", "list", "--json").stdout)}
+    run(lee, "hold", "place", "CASE-R1", world["chat"], "--reason", "complaint R1")
+    for reason in [None, "  ", "\u200b"]:
+        proc = run(lee, "hold", "release", "CASE-R1", *([] if reason is None else ["--reason", reason]), check=False)
+        assert proc.returncode == 77 and b"state a reason" in proc.stderr
+    ask = request_id(run(lee, "hold", "release", "CASE-R1", "--reason", "settled"))
+    for reason in [None, "\u2060", " \t "]:
+        proc = run(kim, "approve", ask, *([] if reason is None else ["--reason", reason]), check=False)
+        assert proc.returncode == 77 and b"state a reason" in proc.stderr
+    assert json.loads(run(kim, "approve", ask, "--reason", "settlement checked").stdout)["released"] == [world["chat"]]
+
+    denied = [e for e in events(world["env"]) if e["outcome"] == "denied" and e["action"] in
+              ("hold", "hold-release-request", "approve")]
+    assert ("hold", "\u200b\u200b") in {(e["action"], e.get("reason")) for e in denied}  # recorded as given
+    assert {e["action"] for e in denied} == {"hold", "hold-release-request", "approve"}
+
+
+def test_the_library_the_api_uses_refuses_blank_reasons(tmp_path):
+    from archive.access import Identities, Session
+    from archive.errors import AccessDenied
+    from archive.services import init_archive, services_for
+    from archive.settings import Settings
+
+    archive, _ = init_archive(Settings.from_env({"ARCHIVE_HOME": str(tmp_path / "home"), "ARCHIVE_ACTOR": "lee"}))
+    Identities(archive.settings.identities_path).set("lee", ["legal"])
+    session = Session(archive.audit, Identities(archive.settings.identities_path), "lee")
+    called = []
+    for operation in ("hold", "hold-release-request", "approve"):
+        for reason in [None, *BLANK_REASONS]:
+            with pytest.raises(AccessDenied, match="reason"):
+                session.run(operation, lambda: called.append(1), target={"case": "X"}, reason=reason)
+    assert not called
+    retention = services_for(archive).retention  # what the API's handlers call inside Session.run
+    with pytest.raises(AccessDenied, match="reason"):
+        retention.place_hold("CASE-1", ["r" + "a" * 32], by="lee", reason=" \u200b ")
+    with pytest.raises(AccessDenied, match="reason"):
+        retention.request_release(case="CASE-1", by="lee", reason="\u2800")
+
+
+def test_the_api_refuses_blank_reasons_and_records_a_refused_callers_reason_and_case(world):
+    import urllib.error
+    import urllib.request
+
+    env = world["env"]
+    token = run(env, "token", "create", "lee", "--role", "legal").stdout.decode().strip()
+
+    def call(base, path, body=None, headers=None):
+        req = urllib.request.Request(base + "/api/v1" + path, method="POST" if body is not None else "GET",
+                                     data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    bearer = {"Authorization": f"Bearer {token}"}
+    with served(env, world["tmp"] / "server.log") as base:
+        for reason in ["   ", "\u200b\u200b", "\u3000"]:
+            status, body = call(base, "/holds", {"case": "CASE-API", "records": [world["call"]], "reason": reason},
+                                bearer)
+            assert status == 403 and "reason" in body["message"], (reason, status, body)
+            status, _ = call(base, "/holds/CASE-API/release-requests", {"reason": reason}, bearer)
+            assert status == 403
+            status, _ = call(base, "/approvals/ap-20240101-00000000", {"reason": reason}, bearer)
+            assert status == 403
+        status, _ = call(base, f"/records/{world['call']}", headers={"Authorization": "Bearer arc_nope_x",
+                                                                      "X-Archive-Reason": "investigating C-23",
+                                                                      "X-Archive-Case": "C-23"})
+        assert status == 401
+    assert "CASE-API" not in {c["case"] for c in json.loads(run(env, "hold", "list", "--json").stdout)}
+    refused = [e for e in events(env) if e["actor"] == "(none)" and e["action"] == "view"]
+    assert refused and refused[-1]["reason"] == "investigating C-23" and refused[-1]["case"] == "C-23"
+
+
 def test_an_unknown_or_missing_identity_is_refused_with_its_reason_and_case_recorded(world):
     proc = run(as_(world, "mallory"), "show", world["chat"], "--reason", "looking around", "--case", "C-9",
                check=False)
