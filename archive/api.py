@@ -530,9 +530,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get(f"{API}/approvals", summary="Four-eyes requests waiting for a second person")
     def approvals(request: Request) -> dict:
-        from archive.approvals import Approvals
-
-        return run(request, "approval-list", lambda: {"pending": Approvals(services.archive.store).pending()},
+        return run(request, "approval-list", lambda: {"pending": services.retention.pending_approvals()},
                    {"approvals": "pending"})
 
     @app.post(f"{API}/approvals/{{request_id}}", summary="Approve another person's request and carry it out")

@@ -1173,7 +1173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("approve", help="approve another person's four-eyes request",
                        description="Approve a request made by someone else (releasing a legal hold); the "
-                                   "approver must be a different identity holding the needed role, and give --reason.")
+                                   "approver must be a different identity holding the needed role, and give --reason. "
+                                   "A request whose seal, signature or audit event does not check is refused.")
     p.add_argument("request_id")
     p.set_defaults(run=cmd_approve)
 

@@ -118,6 +118,8 @@ def test_the_library_the_api_uses_refuses_blank_reasons(tmp_path):
         retention.place_hold("CASE-1", ["r" + "a" * 32], by="lee", reason=" \u200b ")
     with pytest.raises(AccessDenied, match="reason"):
         retention.request_release(case="CASE-1", by="lee", reason="\u2800")
+    with pytest.raises(AccessDenied, match="reason"):
+        retention.approve("ap-20240101-00000000", by="kim", reason="\ufeff")
 
 
 def test_the_api_refuses_blank_reasons_and_records_a_refused_callers_reason_and_case(world):
@@ -168,6 +170,64 @@ def test_an_unknown_or_missing_identity_is_refused_with_its_reason_and_case_reco
     assert (mallory["outcome"], mallory["reason"], mallory["case"]) == ("denied", "looking around", "C-9")
     nobody = [e for e in trail if e["actor"] == "(none)" and e["action"] == "retrieve"][-1]
     assert (nobody["reason"], nobody["case"], nobody["target"]["records"]) == ("no one", "C-10", [world["call"]])
+
+
+# --- approvals ---------------------------------------------------------------------------------------
+
+
+def _store_files(home: Path, key: str) -> list[Path]:
+    """The filesystem store's files of object ``key`` and its receipts."""
+    base = home / "store" / "objects" / key
+    return sorted(base.parent.glob(base.name + "*"))
+
+
+def test_a_tampered_approval_request_is_refused(world):
+    lee, kim = as_(world, "lee"), as_(world, "kim")
+    run(lee, "hold", "place", "CASE-T1", world["call"], "--reason", "dispute T1")
+    ask = request_id(run(lee, "hold", "release", "CASE-T1", "--reason", "settled"))
+    files = [p for p in _store_files(world["home"], f"objects/approvals/{ask}/request") if p.name == "request#data"]
+    assert files, "the request is a sealed object of the vault"
+    data = files[0]
+    os.chmod(data, 0o644)
+    blob = bytearray(data.read_bytes())
+    blob[-20] ^= 0x01  # a bit of the sealed request (its last segment)
+    data.write_bytes(bytes(blob))
+    proc = run(kim, "approve", ask, "--reason", "looks fine", check=False)
+    assert proc.returncode == 5 and ask.encode() in proc.stderr and b"cannot be trusted" in proc.stderr, proc.stderr
+    holds = {c["case"]: c for c in json.loads(run(lee, "hold", "list", "--json").stdout)}
+    assert holds["CASE-T1"]["active"]  # nothing was released
+
+
+def test_rewriting_the_requester_of_an_approval_request_does_not_let_them_approve_it(world):
+    """An insider with the archive home — the keyring included — rewrites who asked, so the requester can
+    approve their own request: the audit event of the request names who really asked."""
+    from archive.approvals import Approvals
+    from archive.services import open_archive
+    from archive.settings import Settings
+
+    lee = as_(world, "lee")
+    run(lee, "hold", "place", "CASE-T2", world["call"], "--reason", "dispute T2")
+    ask = request_id(run(lee, "hold", "release", "CASE-T2", "--reason", "settled"))
+    legacy = _store_files(world["home"], f"approvals/{ask}/request.json")
+    if legacy:  # an unsealed request (the code before this change): edit the JSON in place
+        data = next(p for p in legacy if p.name.endswith("#data"))
+        os.chmod(data, 0o644)
+        data.write_bytes(data.read_bytes().replace(b'"requested_by": "lee"', b'"requested_by": "kim"'))
+    else:  # sealed and signed: remove it and seal a forged one with the keyring's keys
+        archive = open_archive(Settings.from_env(lee))
+        approvals = Approvals(archive)
+        doc = {k: v for k, v in approvals.get(ask).items() if k != "signature"}
+        for p in _store_files(world["home"], f"objects/approvals/{ask}/request"):
+            p.unlink()
+        approvals._seal(f"approvals/{ask}/request", ask, {**doc, "requested_by": "kim"})
+        assert approvals.get(ask)["requested_by"] == "kim"  # seal and signature check: only the trail can tell
+    proc = run(lee, "approve", ask, "--reason", "approving my own", check=False)
+    assert proc.returncode != 0, proc.stdout
+    assert b"records the request by 'lee'" in proc.stderr, proc.stderr
+    holds = {c["case"]: c for c in json.loads(run(lee, "hold", "list", "--json").stdout)}
+    assert holds["CASE-T2"]["active"]
+    last = [e for e in events(world["env"]) if e["action"] == "approve"][-1]
+    assert (last["actor"], last["outcome"]) == ("lee", "error")
 
 
 # --- failures of any kind ----------------------------------------------------------------------------

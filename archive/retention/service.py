@@ -421,14 +421,21 @@ class Retention:
         else:
             self.vault.head(object_name)  # the object must exist
             target = {"object": object_name}
-        return Approvals(self.archive.store).request("hold-release", target, requested_by=by, reason=reason)
+        return Approvals(self.archive).request("hold-release", target, requested_by=by, reason=reason)
 
-    def approve(self, request_id: str, *, by: str, reason: str | None) -> dict:
-        """Approve another identity's request and carry it out. Raises AccessDenied for one's own request,
-        ApprovalError for one approved already."""
+    def pending_approvals(self) -> list[dict]:
+        """Four-eyes requests waiting for a second person (see :meth:`archive.approvals.Approvals.pending`)."""
         from archive.approvals import Approvals
 
-        request = Approvals(self.archive.store).approve(request_id, approved_by=by, reason=reason)
+        return Approvals(self.archive).pending()
+
+    def approve(self, request_id: str, *, by: str, reason: str | None) -> dict:
+        """Approve another identity's request and carry it out. Raises AccessDenied for one's own request
+        or without a reason, IntegrityError for a request that cannot be trusted (tampered, unsigned, its
+        requester not the one the audit trail records), ApprovalError for one approved already."""
+        from archive.approvals import Approvals
+
+        request = Approvals(self.archive).approve(request_id, approved_by=by, reason=reason)
         target = request["target"]
         done = {"approved": request_id, "action": request["action"], "requested_by": request["requested_by"],
                 "target": target}
