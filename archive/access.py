@@ -12,16 +12,18 @@ Roles (least privilege; an identity may hold several):
 Viewing, retrieving or exporting content, every legal-hold action (placing a hold, asking for its
 release) and every four-eyes approval need a stated reason (``--reason``), recorded with the action. A
 reason must say something (:func:`archive.text.meaningful`): blank text, spaces or invisible characters
-alone are refused, for the CLI and the API alike. Every attempt — allowed, denied or failed, whatever the failure — is an audit event with its true outcome; a
-denied one is recorded *before* the error is raised, so the trail shows who tried, and why they said
-they did. Identities are kept in ``$ARCHIVE_HOME/identities.json``, changed
-under a lock and written atomically; the CLI acts as ``--actor`` or ``ARCHIVE_ACTOR``, never silently as
-the OS user. (The HTTP API will bind tokens to identities the same way; OIDC can slot in as another
-source of :class:`Identity`.)
+alone are refused, for the CLI and the API alike. Every attempt — allowed, denied or failed, whatever
+the failure — is an audit event with its true outcome; a denied one is recorded *before* the error is
+raised, so the trail shows who tried, and why they said they did. An operation on a record's object
+(``records/<id>/…``) names the record and the part, so the record's own history lists it. Identities
+are kept in ``$ARCHIVE_HOME/identities.json`` (changed under a lock, written atomically); the CLI acts as
+``--actor`` or ``ARCHIVE_ACTOR``, never silently as the OS user. The HTTP API binds tokens to identities
+the same way; OIDC can slot in as another source of :class:`Identity`.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,6 +171,24 @@ def failure_details(error: BaseException) -> dict:
     return {"error": code, "type": type(error).__name__}
 
 
+_RECORD_OBJECT = re.compile(r"records/(r[a-z2-7]{32})/([^/]+)")
+
+
+def name_records(target: dict) -> dict:
+    """``target`` (changed in place) naming the record and the part when its ``object`` is one of a
+    record's objects (``records/<id>/part.<name>``, ``…/manifest``, ``…/retention-NNNNNN``), so that
+    the record's access history lists every operation on its objects."""
+    m = _RECORD_OBJECT.fullmatch(str(target.get("object", "")))
+    if m:
+        rid, leaf = m.groups()
+        records = target.setdefault("records", [])
+        if rid not in records:
+            records.append(rid)
+        part = re.sub(r"\.retry-\d+$", "", leaf)
+        target.setdefault("part", part[len("part."):] if part.startswith("part.") else part)
+    return target
+
+
 # Every operation on the archive, in the audit trail's words, and the permission it needs. The CLI, the
 # workers and the API name operations from this table; nothing reaches records except through Session.run.
 OPERATIONS: dict[str, str] = {
@@ -198,7 +218,7 @@ class Session:
     records the outcome — ``ok``; ``denied`` when ``do`` refuses; ``error`` with the error's code when
     ``do`` raises anything else, an unexpected exception (an OSError, a bug) included, as
     ``internal_error`` with its type — and re-raises. ``target`` may be extended by ``do`` (e.g. with the
-    record ids an ingest produced) before it is recorded.
+    record ids an ingest produced) before it is recorded; a record's object in it names the record.
     """
 
     def __init__(self, audit: AuditLog, identities: Identities, actor: str | None) -> None:
@@ -208,6 +228,7 @@ class Session:
 
     def run(self, operation: str, do, *, target: dict, reason: str | None = None, case: str | None = None):
         permission = OPERATIONS[operation]
+        name_records(target)
         try:
             access = Access(self.audit, self._identities.get(self.actor))
         except AccessDenied as e:

@@ -313,7 +313,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         def do():
             page = services.index.query(q, limit=limit, cursor=cursor, facets=wanted, total=total)
-            target["results"] = len(page.records)
+            target.update(results=len(page.records), records=[m["record_id"] for m in page.records])
             # (a JSONResponse: plain JSON types need none of FastAPI's per-value encoding, the hot path's cost)
             return JSONResponse({"records": [summary(m) for m in page.records], "next": page.next,
                                  "total": page.total, "facets": {k: [{"value": v, "count": n} for v, n in vs]

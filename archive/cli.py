@@ -28,7 +28,7 @@ from archive.access import Identities, Session
 from archive.errors import ArchiveError, InputError
 from archive.services import Archive, init_archive, open_archive
 from archive.settings import Settings
-from archive.text import json_text, printable, redact
+from archive.text import json_text, meaningful, printable, redact
 
 EX_SOFTWARE = 70  # an unexpected error (a bug): sysexits' internal software error
 
@@ -282,11 +282,12 @@ def _record(retention, record_id: str) -> dict:
     return retention.manifest(record_id)
 
 
-def _line(manifest: dict) -> str:
-    meta = manifest["metadata"]
-    who = ", ".join(p.get("name") or p.get("id") or p.get("phone") or p["role"] for p in meta["participants"])
-    parts = ",".join(p["name"] for p in manifest["parts"])
-    return f"{manifest['record_id']}  {meta['started_at'][:19]}  {meta['channel']:<9} {who}  [{parts}]"
+def _line(record: dict) -> str:
+    """One line of a search or timeline: who, when, which channel and parts (never content)."""
+    meta = record["metadata"]
+    who = ", ".join(str(p.get("name") or p.get("id") or p["role"]) for p in meta["participants"])
+    parts = ",".join(p["name"] for p in record["parts"])
+    return printable(f"{record['record_id']}  {meta['started_at'][:19]}  {meta['channel']:<9} {who}  [{parts}]")
 
 
 def cmd_show(archive: Archive, args: argparse.Namespace) -> int:
@@ -331,15 +332,24 @@ def cmd_get(archive: Archive, args: argparse.Namespace) -> int:
     return 0
 
 
+def _shown(records: list[dict], args: argparse.Namespace) -> list[dict]:
+    """Search results as --json prints them: the records as indexed (message text, account numbers) only
+    with a stated reason, which the search's audit event records; else summaries, as the API gives."""
+    from archive.search.document import summary
+
+    return records if meaningful(args.reason) else [summary(r) for r in records]
+
+
 def cmd_search(archive: Archive, args: argparse.Namespace) -> int:
     from archive.index import open_index
 
     facets = tuple(f.strip() for f in (args.facets or "").split(",") if f.strip())
     page = open_index(archive.settings).query(" ".join(args.query), limit=args.limit, cursor=args.cursor,
                                                           facets=facets, total=True)
-    args.audit_target["results"] = page.total
+    args.audit_target.update(results=page.total, records=[r["record_id"] for r in page.records],
+                             content=args.json and meaningful(args.reason))
     if args.json:
-        _out({"total": page.total, "records": page.records, "next": page.next,
+        _out({"total": page.total, "records": _shown(page.records, args), "next": page.next,
               "facets": {k: [{"value": v, "count": n} for v, n in vs] for k, vs in page.facets.items()}})
         return 0
     for record in page.records:
@@ -357,13 +367,15 @@ def cmd_timeline(archive: Archive, args: argparse.Namespace) -> int:
     field_name, value = next((f, v) for f, v in (("customer.id", args.customer), ("customer.account", args.account),
                                                  ("customer.phone", args.phone)) if v)
     records = open_index(archive.settings).timeline(field_name, value)
-    args.audit_target.update({"timeline": {field_name: value}, "results": len(records)})
+    args.audit_target.update({"timeline": {field_name: value}, "results": len(records),
+                              "records": [r["record_id"] for r in records],
+                              "content": args.json and meaningful(args.reason)})
     if args.json:
-        _out(records)
+        _out(_shown(records, args))
         return 0
     for record in records:
         print(_line(record))
-    print(f"{len(records)} interaction(s) of {field_name} {value}, oldest first", file=sys.stderr)
+    print(f"{len(records)} interaction(s) of {field_name} {printable(value)}, oldest first", file=sys.stderr)
     return 0
 
 
@@ -967,19 +979,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="find records with the query language (fields, dates, words, facets)",
                        description="Records matching QUERY, e.g. 'agent:1042 channel:phone after:2024-01-01 "
                                    "\"not a deposit\" NOT hold:CASE-7 sort:oldest'. Fields, operators and "
-                                   "examples: docs/search.md.",
+                                   "examples: docs/search.md. Results are summaries (who, when, channel, parts); "
+                                   "--json with --reason prints the records as indexed, message text included. "
+                                   "The audit event names every record returned.",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("query", nargs="*")
     p.add_argument("--limit", type=int, default=50, help="records per page (default 50)")
     p.add_argument("--cursor", help="the next page: the cursor the previous page printed")
     p.add_argument("--facets", metavar="LIST",
                    help="count matches by these, comma-separated: channel,agent,policy,hold,finding,month")
-    p.add_argument("--json", action="store_true", help="print the page (records, next cursor, facets) as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the page (records, next cursor, facets) as JSON: summaries, or with --reason the "
+                        "records with their message text")
     p.set_defaults(run=cmd_search)
 
     p = sub.add_parser("timeline", help="every interaction of one customer, all channels, in time order",
                        description="The dispute view: every record of a customer (by id, account or phone), "
-                                   "calls, chats and emails together, oldest first.")
+                                   "calls, chats and emails together, oldest first. Summaries, as for search; "
+                                   "--json with --reason prints the records with their message text.")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--customer", help="customer id")
     g.add_argument("--account", help="customer account")

@@ -230,6 +230,44 @@ def test_rewriting_the_requester_of_an_approval_request_does_not_let_them_approv
     assert (last["actor"], last["outcome"]) == ("lee", "error")
 
 
+# --- search and object access ---------------------------------------------------------------------
+
+
+def test_search_json_shows_content_only_with_a_reason_and_names_the_records(world):
+    ann = as_(world, "ann")
+    plain = run(ann, "search", "refund", "--json").stdout
+    page = json.loads(plain)
+    assert [r["record_id"] for r in page["records"]] == [world["chat"]]
+    assert b"please refund" not in plain and b"AC-7788" not in plain and "messages" in page["records"][0]
+    timeline = run(ann, "timeline", "--account", "AC-7788", "--json").stdout
+    assert b"please refund" not in timeline and b"AC-7788" not in timeline
+    shown = run(ann, "search", "refund", "--json", "--reason", "QA sample W14").stdout
+    assert b"please refund" in shown and b"AC-7788" in shown
+    searches = [e for e in events(world["env"]) if e["actor"] == "ann" and e["action"] == "search"]
+    assert all(e["target"]["records"] == [world["chat"]] for e in searches)
+    assert [(e["target"]["content"], e.get("reason")) for e in searches] == [
+        (False, None), (False, None), (True, "QA sample W14")]
+    history = json.loads(run(world["env"], "audit", "show", "--record", world["chat"], "--json").stdout)
+    assert [h["reason"] for h in history if h["action"] == "search" and h["actor"] == "ann"] == [
+        None, None, "QA sample W14"]
+
+
+def test_object_access_to_a_record_is_in_the_records_history(world, tmp_path):
+    admin = world["env"]
+    rid = world["call"]
+    names = run(admin, "object", "ls", f"records/{rid}/").stdout.decode().split()
+    audio = next(n for n in names if "/part.audio" in n)
+    out = tmp_path / "audio.wav"
+    run(admin, "object", "get", audio, "-o", str(out), "--reason", "restore test")
+    assert out.read_bytes()[:4] == b"RIFF"
+    run(admin, "object", "head", f"records/{rid}/manifest")
+    history = json.loads(run(admin, "audit", "show", "--record", rid, "--json").stdout)
+    assert ("object-retrieve", "ok", "restore test") in {(h["action"], h["outcome"], h["reason"]) for h in history}
+    assert "object-head" in {h["action"] for h in history}
+    retrieved = [e for e in events(admin) if e["action"] == "object-retrieve"][-1]
+    assert retrieved["target"]["records"] == [rid] and retrieved["target"]["part"] == "audio"
+
+
 # --- failures of any kind ----------------------------------------------------------------------------
 
 
