@@ -3,10 +3,11 @@
 Each command builds settings from the environment, opens the archive, calls one library function and
 turns an ArchiveError into a one-line message on stderr and its exit status; an unexpected error is a
 one-line message too (exit 70), after :class:`archive.access.Session` has recorded it. No stack traces;
-``ARCHIVE_DEBUG=1`` shows them. Everything printed for people goes through
-:func:`archive.text.printable` (control, bidi and invisible characters escaped); ``--json`` output escapes
-them as JSON does (:func:`archive.text.json_text`); messages never carry a URL's credentials
-(:func:`archive.text.redact`).
+``ARCHIVE_DEBUG=1`` shows them. Everything printed for people goes through :func:`archive.text.printable`
+(control, bidi and invisible characters escaped); ``--json`` output escapes them as JSON does
+(:func:`archive.text.json_text`); messages never carry a URL's credentials (:func:`archive.text.redact`).
+Files asked for with ``-o`` are written through :mod:`archive.files`: never over an existing file without
+``--force``, never over the archive's own files, and only whole.
 """
 
 from __future__ import annotations
@@ -105,22 +106,36 @@ def cmd_put(archive: Archive, args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_output(chunks, output: str | None) -> None:
-    """Write verified chunks to stdout, or to ``output`` through a temporary file renamed only when every
-    chunk verified: a tampered object never leaves a half-written file that looks like evidence."""
-    if output in (None, "-"):
+def _output(archive: Archive, args: argparse.Namespace) -> Path | None:
+    """Where ``-o`` asks a command to write (None: standard output), checked before anything is read:
+    never an existing file without --force, never the archive's own files. Raises OutputRefused."""
+    from archive.files import check_output, protected_paths
+
+    if getattr(args, "output", None) in (None, "-"):
+        return None
+    return check_output(args.output, protected_paths(archive.settings), force=args.force)
+
+
+def _write_output(chunks, output: Path | None, *, force: bool = False) -> None:
+    """Write verified chunks to stdout, or to ``output`` (checked by :func:`_output`) through a temporary
+    file (mode 0600) renamed only when every chunk verified: a tampered object never leaves a half-written
+    file that looks like evidence. On a terminal, text is shown with control characters escaped."""
+    from archive.files import atomic_file
+
+    if output is None:
+        if sys.stdout.isatty():
+            decoder = codecs.getincrementaldecoder("utf-8")("backslashreplace")
+            for chunk in chunks:
+                sys.stdout.write(printable(decoder.decode(chunk), newlines=True))
+            sys.stdout.write(printable(decoder.decode(b"", final=True), newlines=True))
+            return
+        sys.stdout.flush()
         for chunk in chunks:
             sys.stdout.buffer.write(chunk)
         return
-    final = Path(output)
-    partial = final.with_name(f".{final.name}.partial")
-    try:
-        with open(partial, "wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-        os.replace(partial, final)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_file(output, overwrite=force) as out:
+        for chunk in chunks:
+            out.write(chunk)
 
 
 def _range(text: str | None) -> tuple[int | None, int | None]:
@@ -132,12 +147,13 @@ def _range(text: str | None) -> tuple[int | None, int | None]:
 
 def cmd_object_get(archive: Archive, args: argparse.Namespace) -> int:
     binding = Binding(args.record_id, args.part) if args.record_id and args.part else None
+    output = _output(archive, args)
     start, end = _range(args.range)
     if start is not None:
         chunks = iter([archive.vault.read_range(args.name, start, end if end is not None else 2**63, binding)])
     else:
         chunks = archive.vault.open(args.name, binding, verify_digest=args.verify)
-    _write_output(chunks, args.output)
+    _write_output(chunks, output, force=args.force)
     return 0
 
 
@@ -326,9 +342,10 @@ def cmd_show(archive: Archive, args: argparse.Namespace) -> int:
 
 def cmd_get(archive: Archive, args: argparse.Namespace) -> int:
     ingestor = _ingestor(archive)
+    output = _output(archive, args)
     manifest = _record(ingestor.retention, args.record_id)
     start, end = _range(args.range)
-    _write_output(ingestor.read_part(manifest, args.part, start, end), args.output)
+    _write_output(ingestor.read_part(manifest, args.part, start, end), output, force=args.force)
     return 0
 
 
@@ -491,8 +508,14 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_export(archive: Archive, args: argparse.Namespace) -> int:
     from archive.access import Identities
-    from archive.export import export
+    from archive.export import export, part_files
+    from archive.files import check_output, protected_paths
 
+    protected = protected_paths(archive.settings)
+    out = check_output(args.output, protected, force=args.force)  # before anything is read or recorded
+    if args.split_size:
+        for part in part_files(out):
+            check_output(part, protected, force=args.force)
     ingestor = _ingestor(archive)
     index = ingestor.index
     if args.query_text:
@@ -512,7 +535,8 @@ def cmd_export(archive: Archive, args: argparse.Namespace) -> int:
         print(f"\rexporting: {done / 1e6:,.0f} of {total / 1e6:,.0f} MB", end="", file=sys.stderr, flush=True)
 
     result = export(archive, ingestor.retention, ingestor, ids, case=args.case, reason=args.reason, actor=actor,
-                    role=role, out=Path(args.output), split=args.split_size, progress=progress if show else None)
+                    role=role, out=out, split=args.split_size, progress=progress if show else None,
+                    overwrite=args.force)
     if show:
         print(file=sys.stderr)
     args.audit_target.update({"manifest_sha256": result.manifest_sha256, "files": result.files})
@@ -914,7 +938,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Decrypt and verify NAME. --range A-B returns plaintext bytes [A, B), "
                                     "reading only the covering segments.")
     p.add_argument("name")
-    p.add_argument("-o", "--output", help="output file (default: stdout)")
+    p.add_argument("-o", "--output", help="output file (default: stdout); never the archive's own files")
+    p.add_argument("--force", action="store_true", help="replace the output file if it exists")
     p.add_argument("--range", metavar="A-B", help="plaintext byte range [A, B); B may be omitted")
     p.add_argument("--record-id", help="expected record id (checked cryptographically)")
     p.add_argument("--part", help="expected part name (checked cryptographically)")
@@ -972,7 +997,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "reads only the covering segments.")
     p.add_argument("record_id")
     p.add_argument("--part", required=True, help="part name, e.g. audio, video, transcript, message")
-    p.add_argument("-o", "--output", help="output file (default: stdout)")
+    p.add_argument("-o", "--output", help="output file (default: stdout); never the archive's own files")
+    p.add_argument("--force", action="store_true", help="replace the output file if it exists")
     p.add_argument("--range", metavar="A-B", help="plaintext byte range [A, B)")
     p.set_defaults(run=cmd_get)
 
@@ -1041,11 +1067,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a self-verifying evidence bundle (BagIt in ZIP): decrypted recordings and "
                                    "transcripts, metadata, retention decisions, chain of custody, index.html for an "
                                    "examiner, audit inclusion proofs, all signed. Select records by id, --query or "
-                                   "--customer. Needs the legal role, --case and --reason; recorded in the audit trail.")
+                                   "--customer. Needs the legal role, --case and --reason; recorded in the audit trail. "
+                                   "The bundle (mode 0600) appears only when complete; an existing file is replaced "
+                                   "only with --force, and never one of the archive's own files.")
     p.add_argument("record_ids", nargs="*", metavar="ID", help="records to export")
     p.add_argument("--query", dest="query_text", nargs="+", metavar="Q", help="records matching this search")
     p.add_argument("--customer", help="every record of this customer id (the timeline)")
-    p.add_argument("-o", "--output", required=True, type=Path, help="the bundle to write, e.g. case-17.zip")
+    p.add_argument("-o", "--output", required=True, type=Path,
+                   help="the bundle to write, e.g. case-17.zip (a new file, outside the archive)")
+    p.add_argument("--force", action="store_true", help="replace the bundle (and its part files) if it exists")
     p.add_argument("--split-size", type=_size, metavar="SIZE",
                    help="split into NAME.partNNN.zip files of about this size (e.g. 4G)")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")

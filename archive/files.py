@@ -8,6 +8,9 @@ never over the archive's own files.
 * :func:`locked` — an exclusive lock (``flock`` on ``<file>.lock``) for read-modify-write of a shared
   file such as the identities, so two admins never lose each other's change.
 * :func:`private_file` — a file (the SQLite index, which holds message text) created 0600, or made so.
+* :func:`check_output` — where a command may write a file it was asked for (``-o PATH``): never over an
+  existing file without ``--force``, never a non-regular file, and never anything of the archive itself
+  (its home, store directory, keyring, identities, tokens, policies), symlinks and hard links resolved.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -103,3 +107,54 @@ def private_file(path: Path, *companions: str) -> None:
             if os.stat(p).st_mode & 0o077:
                 os.chmod(p, PRIVATE)
 
+
+# --- outputs a user asked for ----------------------------------------------------------------------
+
+
+def protected_paths(settings) -> list[Path]:
+    """The archive's own files and directories, which no output may touch."""
+    from archive.retention.service import default_policies_dir
+
+    paths = [settings.home, settings.keyring_path, settings.identities_path, settings.tokens_path,
+             settings.index_path, settings.audit_witness_path, settings.policies_dir or default_policies_dir()]
+    if settings.store_url.startswith("file://"):
+        paths.append(Path(settings.store_url[len("file://"):]))
+    return [p for p in paths if p]
+
+
+def _within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def check_output(path: Path | str, protected: Iterable[Path], *, force: bool = False) -> Path:
+    """The file to write for ``-o path``, with symlinks resolved. Raises OutputRefused when it is (or
+    resolves to, or is a hard link of) one of the archive's own files or lies under one of its
+    directories, when it exists and is not a regular file, or when it exists and ``force`` is not given."""
+    given = Path(os.path.abspath(path))
+    real = Path(os.path.realpath(given))
+    roots = []
+    for p in protected:
+        roots += [Path(os.path.abspath(p)), Path(os.path.realpath(p))]
+    for candidate in (given, real):
+        for root in roots:
+            if _within(candidate, root):
+                raise OutputRefused(f"refusing to write {path}: it is the archive's own file or directory ({root}); "
+                                    "choose a path outside the archive", path=str(path))
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        if not real.parent.is_dir():
+            raise OutputRefused(f"cannot write {path}: {real.parent} is not a directory", path=str(path)) from None
+        return real
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputRefused(f"refusing to write {path}: it exists and is not a regular file "
+                            "(use '-o -' or leave -o out for standard output)", path=str(path))
+    for root in roots:
+        with contextlib.suppress(OSError):
+            other = os.stat(root)
+            if stat.S_ISREG(other.st_mode) and (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                raise OutputRefused(f"refusing to write {path}: it is a link to the archive's own {root}",
+                                    path=str(path))
+    if not force:
+        raise OutputRefused(f"{path} exists; pass --force to replace it", path=str(path))
+    return real

@@ -268,6 +268,29 @@ def test_object_access_to_a_record_is_in_the_records_history(world, tmp_path):
     assert retrieved["target"]["records"] == [rid] and retrieved["target"]["part"] == "audio"
 
 
+# --- outputs -------------------------------------------------------------------------------------------
+
+
+def test_outputs_never_replace_a_file_without_force_nor_any_of_the_archives_own(world, tmp_path):
+    env, home, rid = world["env"], world["home"], world["call"]
+    keyring = home / "keyring.json"
+    saved = {p: p.read_bytes() for p in (keyring, home / "identities.json")}
+    link = tmp_path / "innocent.wav"
+    link.symlink_to(keyring)
+    for target in (keyring, home / "identities.json", home / "fresh.wav", home / "store" / "x.wav", link):
+        for command in (["get", rid, "--part", "audio"], ["object", "get", f"records/{rid}/manifest"]):
+            proc = run(env, *command, "-o", str(target), "--force", "--reason", "restore test", check=False)
+            assert proc.returncode == 73 and b"archive's own" in proc.stderr, (target, proc.stderr)
+    assert all(p.read_bytes() == raw for p, raw in saved.items()) and not (home / "fresh.wav").exists()
+    existing = tmp_path / "existing.wav"
+    existing.write_bytes(b"keep me")
+    proc = run(env, "get", rid, "--part", "audio", "-o", str(existing), "--reason", "restore test", check=False)
+    assert proc.returncode == 73 and b"--force" in proc.stderr and existing.read_bytes() == b"keep me"
+    run(env, "get", rid, "--part", "audio", "-o", str(existing), "--reason", "restore test", "--force")
+    assert existing.read_bytes()[:4] == b"RIFF" and stat.S_IMODE(existing.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.wav", "innocent.wav"]  # no temporary left
+
+
 # --- failures of any kind ----------------------------------------------------------------------------
 
 
@@ -342,6 +365,20 @@ def test_control_c1_and_bidi_characters_are_shown_escaped(world):
 
 
 # --- files and settings ----------------------------------------------------------------------------------
+
+
+def test_files_holding_content_or_secrets_are_private(world, tmp_path):
+    home = world["home"]
+    index = home / "index.sqlite"
+    os.chmod(index, 0o644)  # an archive made before: opened again, it is made private
+    run(as_(world, "ann"), "search", "refund")
+    for p in [index, home / "index.sqlite-wal", home / "index.sqlite-shm", home / "identities.json",
+              home / "tokens.json", home / "keyring.json"]:
+        if p.exists() or p.name == "index.sqlite":
+            assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+    out = tmp_path / "part.wav"
+    run(world["env"], "get", world["call"], "--part", "audio", "-o", str(out), "--reason", "restore test")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
 
 
 def test_credentials_in_urls_are_never_echoed(world):

@@ -1,12 +1,14 @@
 """Evidence bundles: a mixed case (calls, a chat, an email, a dual-recording video session) exported by a
 legal identity, verified offline with only the public key — then one byte altered, a file removed, a file
 added and the signature swapped, each named by verify-bundle. Split bundles, access rules, the audit
-trail, and index.html opened in a real headless Chromium."""
+trail, and index.html opened in a real headless Chromium. Outputs that never overwrite a file without
+--force nor any of the archive's own."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import stat
 import subprocess
 import zipfile
 from pathlib import Path
@@ -185,3 +187,28 @@ def test_index_html_opens_in_headless_chromium_and_shows_every_record(case):
     subprocess.run([chromium, *flags, "--hide-scrollbars", "--window-size=1280,1600", f"--screenshot={shot}", page],
                    capture_output=True, timeout=120, check=True)
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_export_never_overwrites_a_file_or_the_archive_and_writes_a_private_bundle(case):
+    env, ids, tmp, key = case
+    lee = {**env, "ARCHIVE_ACTOR": "lee"}
+    home = Path(env["ARCHIVE_HOME"])
+    keyring = home / "keyring.json"
+    saved = keyring.read_bytes()
+    (tmp / "to-keyring.zip").symlink_to(keyring)
+    for target in (keyring, home / "identities.json", home / "case.zip", home / "store" / "case.zip",
+                   tmp / "to-keyring.zip"):
+        proc = run(lee, "export", ids[0], "-o", str(target), "--case", "C-O", "--reason", "r", "--force", check=False)
+        assert proc.returncode == 73 and b"archive's own" in proc.stderr, (target, proc.stderr)
+    assert keyring.read_bytes() == saved and not (home / "case.zip").exists()
+    assert run(env, "object", "ls", "records/").returncode == 0  # the archive still opens
+    existing = tmp / "existing.zip"
+    existing.write_bytes(b"an earlier bundle")
+    proc = run(lee, "export", ids[0], "-o", str(existing), "--case", "C-O", "--reason", "r", check=False)
+    assert proc.returncode == 73 and b"--force" in proc.stderr and existing.read_bytes() == b"an earlier bundle"
+    run(lee, "export", ids[0], "-o", str(existing), "--case", "C-O", "--reason", "r", "--force")
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o600
+    assert b"bundle verified" in run(env, "verify-bundle", str(existing), "--public-key", str(key)).stdout
+    assert not list(tmp.glob(".existing.zip*"))  # no temporary file left beside it
+
+
