@@ -554,14 +554,22 @@ def cmd_export(archive: Archive, args: argparse.Namespace) -> int:
 def cmd_verify_bundle(settings: Settings, args: argparse.Namespace) -> int:
     from archive.bundle_verify import load_public_key, verify_bundle
 
-    verdict = verify_bundle(Path(args.bundle), load_public_key(args.public_key))
+    if args.public_key and args.trust_bundle_key:
+        raise InputError("give --public-key or --trust-bundle-key, not both")
+    verdict = verify_bundle(Path(args.bundle), load_public_key(args.public_key),
+                            trust_bundle_key=args.trust_bundle_key)
     for finding in verdict.findings:
-        print(finding)
+        print(printable(finding))
     for warning in verdict.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {printable(warning)}", file=sys.stderr)
     if verdict.ok:
-        print(f"bundle verified: {verdict.files} file(s), {verdict.records} record(s), "
-              f"{len(verdict.parts)} part file(s); signature, manifests, audit proofs and custody all check")
+        if args.trust_bundle_key:
+            print(f"bundle consistent: {verdict.files} file(s), {verdict.records} record(s), "
+                  f"{len(verdict.parts)} part file(s) — checked against the key INSIDE the bundle only: this "
+                  "proves the bundle is internally consistent, not that the archive made it")
+        else:
+            print(f"bundle verified: {verdict.files} file(s), {verdict.records} record(s), "
+                  f"{len(verdict.parts)} part file(s); signature, manifests, audit proofs and custody all check")
         return 0
     print(f"bundle NOT verified: {len(verdict.findings)} problem(s)")
     return 1
@@ -1084,10 +1092,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify-bundle", help="check an evidence bundle offline (signature, hashes, proofs)",
                        description="Verify an evidence bundle with only the archive's public key: the signature, "
                                    "every file's SHA-256, the audit inclusion proofs against the signed checkpoint, "
-                                   "and the chain of custody. Names every altered, missing or added file; exits 1.")
+                                   "and the chain of custody. Names every altered, missing, added or unreadable "
+                                   "file; exits 1. Without --public-key the bundle is NOT verified (exit 1) unless "
+                                   "--trust-bundle-key accepts its own key, which proves only internal consistency.")
     p.add_argument("bundle", help="the bundle (for a split bundle, any of its part files)")
     p.add_argument("--public-key", metavar="KEY",
                    help="the archive's public signing key: a file or value, hex or the JSON of 'archive keys public'")
+    p.add_argument("--trust-bundle-key", action="store_true",
+                   help="without --public-key: check against the key inside the bundle, which proves only that "
+                        "the bundle is internally consistent, not who made it")
     p.set_defaults(run=cmd_verify_bundle, needs_archive=False)
 
     tok = sub.add_parser("token", help="API tokens: create, revoke, list (admin)",
