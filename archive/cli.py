@@ -1323,12 +1323,12 @@ def _main(argv: Sequence[str] | None) -> int:
     except ArchiveError as e:
         if debug:
             raise
-        print(f"archive: error [{e.code}]: {printable(redact(e))}", file=sys.stderr)
+        print(f"archive: error [{e.code}]: {printable(redact(e), newlines=True)}", file=sys.stderr)
         return e.exit_status
     except (OSError, ValueError) as e:
         if debug:
             raise
-        print(f"archive: error: {printable(redact(e))}", file=sys.stderr)
+        print(f"archive: error: {printable(redact(e), newlines=True)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
