@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import io
 import json
 import os
 import re
@@ -29,44 +28,13 @@ from archive.access import Identities, Session
 from archive.errors import ArchiveError, InputError
 from archive.services import Archive, init_archive, open_archive
 from archive.settings import Settings
-from archive.text import json_text, meaningful, printable, redact
+from archive.text import TerminalStream, json_text, meaningful, printable, redact
 
 EX_SOFTWARE = 70  # an unexpected error (a bug): sysexits' internal software error
 
 
 def _out(doc: object) -> None:
     print(json_text(json.dumps(doc, indent=1, default=str, ensure_ascii=False)))
-
-
-class _Terminal(io.TextIOBase):
-    """The CLI's stdout and stderr: text reaches the terminal with control, C1, bidi and invisible format
-    characters escaped; the newlines and tabs the CLI lays out its output with, and a carriage return
-    that begins a progress line, are kept."""
-
-    def __init__(self, stream) -> None:
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        head = "\r" if text.startswith("\r") else ""
-        self._stream.write(head + printable(text[len(head):], newlines=True))
-        return len(text)
-
-    def flush(self) -> None:
-        self._stream.flush()
-
-    def isatty(self) -> bool:
-        return self._stream.isatty()
-
-    def fileno(self) -> int:
-        return self._stream.fileno()
-
-    @property
-    def buffer(self):
-        return self._stream.buffer
-
-    @property
-    def encoding(self) -> str:
-        return getattr(self._stream, "encoding", "utf-8")
 
 
 def _retain_until(args: argparse.Namespace) -> datetime | None:
@@ -1293,7 +1261,7 @@ def _commands(parser: argparse.ArgumentParser, prefix: tuple = ()):
 
 def main(argv: Sequence[str] | None = None) -> int:
     stdout, stderr = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _Terminal(stdout), _Terminal(stderr)  # nothing raw reaches the terminal
+    sys.stdout, sys.stderr = TerminalStream(stdout), TerminalStream(stderr)  # nothing raw reaches the terminal
     try:
         return _main(argv)
     finally:

@@ -8,6 +8,7 @@ the archive shows or judges such text:
   paragraph separators and other invisible format characters are shown as escapes (``\\x1b``,
   ``\\u202e``), never passed through raw. :func:`json_text` does the same inside JSON text, where the
   escapes are JSON's own (``\\u202e``), so a machine reads the exact value back.
+  :class:`TerminalStream` applies it to everything the CLI prints.
 * :func:`redact` — a URL's userinfo (``http://user:password@host``) never reaches a message or a log.
 * :func:`meaningful` — a stated reason must hold something a person can read: not blank, and not made
   only of spaces, invisible or format characters.
@@ -15,6 +16,7 @@ the archive shows or judges such text:
 
 from __future__ import annotations
 
+import io
 import re
 import unicodedata
 
@@ -79,3 +81,34 @@ def meaningful(text) -> bool:
     if not isinstance(text, str):
         return False
     return any(unicodedata.category(c) not in _BLANK_CATEGORIES and c not in _INVISIBLE for c in text)
+
+
+class TerminalStream(io.TextIOBase):
+    """A text stream around the CLI's stdout or stderr: text reaches the terminal with control, C1, bidi
+    and invisible format characters escaped; the newlines and tabs the CLI lays out its output with, and
+    a carriage return that begins a progress line, are kept. ``buffer`` (bytes) is the stream's own."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        head = "\r" if text.startswith("\r") else ""
+        self._stream.write(head + printable(text[len(head):], newlines=True))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    @property
+    def buffer(self):
+        return self._stream.buffer
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self._stream, "encoding", "utf-8")
