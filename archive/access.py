@@ -9,23 +9,28 @@ Roles (least privilege; an identity may hold several):
 | legal   | what an auditor may, plus holds, exports and retention trigger events      |
 | admin   | keys, identities, checkpoints, object administration, trigger events, disposition |
 
-Viewing or retrieving content needs a stated reason (``--reason``), recorded with the access. Every
-attempt — allowed, denied or failed — is an audit event; a denied one is recorded *before* the error is
-raised, so the trail shows who tried. Identities are kept in ``$ARCHIVE_HOME/identities.json``; the CLI
-acts as ``--actor`` or ``ARCHIVE_ACTOR``, never silently as the OS user. (The HTTP API will bind tokens
-to identities the same way; OIDC can slot in as another source of :class:`Identity`.)
+Viewing, retrieving or exporting content, every legal-hold action (placing a hold, asking for its
+release) and every four-eyes approval need a stated reason (``--reason``), recorded with the action. A
+reason must say something (:func:`archive.text.meaningful`): blank text, spaces or invisible characters
+alone are refused, for the CLI and the API alike. Every attempt — allowed, denied or failed, whatever
+the failure — is an audit event with its true outcome; a denied one is recorded *before* the error is
+raised, so the trail shows who tried, and why they said they did. An operation on a record's object
+(``records/<id>/…``) names the record and the part, so the record's own history lists it. Identities
+are kept in ``$ARCHIVE_HOME/identities.json`` (changed under a lock, written atomically); the CLI acts as
+``--actor`` or ``ARCHIVE_ACTOR``, never silently as the OS user. The HTTP API binds tokens to identities
+the same way; OIDC can slot in as another source of :class:`Identity`.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from archive.audit.log import AuditLog, Event
 from archive.errors import AccessDenied, ArchiveError
 from archive.jsonfile import JsonFile
+from archive.text import meaningful
 
 ROLES = ("ingest", "auditor", "legal", "admin")
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -37,8 +42,18 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "admin": frozenset({"keys", "identity", "audit-checkpoint", "audit-read", "object-admin", "disposition",
                         "quarantine-read", "policy-read", "retention-event", "reindex", "fixity", "status"}),
 }
-NEEDS_REASON = frozenset({"view", "retrieve", "export"})
+NEEDS_REASON = frozenset({"view", "retrieve", "export"})  # permissions whose every use shows content
+# operations that need a reason whatever permission they take: legal holds and four-eyes approvals
+REASONED_OPERATIONS = frozenset({"hold", "hold-release-request", "approve"})
 NEEDS_CASE = frozenset({"export"})  # evidence leaves the archive only for a named case or matter
+
+
+def require_reason(reason: str | None, what: str) -> str:
+    """``reason`` when it says something (see :func:`archive.text.meaningful`); else AccessDenied."""
+    if not meaningful(reason):
+        raise AccessDenied(f"{what}: state a reason with --reason (blank text, spaces or invisible characters "
+                           "alone are not a reason)", action=what)
+    return reason
 
 
 @dataclass(frozen=True)
@@ -86,14 +101,19 @@ class Identities:
         unknown = sorted(set(roles) - set(ROLES))
         if unknown:
             raise ArchiveError(f"unknown role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}")
-        doc = {"format": "archive-identities/1", "identities": dict(self._load())}
-        if roles:
-            doc["identities"][actor] = sorted(set(roles))
-        else:
-            doc["identities"].pop(actor, None)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+
+        def change(current: dict | None) -> dict:
+            identities = dict((current or {}).get("identities", {}))
+            if roles:
+                identities[actor] = sorted(set(roles))
+            else:
+                identities.pop(actor, None)
+            return {"format": "archive-identities/1", "identities": identities}
+
+        try:  # under the file's lock, from the file as it is now: two admins never undo each other's change
+            self._file.update(change)
+        except ValueError as e:
+            raise ArchiveError(f"{self.path} is not valid JSON: {e}") from e
 
 
 class Access:
@@ -112,9 +132,12 @@ class Access:
         if role is None:
             why = (f"{self.identity.actor} (roles: {', '.join(sorted(self.identity.roles)) or 'none'}) may not "
                    f"{action}")
-        elif needed in NEEDS_REASON and not (reason and reason.strip()):
+        elif needed in NEEDS_REASON and not meaningful(reason):
             why = f"{action} shows content: state a reason with --reason"
-        elif needed in NEEDS_CASE and not (case and case.strip()):
+        elif action in REASONED_OPERATIONS and not meaningful(reason):
+            why = (f"{action} is a legal-hold action: state a reason with --reason (blank text, spaces or "
+                   "invisible characters alone are not a reason)")
+        elif needed in NEEDS_CASE and not meaningful(case):
             why = f"{action} is for a case: name it with --case CASE"
         if why is not None:
             self.record(action, target=target, outcome="denied", reason=reason, case=case,
@@ -132,10 +155,38 @@ class Access:
 
 
 def denied_without_identity(audit: AuditLog, actor: str | None, action: str, target: dict,
-                            error: AccessDenied) -> None:
-    """Record an attempt by no one, or by someone unknown: the trail must show it too."""
+                            error: AccessDenied, *, reason: str | None = None, case: str | None = None) -> None:
+    """Record an attempt by no one, or by someone unknown, with the reason and case it gave: the trail
+    must show it too (they are what an investigator reads first)."""
     audit.append(Event(actor=actor or "(none)", role="none", action=action, outcome="denied", target=target,
-                       details={"denied": str(error)}))
+                       reason=reason, case=case, details={"denied": str(error)}))
+
+
+def failure_details(error: BaseException) -> dict:
+    """What the trail keeps of a failure: the stable code (and, for an unexpected error, its type) —
+    never its message, which may quote content or a secret."""
+    if isinstance(error, ArchiveError):
+        return {"error": error.code}
+    code = "interrupted" if isinstance(error, KeyboardInterrupt) else "internal_error"
+    return {"error": code, "type": type(error).__name__}
+
+
+_RECORD_OBJECT = re.compile(r"records/(r[a-z2-7]{32})/([^/]+)")
+
+
+def name_records(target: dict) -> dict:
+    """``target`` (changed in place) naming the record and the part when its ``object`` is one of a
+    record's objects (``records/<id>/part.<name>``, ``…/manifest``, ``…/retention-NNNNNN``), so that
+    the record's access history lists every operation on its objects."""
+    m = _RECORD_OBJECT.fullmatch(str(target.get("object", "")))
+    if m:
+        rid, leaf = m.groups()
+        records = target.setdefault("records", [])
+        if rid not in records:
+            records.append(rid)
+        part = re.sub(r"\.retry-\d+$", "", leaf)
+        target.setdefault("part", part[len("part."):] if part.startswith("part.") else part)
+    return target
 
 
 # Every operation on the archive, in the audit trail's words, and the permission it needs. The CLI, the
@@ -162,10 +213,12 @@ OPERATIONS: dict[str, str] = {
 class Session:
     """One identity's way into the archive: every operation is authorised, performed and recorded.
 
-    ``run(operation, do, target=…)`` refuses (recording the refusal) unless the identity may perform the
-    operation with the reason given; then calls ``do()``; then records the outcome — ``ok``, or ``error``
-    with the error's code when ``do`` raises. ``target`` may be extended by ``do`` (e.g. with the record
-    ids an ingest produced) before it is recorded.
+    ``run(operation, do, target=…)`` refuses (recording the refusal, with the reason and case given)
+    unless the identity may perform the operation with the reason given; then calls ``do()``; then
+    records the outcome — ``ok``; ``denied`` when ``do`` refuses; ``error`` with the error's code when
+    ``do`` raises anything else, an unexpected exception (an OSError, a bug) included, as
+    ``internal_error`` with its type — and re-raises. ``target`` may be extended by ``do`` (e.g. with the
+    record ids an ingest produced) before it is recorded; a record's object in it names the record.
     """
 
     def __init__(self, audit: AuditLog, identities: Identities, actor: str | None) -> None:
@@ -175,10 +228,15 @@ class Session:
 
     def run(self, operation: str, do, *, target: dict, reason: str | None = None, case: str | None = None):
         permission = OPERATIONS[operation]
+        name_records(target)
         try:
             access = Access(self.audit, self._identities.get(self.actor))
         except AccessDenied as e:
-            denied_without_identity(self.audit, self.actor, operation, target, e)
+            denied_without_identity(self.audit, self.actor, operation, target, e, reason=reason, case=case)
+            raise
+        except BaseException as e:  # the identity file could not be read: the attempt is still recorded
+            self.audit.append(Event(actor=self.actor or "(none)", role="none", action=operation, outcome="error",
+                                    target=target, reason=reason, case=case, details=failure_details(e)))
             raise
         role = access.authorize(operation, target=target, reason=reason, case=case, permission=permission)
         try:
@@ -187,9 +245,9 @@ class Session:
             access.record(operation, target=target, outcome="denied", reason=reason, case=case, role=role,
                           details={"denied": str(e)})
             raise
-        except ArchiveError as e:
+        except BaseException as e:  # any failure, expected or not: the trail says it was not "ok"
             access.record(operation, target=target, outcome="error", reason=reason, case=case, role=role,
-                          details={"error": e.code})
+                          details=failure_details(e))
             raise
         access.record(operation, target=target, role=role, reason=reason, case=case)
         return result

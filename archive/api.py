@@ -250,7 +250,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"code": "internal_error", "message": "the server failed; the error is in its log"},
                             status_code=500)
 
-    def authenticate(request: Request, operation: str, target: dict):
+    def authenticate(request: Request, operation: str, target: dict, reason: str | None = None,
+                     case: str | None = None):
         header = request.headers.get("authorization", "")
         presented = header[7:].strip() if header[:7].lower() == "bearer " else (header or None)
         try:
@@ -266,17 +267,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 return sessions.authenticate(request.cookies[COOKIE])
             return tokens.authenticate(presented)
         except AccessDenied as e:
-            denied_without_identity(services.archive.audit, None, operation, {**target, "via": "api"}, e)
+            denied_without_identity(services.archive.audit, None, operation, {**target, "via": "api"}, e,
+                                    reason=reason_of(request, reason or request.query_params.get("reason")),
+                                    case=request.headers.get("x-archive-case") or case)
             raise
         except ArchiveError as e:  # the session store failed: no refusal, but the attempt is on record
             services.archive.audit.append(Event(actor="(unknown)", role="none", action=operation, outcome="error",
                                                 target={**target, "via": "api"}, details={"error": e.code}))
             raise
 
-    def session(request: Request, operation: str, target: dict) -> Session:
+    def session(request: Request, operation: str, target: dict, reason: str | None = None,
+                case: str | None = None) -> Session:
         """The caller's session, from the bearer token or the console's cookie; a missing or bad token is
         recorded and refused."""
-        token = authenticate(request, operation, target)
+        token = authenticate(request, operation, target, reason, case)
         request.state.actor, request.state.role = token.actor, token.role
         return Session(services.archive.audit, token, token.actor)
 
@@ -299,7 +303,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return call
 
     def run(request: Request, operation: str, do, target: dict, reason: str | None = None, case: str | None = None):
-        s = session(request, operation, target)
+        s = session(request, operation, target, reason, case)
         target["via"] = "api"  # the same dict: what do() adds (record ids, counts) is recorded with it
         return s.run(operation, guarded(request, do), target=target, reason=reason_of(request, reason),
                      case=request.headers.get("x-archive-case") or case)
@@ -398,7 +402,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         def do():
             page = services.index.query(q, limit=limit, cursor=cursor, facets=wanted, total=total)
-            target["results"] = len(page.records)
+            target.update(results=len(page.records), records=[m["record_id"] for m in page.records])
             # (a JSONResponse: plain JSON types need none of FastAPI's per-value encoding, the hot path's cost)
             return JSONResponse({"records": [summary(m) for m in page.records], "next": page.next,
                                  "total": page.total, "facets": {k: [{"value": v, "count": n} for v, n in vs]
@@ -641,9 +645,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get(f"{API}/approvals", summary="Four-eyes requests waiting for a second person")
     def approvals(request: Request) -> dict:
-        from archive.approvals import Approvals
-
-        return run(request, "approval-list", lambda: {"pending": Approvals(services.archive.store).pending()},
+        return run(request, "approval-list", lambda: {"pending": services.retention.pending_approvals()},
                    {"approvals": "pending"})
 
     @app.post(f"{API}/approvals/{{request_id}}", summary="Approve another person's request and carry it out")

@@ -6,6 +6,13 @@ file against ``manifest-sha256.txt`` (each altered, missing or added file is nam
 signed audit checkpoint; each audit event's RFC 6962 inclusion proof against it; that the export event
 names this payload's manifest; that every record has its ingest event; and each record's chain of
 custody (SHA-256 at capture = SHA-256 exported = the manifest's).
+
+A bundle is verified only against a *trusted* public key (``--public-key``, from ``archive keys
+public``): the key inside ``signature.json`` is the bundle's own word. Without a trusted key the verdict
+is not a pass (a ``key`` finding) unless the caller asks to trust the bundle's key
+(``trust_bundle_key``), which proves internal consistency only and says so. Whatever the bytes — a bad
+CRC, a member that does not decompress, JSON that does not parse — verification ends in findings that
+name the file, never in an exception.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import hashlib
 import json
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +29,9 @@ from archive.audit.log import signed_bytes
 from archive.audit.merkle import leaf_hash, verify_inclusion
 
 TAG_EXEMPT = {"tagmanifest-sha256.txt", "signature.json"}
+# what reading a damaged or hostile ZIP member can raise: bad CRC (BadZipFile), bad deflate data, an
+# unsupported compression method or a truncated member
+_UNREADABLE = (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError, OSError, ValueError, RuntimeError)
 
 
 @dataclass
@@ -62,15 +73,25 @@ def glob_escape(text: str) -> str:
 
 def load_public_key(text: str | None) -> dict[str, bytes] | None:
     """Trusted keys from ``--public-key``: a file or a value — hex, or JSON {key id: hex} as printed by
-    ``archive keys public``."""
+    ``archive keys public``. Raises InputError naming what is wrong."""
+    from archive.errors import InputError
+
     if not text:
         return None
     p = Path(text)
-    raw = p.read_text().strip() if p.is_file() else text.strip()
-    if raw.startswith("{"):
-        doc = json.loads(raw)
-        return {k: bytes.fromhex(v if isinstance(v, str) else v["public_key"]) for k, v in doc.items()}
-    return {"*": bytes.fromhex(raw)}
+    try:
+        raw = p.read_text().strip() if p.is_file() else text.strip()
+        if raw.startswith("{"):
+            doc = json.loads(raw)
+            keys = {k: bytes.fromhex(v if isinstance(v, str) else v["public_key"]) for k, v in doc.items()}
+        else:
+            keys = {"*": bytes.fromhex(raw)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"--public-key {text}: not a public key (hex, or the JSON of 'archive keys public'): "
+                         f"{type(e).__name__}") from None
+    if not keys or any(len(v) != 32 for v in keys.values()):
+        raise InputError(f"--public-key {text}: an Ed25519 public key is 32 bytes (64 hex digits)")
+    return keys
 
 
 def _verify_sig(public: bytes, signature: bytes, message: bytes) -> bool:
@@ -84,15 +105,25 @@ def _verify_sig(public: bytes, signature: bytes, message: bytes) -> bool:
         return False
 
 
-def verify_bundle(path: Path, trusted: dict[str, bytes] | None = None) -> Verdict:
+def verify_bundle(path: Path, trusted: dict[str, bytes] | None = None, *, trust_bundle_key: bool = False) -> Verdict:
+    """Check the bundle at ``path`` (any of its part files) against the ``trusted`` public keys (key id →
+    key; ``"*"`` for one key of any id). Without them the verdict fails unless ``trust_bundle_key``."""
+    verdict = Verdict(find_parts(path))
+    try:
+        _verify(path, trusted, trust_bundle_key, verdict)
+    except Exception as e:  # noqa: BLE001 - whatever the bytes are, the answer is a finding, not a traceback
+        verdict.findings.append(Finding("format", Path(path).name, f"the bundle cannot be read: {type(e).__name__}: {e}"))
+    return verdict
+
+
+def _verify(path: Path, trusted: dict[str, bytes] | None, trust_bundle_key: bool, verdict: Verdict) -> None:
     import base64
 
-    parts = find_parts(path)
-    verdict = Verdict(parts)
+    parts = verdict.parts
     bad = verdict.findings.append
     if not parts:
         bad(Finding("missing", str(path), "no such bundle"))
-        return verdict
+        return
     members: dict[str, tuple[zipfile.ZipFile, zipfile.ZipInfo]] = {}
     zips = []
     for part in parts:
@@ -109,19 +140,35 @@ def verify_bundle(path: Path, trusted: dict[str, bytes] | None = None) -> Verdic
                 bad(Finding("added", info.filename, "appears more than once"))
             members[info.filename] = (zf, info)
 
+    unreadable: set[str] = set()
+
+    def damaged(name: str, e: Exception) -> None:
+        if name not in unreadable:
+            unreadable.add(name)
+            why = "fails its ZIP CRC-32 check" if "CRC" in str(e) else f"cannot be read ({type(e).__name__}: {e})"
+            bad(Finding("altered", name, f"the ZIP member {why}: damaged or altered"))
+
     def read(name: str) -> bytes | None:
-        if name not in members:
+        if name not in members or name in unreadable:
             return None
         zf, info = members[name]
-        with zf.open(info) as f:
-            return f.read()
+        try:
+            with zf.open(info) as f:
+                return f.read()
+        except _UNREADABLE as e:
+            damaged(name, e)
+            return None
 
-    def digest(name: str) -> str:
+    def digest(name: str) -> str | None:
         zf, info = members[name]
         h = hashlib.sha256()
-        with zf.open(info) as f:
-            for chunk in iter(lambda: f.read(1024 * 1024), b""):
-                h.update(chunk)
+        try:
+            with zf.open(info) as f:
+                for chunk in iter(lambda: f.read(1024 * 1024), b""):
+                    h.update(chunk)
+        except _UNREADABLE as e:
+            damaged(name, e)
+            return None
         return h.hexdigest()
 
     try:
@@ -140,15 +187,26 @@ def verify_bundle(path: Path, trusted: dict[str, bytes] | None = None) -> Verdic
         public = None
         if signature is not None:
             if trusted is None:
-                public = bytes.fromhex(signature.get("public_key", ""))
-                verdict.warnings.append("checked against the public key inside the bundle; pass --public-key with "
-                                        "the archive's key (archive keys public) to check against a trusted copy")
+                try:
+                    public = bytes.fromhex(str(signature.get("public_key", "")))
+                except ValueError:
+                    bad(Finding("signature", "signature.json", "its public key is not hex"))
+                if trust_bundle_key:
+                    verdict.warnings.append("checked against the public key INSIDE the bundle (--trust-bundle-key): "
+                                            "this proves only that the bundle is internally consistent, not that "
+                                            "the archive made it; pass --public-key with the archive's key "
+                                            "(archive keys public) for that")
+                else:
+                    bad(Finding("key", "signature.json", "no trusted public key: the bundle's own key proves only "
+                                                         "internal consistency; pass --public-key with the "
+                                                         "archive's key (archive keys public), or "
+                                                         "--trust-bundle-key to accept that"))
             else:
                 public = trusted.get(signature.get("key_id")) or trusted.get("*")
                 if public is None:
                     bad(Finding("key", "signature.json", f"signed with key {signature.get('key_id')!r}, which is not "
                                                          "among the trusted public keys"))
-            if public is not None and tagmanifest is not None and not _verify_sig(public, sig_bytes, tagmanifest):
+            if public and tagmanifest is not None and not _verify_sig(public, sig_bytes, tagmanifest):
                 bad(Finding("signature", "signature.json", "the signature does not match tagmanifest-sha256.txt "
                                                            "under the public key"))
             if signature.get("parts") not in (None, len(parts)):
@@ -163,7 +221,7 @@ def verify_bundle(path: Path, trusted: dict[str, bytes] | None = None) -> Verdic
         for name, want in tags.items():
             if name not in members:
                 bad(Finding("missing", name, "listed in tagmanifest-sha256.txt, not in the bundle"))
-            elif digest(name) != want:
+            elif name not in unreadable and digest(name) not in (want, None):
                 bad(Finding("altered", name, "SHA-256 differs from tagmanifest-sha256.txt"))
         payload = _manifest(read("manifest-sha256.txt") or b"", "manifest-sha256.txt", bad)
         if "manifest-sha256.txt" not in members:
@@ -174,7 +232,7 @@ def verify_bundle(path: Path, trusted: dict[str, bytes] | None = None) -> Verdic
                 bad(Finding("missing", name, "listed in manifest-sha256.txt, not in the bundle"))
                 continue
             total += members[name][1].file_size
-            if digest(name) != want:
+            if name not in unreadable and digest(name) not in (want, None):
                 bad(Finding("altered", name, "SHA-256 differs from manifest-sha256.txt"))
         for name in sorted(members):
             if name.startswith("data/") and name not in payload:
@@ -208,12 +266,11 @@ def verify_bundle(path: Path, trusted: dict[str, bytes] | None = None) -> Verdic
                         bad(Finding("custody", path_, "exported SHA-256 differs from the SHA-256 at capture"))
                     if payload.get(path_) not in (None, part["exported"]["sha256"]):
                         bad(Finding("custody", path_, "manifest SHA-256 differs from the chain of custody"))
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 bad(Finding("format", name, "not a chain-of-custody document"))
     finally:
         for zf in zips:
             zf.close()
-    return verdict
 
 
 def _manifest(raw: bytes, name: str, bad) -> dict[str, str]:
@@ -233,29 +290,48 @@ def _verify_audit(read, payload, records, public, *, manifest_sha: str, bad) -> 
         return  # missing tag files are reported by the tag manifest check
     try:
         head = json.loads(raw_head)
-        events = json.loads(raw_events)
         root = bytes.fromhex(head["root"])
-    except (ValueError, KeyError, TypeError):
-        bad(Finding("format", "audit/checkpoint.json", "not a checkpoint and its events"))
+        size = int(head["size"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        bad(Finding("format", "audit/checkpoint.json", "not a signed checkpoint (JSON with root, size, signature)"))
         return
-    if public is not None and not _verify_sig(public, bytes.fromhex(head.get("signature", "")), signed_bytes(head)):
+    try:
+        events = json.loads(raw_events)
+        if not isinstance(events, list):
+            raise TypeError("not a list")
+    except (ValueError, TypeError) as e:
+        bad(Finding("format", "audit/events.json", f"not a list of audit events with proofs ({e})"))
+        return
+    try:
+        signature = bytes.fromhex(head.get("signature", ""))
+        if public and not _verify_sig(public, signature, signed_bytes(head)):
+            raise ValueError("does not verify")
+    except (ValueError, KeyError, TypeError, AttributeError):
         bad(Finding("signature", "audit/checkpoint.json", "the checkpoint's signature does not verify"))
     ingested, export = set(), None
-    for e in events:
-        raw = e["event"].encode()
-        leaf = leaf_hash(raw)
-        proof = [bytes.fromhex(h) for h in e["path"]]
-        if leaf.hex() != e["leaf_hash"] or not verify_inclusion(leaf, e["index"], head["size"], proof, root):
+    for i, e in enumerate(events):
+        try:
+            raw = e["event"].encode()
+            leaf = leaf_hash(raw)
+            proof = [bytes.fromhex(h) for h in e["path"]]
+            included = leaf.hex() == e["leaf_hash"] and verify_inclusion(leaf, int(e["index"]), size, proof, root)
+            doc = json.loads(raw) if included else None
+            if included and not isinstance(doc, dict):
+                raise TypeError("the event is not a JSON object")
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+            bad(Finding("format", f"audit/events.json[{i}]", f"not an audit event with its proof ({type(err).__name__})"))
+            continue
+        if not included:
             bad(Finding("proof", f"audit event {e.get('seq')}", "not included in the signed checkpoint"))
             continue
-        doc = json.loads(raw)
+        target = doc.get("target") if isinstance(doc.get("target"), dict) else {}
         if doc.get("action") == "export-bundle":
-            export = doc
-        elif doc.get("action") == "ingest":
-            ingested |= set(doc.get("target", {}).get("records", []))
+            export = target
+        elif doc.get("action") == "ingest" and isinstance(target.get("records"), list):
+            ingested |= {r for r in target["records"] if isinstance(r, str)}
     if export is None:
         bad(Finding("proof", "audit/events.json", "no export event"))
-    elif export.get("target", {}).get("manifest_sha256") != manifest_sha:
+    elif export.get("manifest_sha256") != manifest_sha:
         bad(Finding("proof", "manifest-sha256.txt", "the export event names a different payload manifest"))
     for rid in records:
         if rid not in ingested:

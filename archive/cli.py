@@ -1,13 +1,19 @@
 """The ``archive`` command: a thin edge over the library.
 
 Each command builds settings from the environment, opens the archive, calls one library function and
-turns an ArchiveError into a one-line message on stderr and its exit status. No stack traces for
-expected failures; ``ARCHIVE_DEBUG=1`` shows them.
+turns an ArchiveError into a one-line message on stderr and its exit status; an unexpected error is a
+one-line message too (exit 70), after :class:`archive.access.Session` has recorded it. No stack traces;
+``ARCHIVE_DEBUG=1`` shows them. Everything printed for people goes through :func:`archive.text.printable`
+(control, bidi and invisible characters escaped); ``--json`` output escapes them as JSON does
+(:func:`archive.text.json_text`); messages never carry a URL's credentials (:func:`archive.text.redact`).
+Files asked for with ``-o`` are written through :mod:`archive.files`: never over an existing file without
+``--force``, never over the archive's own files, and only whole.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
 import re
@@ -22,10 +28,13 @@ from archive.access import Identities, Session
 from archive.errors import ArchiveError, InputError
 from archive.services import Archive, init_archive, open_archive
 from archive.settings import Settings
+from archive.text import TerminalStream, json_text, meaningful, printable, redact
+
+EX_SOFTWARE = 70  # an unexpected error (a bug): sysexits' internal software error
 
 
 def _out(doc: object) -> None:
-    print(json.dumps(doc, indent=1, default=str, ensure_ascii=False))
+    print(json_text(json.dumps(doc, indent=1, default=str, ensure_ascii=False)))
 
 
 def _retain_until(args: argparse.Namespace) -> datetime | None:
@@ -65,22 +74,36 @@ def cmd_put(archive: Archive, args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_output(chunks, output: str | None) -> None:
-    """Write verified chunks to stdout, or to ``output`` through a temporary file renamed only when every
-    chunk verified: a tampered object never leaves a half-written file that looks like evidence."""
-    if output in (None, "-"):
+def _output(archive: Archive, args: argparse.Namespace) -> Path | None:
+    """Where ``-o`` asks a command to write (None: standard output), checked before anything is read:
+    never an existing file without --force, never the archive's own files. Raises OutputRefused."""
+    from archive.files import check_output, protected_paths
+
+    if getattr(args, "output", None) in (None, "-"):
+        return None
+    return check_output(args.output, protected_paths(archive.settings), force=args.force)
+
+
+def _write_output(chunks, output: Path | None, *, force: bool = False) -> None:
+    """Write verified chunks to stdout, or to ``output`` (checked by :func:`_output`) through a temporary
+    file (mode 0600) renamed only when every chunk verified: a tampered object never leaves a half-written
+    file that looks like evidence. On a terminal, text is shown with control characters escaped."""
+    from archive.files import atomic_file
+
+    if output is None:
+        if sys.stdout.isatty():
+            decoder = codecs.getincrementaldecoder("utf-8")("backslashreplace")
+            for chunk in chunks:
+                sys.stdout.write(printable(decoder.decode(chunk), newlines=True))
+            sys.stdout.write(printable(decoder.decode(b"", final=True), newlines=True))
+            return
+        sys.stdout.flush()
         for chunk in chunks:
             sys.stdout.buffer.write(chunk)
         return
-    final = Path(output)
-    partial = final.with_name(f".{final.name}.partial")
-    try:
-        with open(partial, "wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-        os.replace(partial, final)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_file(output, overwrite=force) as out:
+        for chunk in chunks:
+            out.write(chunk)
 
 
 def _range(text: str | None) -> tuple[int | None, int | None]:
@@ -92,12 +115,13 @@ def _range(text: str | None) -> tuple[int | None, int | None]:
 
 def cmd_object_get(archive: Archive, args: argparse.Namespace) -> int:
     binding = Binding(args.record_id, args.part) if args.record_id and args.part else None
+    output = _output(archive, args)
     start, end = _range(args.range)
     if start is not None:
         chunks = iter([archive.vault.read_range(args.name, start, end if end is not None else 2**63, binding)])
     else:
         chunks = archive.vault.open(args.name, binding, verify_digest=args.verify)
-    _write_output(chunks, args.output)
+    _write_output(chunks, output, force=args.force)
     return 0
 
 
@@ -111,7 +135,7 @@ def cmd_head(archive: Archive, args: argparse.Namespace) -> int:
 
 def cmd_ls(archive: Archive, args: argparse.Namespace) -> int:
     for name in archive.vault.names(args.prefix):
-        print(name)
+        print(printable(name))
     return 0
 
 
@@ -124,7 +148,7 @@ def cmd_hold(archive: Archive, args: argparse.Namespace) -> int:
     request_id = _retention(archive).request_release(object_name=args.name, by=args.actor or archive.settings.actor,
                                                      reason=args.reason)
     args.audit_target["request"] = request_id
-    print(f"release of the hold on {args.name} requested: {request_id}\n"
+    print(f"release of the hold on {printable(args.name)} requested: {request_id}\n"
           f"a second, different legal identity must run: archive approve {request_id} --reason ...")
     return 0
 
@@ -146,7 +170,7 @@ def cmd_approve(archive: Archive, args: argparse.Namespace) -> int:
 def cmd_extend(archive: Archive, args: argparse.Namespace) -> int:
     until = _retain_until(args)
     if until is None:
-        raise SystemExit("archive object extend: give --retain-until DATE or --retain DURATION")
+        raise InputError("archive object extend: give --retain-until DATE or --retain DURATION")
     archive.vault.extend_retention(args.name, until, args.mode)
     _out(_info(archive.vault.head(args.name)))
     return 0
@@ -154,7 +178,7 @@ def cmd_extend(archive: Archive, args: argparse.Namespace) -> int:
 
 def cmd_delete(archive: Archive, args: argparse.Namespace) -> int:
     archive.vault.delete(args.name, bypass_governance=args.bypass_governance)
-    print(f"deleted {args.name}")
+    print(f"deleted {printable(args.name)}")
     return 0
 
 
@@ -242,11 +266,12 @@ def _record(retention, record_id: str) -> dict:
     return retention.manifest(record_id)
 
 
-def _line(manifest: dict) -> str:
-    meta = manifest["metadata"]
-    who = ", ".join(p.get("name") or p.get("id") or p.get("phone") or p["role"] for p in meta["participants"])
-    parts = ",".join(p["name"] for p in manifest["parts"])
-    return f"{manifest['record_id']}  {meta['started_at'][:19]}  {meta['channel']:<9} {who}  [{parts}]"
+def _line(record: dict) -> str:
+    """One line of a search or timeline: who, when, which channel and parts (never content)."""
+    meta = record["metadata"]
+    who = ", ".join(str(p.get("name") or p.get("id") or p["role"]) for p in meta["participants"])
+    parts = ",".join(p["name"] for p in record["parts"])
+    return printable(f"{record['record_id']}  {meta['started_at'][:19]}  {meta['channel']:<9} {who}  [{parts}]")
 
 
 def cmd_show(archive: Archive, args: argparse.Namespace) -> int:
@@ -257,18 +282,19 @@ def cmd_show(archive: Archive, args: argparse.Namespace) -> int:
         return 0
     meta = manifest["metadata"]
     print(_line(manifest))
-    print(f"  source      {meta['source']['system']} {meta['source']['interaction_id']}")
+    print(f"  source      {printable(meta['source']['system'])} {printable(meta['source']['interaction_id'])}")
     for key in ("direction", "ended_at", "duration_s", "business_line", "product", "jurisdiction", "language",
                 "subject"):
         if meta.get(key) is not None:
-            print(f"  {key:<13} {meta[key]}")
+            print(f"  {key:<13} {printable(meta[key])}")
     for p in meta["participants"]:
-        print("  participant " + " ".join(f"{k}={p[k]}" for k in ("role", "id", "name", "phone", "email", "account")
-                                          if p.get(k)))
+        print("  participant " + " ".join(f"{k}={printable(p[k])}" for k in ("role", "id", "name", "phone", "email",
+                                                                             "account") if p.get(k)))
     for part in manifest["parts"]:
         media = part.get("media") or {}
         extra = " ".join(f"{k}={media[k]}" for k in ("codec", "duration_s", "channels", "sample_rate") if media.get(k))
-        print(f"  part        {part['name']:<12} {part['size']:>10} B  sha256={part['sha256'][:16]}…  {extra}")
+        print(f"  part        {part['name']:<12} {part['size']:>10} B  sha256={part['sha256'][:16]}…  "
+              f"{printable(extra)}")
     decision = retention.decision(manifest["record_id"], manifest)
     pending = "" if decision["final"] else f", provisional: waiting for {', '.join(decision['pending'])}"
     print(f"  retained    until {decision['retain_until']} under {decision['governing']}{pending}")
@@ -276,18 +302,27 @@ def cmd_show(archive: Archive, args: argparse.Namespace) -> int:
     if cases:
         print(f"  legal hold  {', '.join(cases)}")
     for f in manifest.get("findings", []):
-        print(f"  finding     {f['code']}: {f['detail']}")
+        print(f"  finding     {f['code']}: {printable(f['detail'])}")
     for m in meta.get("messages", [])[: args.messages]:
-        print(f"  {m['at'][:19]}  {m['from']}: {(m.get('text') or '').strip()[:200]}")
+        print(f"  {printable(m['at'][:19])}  {printable(m['from'])}: {printable((m.get('text') or '').strip()[:200])}")
     return 0
 
 
 def cmd_get(archive: Archive, args: argparse.Namespace) -> int:
     ingestor = _ingestor(archive)
+    output = _output(archive, args)
     manifest = _record(ingestor.retention, args.record_id)
     start, end = _range(args.range)
-    _write_output(ingestor.read_part(manifest, args.part, start, end), args.output)
+    _write_output(ingestor.read_part(manifest, args.part, start, end), output, force=args.force)
     return 0
+
+
+def _shown(records: list[dict], args: argparse.Namespace) -> list[dict]:
+    """Search results as --json prints them: the records as indexed (message text, account numbers) only
+    with a stated reason, which the search's audit event records; else summaries, as the API gives."""
+    from archive.search.document import summary
+
+    return records if meaningful(args.reason) else [summary(r) for r in records]
 
 
 def cmd_search(archive: Archive, args: argparse.Namespace) -> int:
@@ -296,15 +331,16 @@ def cmd_search(archive: Archive, args: argparse.Namespace) -> int:
     facets = tuple(f.strip() for f in (args.facets or "").split(",") if f.strip())
     page = open_index(archive.settings).query(" ".join(args.query), limit=args.limit, cursor=args.cursor,
                                                           facets=facets, total=True)
-    args.audit_target["results"] = page.total
+    args.audit_target.update(results=page.total, records=[r["record_id"] for r in page.records],
+                             content=args.json and meaningful(args.reason))
     if args.json:
-        _out({"total": page.total, "records": page.records, "next": page.next,
+        _out({"total": page.total, "records": _shown(page.records, args), "next": page.next,
               "facets": {k: [{"value": v, "count": n} for v, n in vs] for k, vs in page.facets.items()}})
         return 0
     for record in page.records:
         print(_line(record))
     for name, counts in page.facets.items():
-        print(f"  {name}: " + ", ".join(f"{v} ({n})" for v, n in counts))
+        print(f"  {printable(name)}: " + ", ".join(f"{printable(v)} ({n})" for v, n in counts))
     more = f"; next page: --cursor {page.next}" if page.next else ""
     print(f"{len(page.records)} of {page.total} record(s){more}", file=sys.stderr)
     return 0
@@ -316,13 +352,15 @@ def cmd_timeline(archive: Archive, args: argparse.Namespace) -> int:
     field_name, value = next((f, v) for f, v in (("customer.id", args.customer), ("customer.account", args.account),
                                                  ("customer.phone", args.phone)) if v)
     records = open_index(archive.settings).timeline(field_name, value)
-    args.audit_target.update({"timeline": {field_name: value}, "results": len(records)})
+    args.audit_target.update({"timeline": {field_name: value}, "results": len(records),
+                              "records": [r["record_id"] for r in records],
+                              "content": args.json and meaningful(args.reason)})
     if args.json:
-        _out(records)
+        _out(_shown(records, args))
         return 0
     for record in records:
         print(_line(record))
-    print(f"{len(records)} interaction(s) of {field_name} {value}, oldest first", file=sys.stderr)
+    print(f"{len(records)} interaction(s) of {field_name} {printable(value)}, oldest first", file=sys.stderr)
     return 0
 
 
@@ -438,8 +476,14 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_export(archive: Archive, args: argparse.Namespace) -> int:
     from archive.access import Identities
-    from archive.export import export
+    from archive.export import export, part_files
+    from archive.files import check_output, protected_paths
 
+    protected = protected_paths(archive.settings)
+    out = check_output(args.output, protected, force=args.force)  # before anything is read or recorded
+    if args.split_size:
+        for part in part_files(out):
+            check_output(part, protected, force=args.force)
     ingestor = _ingestor(archive)
     index = ingestor.index
     if args.query_text:
@@ -459,7 +503,8 @@ def cmd_export(archive: Archive, args: argparse.Namespace) -> int:
         print(f"\rexporting: {done / 1e6:,.0f} of {total / 1e6:,.0f} MB", end="", file=sys.stderr, flush=True)
 
     result = export(archive, ingestor.retention, ingestor, ids, case=args.case, reason=args.reason, actor=actor,
-                    role=role, out=Path(args.output), split=args.split_size, progress=progress if show else None)
+                    role=role, out=out, split=args.split_size, progress=progress if show else None,
+                    overwrite=args.force)
     if show:
         print(file=sys.stderr)
     args.audit_target.update({"manifest_sha256": result.manifest_sha256, "files": result.files})
@@ -469,7 +514,7 @@ def cmd_export(archive: Archive, args: argparse.Namespace) -> int:
         _out(summary)
     else:
         print(f"exported {summary['records']} record(s), {result.files} file(s), {result.bytes:,} bytes for case "
-              f"{args.case}: {', '.join(summary['bundle'])}")
+              f"{printable(args.case)}: {printable(', '.join(summary['bundle']))}")
         print("verify it anywhere with: archive verify-bundle BUNDLE --public-key KEY   (archive keys public)")
     return 0
 
@@ -477,14 +522,22 @@ def cmd_export(archive: Archive, args: argparse.Namespace) -> int:
 def cmd_verify_bundle(settings: Settings, args: argparse.Namespace) -> int:
     from archive.bundle_verify import load_public_key, verify_bundle
 
-    verdict = verify_bundle(Path(args.bundle), load_public_key(args.public_key))
+    if args.public_key and args.trust_bundle_key:
+        raise InputError("give --public-key or --trust-bundle-key, not both")
+    verdict = verify_bundle(Path(args.bundle), load_public_key(args.public_key),
+                            trust_bundle_key=args.trust_bundle_key)
     for finding in verdict.findings:
-        print(finding)
+        print(printable(finding))
     for warning in verdict.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {printable(warning)}", file=sys.stderr)
     if verdict.ok:
-        print(f"bundle verified: {verdict.files} file(s), {verdict.records} record(s), "
-              f"{len(verdict.parts)} part file(s); signature, manifests, audit proofs and custody all check")
+        if args.trust_bundle_key:
+            print(f"bundle consistent: {verdict.files} file(s), {verdict.records} record(s), "
+                  f"{len(verdict.parts)} part file(s) — checked against the key INSIDE the bundle only: this "
+                  "proves the bundle is internally consistent, not that the archive made it")
+        else:
+            print(f"bundle verified: {verdict.files} file(s), {verdict.records} record(s), "
+                  f"{len(verdict.parts)} part file(s); signature, manifests, audit proofs and custody all check")
         return 0
     print(f"bundle NOT verified: {len(verdict.findings)} problem(s)")
     return 1
@@ -535,7 +588,7 @@ def cmd_token_list(archive: Archive, args: argparse.Namespace) -> int:
         return 0
     for t in tokens:
         state = f"revoked {t['revoked_at']}" if t["revoked_at"] else f"expires {t['expires_at']}"
-        print(f"{t['id']}  {t['actor']:<16} {t['role']:<8} {state}  {t.get('note', '')}")
+        print(f"{t['id']}  {printable(t['actor']):<16} {t['role']:<8} {state}  {printable(t.get('note', ''))}")
     return 0
 
 
@@ -554,7 +607,7 @@ def cmd_quarantine_list(archive: Archive, args: argparse.Namespace) -> int:
         _out(entries)
     else:
         for e in entries:
-            print(f"{e['at']}  [{e['code']}] {e['reason']}")
+            print(f"{e['at']}  [{e['code']}] {printable(e['reason'])}")
         print(f"{len(entries)} rejected input(s)", file=sys.stderr)
     return 0
 
@@ -576,7 +629,7 @@ def cmd_identity_set(archive: Archive, args: argparse.Namespace) -> int:
     roles = [] if args.identity_command == "remove" else sorted(set(args.role))
     ids.set(args.identity, roles)
     args.audit_target["roles"] = roles
-    print(f"{args.identity}: {', '.join(roles) or 'removed'}")
+    print(f"{printable(args.identity)}: {', '.join(roles) or 'removed'}")
     return 0
 
 
@@ -636,8 +689,8 @@ def cmd_audit_show(archive: Archive, args: argparse.Namespace) -> int:
         for r in rows:
             proof = f"proof: {len(r['proof']['path'])} hashes to root {r['proof']['root'][:16]}… of size " \
                     f"{r['proof']['tree_size']}" if "proof" in r else "not yet in a checkpoint"
-            print(f"{r['seq']:>6}  {r['time'][:19]}  {r['actor']} ({r['role']})  {r['action']} {r['outcome']}"
-                  f"  reason: {r['reason'] or '-'}  [{proof}]")
+            print(f"{r['seq']:>6}  {r['time'][:19]}  {printable(r['actor'])} ({r['role']})  {r['action']} "
+                  f"{r['outcome']}  reason: {printable(r['reason'] or '-')}  [{proof}]")
         print(f"{len(rows)} event(s) for {args.record_id}", file=sys.stderr)
     return 0
 
@@ -686,7 +739,7 @@ def cmd_policy_explain(archive: Archive, args: argparse.Namespace) -> int:
     if cases:
         print(f"  legal hold: {', '.join(cases)} — not disposed of whatever the dates, until released")
     for f in manifest.get("findings", []):
-        print(f"  finding {f['code']} ({f['policy']}): {f['detail']}")
+        print(f"  finding {f['code']} ({f['policy']}): {printable(f['detail'])}")
     return 0
 
 
@@ -740,7 +793,7 @@ def cmd_hold_list(archive: Archive, args: argparse.Namespace) -> int:
         placed = next((h for h in case["history"] if h["action"] == "place"), {})
         state = "active" if case["active"] else "released"
         print(f"{case['case']:<20} {state:<9} {len(case['records']):>5} record(s)  placed {str(placed.get('at'))[:19]} "
-              f"by {placed.get('by')}  reason: {placed.get('reason') or '-'}")
+              f"by {printable(placed.get('by'))}  reason: {printable(placed.get('reason') or '-')}")
     return 0
 
 
@@ -819,7 +872,8 @@ def _target(args: argparse.Namespace) -> dict:
 
 def _identity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actor", help="who is acting (default: ARCHIVE_ACTOR); must be a known identity")
-    p.add_argument("--reason", help="why: recorded in the audit log with this access")
+    p.add_argument("--reason", help="why: recorded in the audit log with this access; required to see content "
+                                    "and for every hold action and approval")
     p.add_argument("--case", help="case or matter id this access is for; recorded in the audit log")
 
 
@@ -860,7 +914,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Decrypt and verify NAME. --range A-B returns plaintext bytes [A, B), "
                                     "reading only the covering segments.")
     p.add_argument("name")
-    p.add_argument("-o", "--output", help="output file (default: stdout)")
+    p.add_argument("-o", "--output", help="output file (default: stdout); never the archive's own files")
+    p.add_argument("--force", action="store_true", help="replace the output file if it exists")
     p.add_argument("--range", metavar="A-B", help="plaintext byte range [A, B); B may be omitted")
     p.add_argument("--record-id", help="expected record id (checked cryptographically)")
     p.add_argument("--part", help="expected part name (checked cryptographically)")
@@ -918,26 +973,32 @@ def build_parser() -> argparse.ArgumentParser:
                                    "reads only the covering segments.")
     p.add_argument("record_id")
     p.add_argument("--part", required=True, help="part name, e.g. audio, video, transcript, message")
-    p.add_argument("-o", "--output", help="output file (default: stdout)")
+    p.add_argument("-o", "--output", help="output file (default: stdout); never the archive's own files")
+    p.add_argument("--force", action="store_true", help="replace the output file if it exists")
     p.add_argument("--range", metavar="A-B", help="plaintext byte range [A, B)")
     p.set_defaults(run=cmd_get)
 
     p = sub.add_parser("search", help="find records with the query language (fields, dates, words, facets)",
                        description="Records matching QUERY, e.g. 'agent:1042 channel:phone after:2024-01-01 "
                                    "\"not a deposit\" NOT hold:CASE-7 sort:oldest'. Fields, operators and "
-                                   "examples: docs/search.md.",
+                                   "examples: docs/search.md. Results are summaries (who, when, channel, parts); "
+                                   "--json with --reason prints the records as indexed, message text included. "
+                                   "The audit event names every record returned.",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("query", nargs="*")
     p.add_argument("--limit", type=int, default=50, help="records per page (default 50)")
     p.add_argument("--cursor", help="the next page: the cursor the previous page printed")
     p.add_argument("--facets", metavar="LIST",
                    help="count matches by these, comma-separated: channel,agent,policy,hold,finding,month")
-    p.add_argument("--json", action="store_true", help="print the page (records, next cursor, facets) as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the page (records, next cursor, facets) as JSON: summaries, or with --reason the "
+                        "records with their message text")
     p.set_defaults(run=cmd_search)
 
     p = sub.add_parser("timeline", help="every interaction of one customer, all channels, in time order",
                        description="The dispute view: every record of a customer (by id, account or phone), "
-                                   "calls, chats and emails together, oldest first.")
+                                   "calls, chats and emails together, oldest first. Summaries, as for search; "
+                                   "--json with --reason prints the records with their message text.")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--customer", help="customer id")
     g.add_argument("--account", help="customer account")
@@ -982,11 +1043,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a self-verifying evidence bundle (BagIt in ZIP): decrypted recordings and "
                                    "transcripts, metadata, retention decisions, chain of custody, index.html for an "
                                    "examiner, audit inclusion proofs, all signed. Select records by id, --query or "
-                                   "--customer. Needs the legal role, --case and --reason; recorded in the audit trail.")
+                                   "--customer. Needs the legal role, --case and --reason; recorded in the audit trail. "
+                                   "The bundle (mode 0600) appears only when complete; an existing file is replaced "
+                                   "only with --force, and never one of the archive's own files.")
     p.add_argument("record_ids", nargs="*", metavar="ID", help="records to export")
     p.add_argument("--query", dest="query_text", nargs="+", metavar="Q", help="records matching this search")
     p.add_argument("--customer", help="every record of this customer id (the timeline)")
-    p.add_argument("-o", "--output", required=True, type=Path, help="the bundle to write, e.g. case-17.zip")
+    p.add_argument("-o", "--output", required=True, type=Path,
+                   help="the bundle to write, e.g. case-17.zip (a new file, outside the archive)")
+    p.add_argument("--force", action="store_true", help="replace the bundle (and its part files) if it exists")
     p.add_argument("--split-size", type=_size, metavar="SIZE",
                    help="split into NAME.partNNN.zip files of about this size (e.g. 4G)")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
@@ -995,10 +1060,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify-bundle", help="check an evidence bundle offline (signature, hashes, proofs)",
                        description="Verify an evidence bundle with only the archive's public key: the signature, "
                                    "every file's SHA-256, the audit inclusion proofs against the signed checkpoint, "
-                                   "and the chain of custody. Names every altered, missing or added file; exits 1.")
+                                   "and the chain of custody. Names every altered, missing, added or unreadable "
+                                   "file; exits 1. Without --public-key the bundle is NOT verified (exit 1) unless "
+                                   "--trust-bundle-key accepts its own key, which proves only internal consistency.")
     p.add_argument("bundle", help="the bundle (for a split bundle, any of its part files)")
     p.add_argument("--public-key", metavar="KEY",
                    help="the archive's public signing key: a file or value, hex or the JSON of 'archive keys public'")
+    p.add_argument("--trust-bundle-key", action="store_true",
+                   help="without --public-key: check against the key inside the bundle, which proves only that "
+                        "the bundle is internally consistent, not who made it")
     p.set_defaults(run=cmd_verify_bundle, needs_archive=False)
 
     tok = sub.add_parser("token", help="API tokens: create, revoke, list (admin)",
@@ -1103,14 +1173,15 @@ def build_parser() -> argparse.ArgumentParser:
                                       "legal hold, whatever their retention dates, until released.")
     hsub = hold.add_subparsers(dest="hold_command", required=True, metavar="ACTION")
     p = hsub.add_parser("place", help="hold records for a case",
-                        description="Hold RECORD_IDs and/or every record matching --query for CASE.")
+                        description="Hold RECORD_IDs and/or every record matching --query for CASE. Needs "
+                                    "--reason (recorded with the hold).")
     p.add_argument("case_id", metavar="CASE")
     p.add_argument("records", nargs="*", metavar="RECORD_ID")
     p.add_argument("--query", help="hold every record this search finds")
     p.set_defaults(run=cmd_hold_place)
     p = hsub.add_parser("release", help="request the release of a case's hold",
-                        description="Request the release of CASE's hold; a second, different legal identity "
-                                    "approves with 'archive approve'.")
+                        description="Request the release of CASE's hold (needs --reason); a second, different legal "
+                                    "identity approves with 'archive approve'.")
     p.add_argument("case_id", metavar="CASE")
     p.set_defaults(run=cmd_hold_release)
     p = hsub.add_parser("list", help="every case with a hold", description="List legal holds.")
@@ -1130,7 +1201,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("approve", help="approve another person's four-eyes request",
                        description="Approve a request made by someone else (releasing a legal hold); the "
-                                   "approver must be a different identity holding the needed role.")
+                                   "approver must be a different identity holding the needed role, and give --reason. "
+                                   "A request whose seal, signature or audit event does not check is refused.")
     p.add_argument("request_id")
     p.set_defaults(run=cmd_approve)
 
@@ -1188,9 +1260,21 @@ def _commands(parser: argparse.ArgumentParser, prefix: tuple = ()):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = TerminalStream(stdout), TerminalStream(stderr)  # nothing raw reaches the terminal
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     run: Callable = args.run
+    debug = bool(os.environ.get("ARCHIVE_DEBUG"))
     try:
         settings = Settings.from_env()
         if not getattr(args, "needs_archive", True):
@@ -1205,17 +1289,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return session.run(operation, lambda: run(archive, args), target=target, reason=args.reason,
                            case=getattr(args, "case_id", None) or args.case)
     except ArchiveError as e:
-        if os.environ.get("ARCHIVE_DEBUG"):
+        if debug:
             raise
-        print(f"archive: error [{e.code}]: {e}", file=sys.stderr)
+        print(f"archive: error [{e.code}]: {printable(redact(e), newlines=True)}", file=sys.stderr)
         return e.exit_status
     except (OSError, ValueError) as e:
-        if os.environ.get("ARCHIVE_DEBUG"):
+        if debug:
             raise
-        print(f"archive: error: {e}", file=sys.stderr)
+        print(f"archive: error: {printable(redact(e), newlines=True)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a bug: one clear line, not a traceback (the audit event was written by Session.run)
+        if debug:
+            raise
+        print(f"archive: internal error [internal_error]: {type(e).__name__}: {printable(redact(e))} "
+              "(ARCHIVE_DEBUG=1 shows where)", file=sys.stderr)
+        return EX_SOFTWARE
 
 
 if __name__ == "__main__":

@@ -207,6 +207,15 @@ class RejectedInput(InputError):
         self.code = code
 
 
+class OutputRefused(InputError):
+    """Raised when a command would write its output over an existing file without ``--force``, over a
+    non-regular file, or over any of the archive's own files (home, store, keyring, identities, tokens)."""
+
+    code = "output_refused"
+    exit_status = 73  # EX_CANTCREAT
+    http_status = 409
+
+
 class MediaError(InputError):
     """Raised when a recording cannot be archived as the media it claims to be."""
 

@@ -23,7 +23,10 @@ with the archive's public signing key.
 
 Files are streamed: a part is decrypted segment by segment into its ZIP member while it is hashed, so
 memory stays bounded whatever the size of the case. Every part is checked against the SHA-256 recorded at
-capture before it is written; altered content is never exported silently.
+capture before it is written; altered content is never exported silently. A bundle holds decrypted
+evidence: its files are written 0600 under unique temporary names beside the target, fsync'd, and put in
+place only when the whole bundle is complete — never over an existing file unless ``overwrite`` (the
+CLI's ``--force``) says so; a failed export leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from archive.audit.log import Event
 from archive.audit.merkle import inclusion_proof
 from archive.dates import parse_datetime
 from archive.errors import ArchiveError, InputError, IntegrityError
+from archive.files import place, temporary_beside
 
 BUNDLE_FORMAT = "archive-evidence-bundle/1"
 
@@ -58,24 +62,34 @@ def part_names(out: Path, count: int) -> list[Path]:
     return [out] if count == 1 else [out.with_name(f"{out.stem}.part{i:03d}{out.suffix}") for i in range(1, count + 1)]
 
 
+def part_files(out: Path) -> list[Path]:
+    """The files already beside ``out`` named as the parts of a split bundle ``out`` would be."""
+    pattern = re.compile(re.escape(out.stem) + r"\.part\d{3}" + re.escape(out.suffix))
+    return sorted(p for p in out.parent.iterdir() if pattern.fullmatch(p.name)) if out.parent.is_dir() else []
+
+
 class SplitZip:
     """ZIP64 members written one after another, rolling over to a new file between members once the
-    current one holds ``split`` bytes. Files are written beside ``out`` under temporary names and renamed
-    into place only when the whole bundle is complete."""
+    current one holds ``split`` bytes. Files are written beside ``out`` under unique temporary names
+    (mode 0600) and moved into place only when the whole bundle is complete; an existing file is
+    replaced only with ``overwrite``."""
 
-    def __init__(self, out: Path, split: int | None) -> None:
+    def __init__(self, out: Path, split: int | None, *, overwrite: bool = False) -> None:
         self.out = out
         self.split = split
+        self.overwrite = overwrite
         self.tmp: list[Path] = []
+        self._files: list = []
         self.zf: zipfile.ZipFile | None = None
         self.members: dict[str, int] = {}  # name -> part number (1-based)
 
     def _roll(self) -> None:
         if self.zf is not None:
             self.zf.close()
-        path = self.out.with_name(f".{self.out.name}.{len(self.tmp) + 1}.tmp")
+        fd, path = temporary_beside(self.out, suffix=".tmp")  # .<name>.<random>.tmp, mode 0600
         self.tmp.append(path)
-        self.zf = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        self._files.append(os.fdopen(fd, "w+b"))
+        self.zf = zipfile.ZipFile(self._files[-1], "w", compression=zipfile.ZIP_STORED, allowZip64=True)
 
     def open(self, name: str):
         if self.zf is None or (self.split and self.zf.fp.tell() >= self.split):
@@ -90,12 +104,27 @@ class SplitZip:
             f.write(data)
 
     def finish(self) -> list[Path]:
+        """Put every part in place (all or none); with ``overwrite``, parts of an earlier, longer bundle
+        of the same name are removed. Raises OutputRefused when a part would replace a file."""
         self.zf.close()
+        for f in self._files:
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
         finals = part_names(self.out, len(self.tmp))
-        for tmp, final in zip(self.tmp, finals):
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
+        placed = []
+        try:
+            for tmp, final in zip(self.tmp, finals):
+                place(tmp, final, overwrite=self.overwrite)
+                placed.append(final)
+        except BaseException:
+            if not self.overwrite:  # what this export put in place is incomplete: take it away again
+                for final in placed:
+                    final.unlink(missing_ok=True)
+            raise
+        if self.overwrite:
+            for stale in set(part_files(self.out)) - set(finals):
+                stale.unlink()
         return finals
 
     def abort(self) -> None:
@@ -104,6 +133,8 @@ class SplitZip:
                 self.zf.close()
             except Exception:  # noqa: BLE001 - already failing; remove what was written
                 pass
+        for f in self._files:
+            f.close()
         for tmp in self.tmp:
             tmp.unlink(missing_ok=True)
 
@@ -132,9 +163,10 @@ class Exported:
 
 def export(archive, retention, ingestor, record_ids: Iterable[str], *, case: str, reason: str, actor: str,
            role: str, out: Path, split: int | None = None, progress: Callable[[int, int], None] | None = None,
-           organization: str | None = None) -> Exported:
-    """Write the bundle for ``record_ids`` to ``out`` (see the module). Appends the export event to the
-    audit log and signs a checkpoint that includes it. Raises ExportError, IntegrityError."""
+           organization: str | None = None, overwrite: bool = False) -> Exported:
+    """Write the bundle for ``record_ids`` to ``out`` (see the module); an existing file there is replaced
+    only with ``overwrite``. Appends the export event to the audit log and signs a checkpoint that
+    includes it. Raises ExportError, IntegrityError, OutputRefused."""
     signer = archive.keys.signer() if hasattr(archive.keys, "signer") else None
     if signer is None:
         raise ExportError("exports are signed: the key provider has no signing key")
@@ -145,7 +177,7 @@ def export(archive, retention, ingestor, record_ids: Iterable[str], *, case: str
     manifests.sort(key=lambda m: (parse_datetime(m["metadata"]["started_at"]), m["record_id"]))
     total = sum(p["size"] for m in manifests for p in m["parts"])
     out = Path(out)
-    zipw = SplitZip(out, split)
+    zipw = SplitZip(out, split, overwrite=overwrite)
     payload: dict[str, str] = {}  # path -> sha256
     sizes = 0
     done = 0

@@ -3,7 +3,7 @@
 A job is a directory under ``$ARCHIVE_HOME/exports/<id>/`` holding ``job.json`` (who asked, for which
 case and why, which records, its state and progress) and, once done, ``bundle.zip``
 (:func:`archive.export.export`, which writes under a temporary name and renames when complete, so a
-download never sees half a bundle). A job still ``running`` when the server starts again was interrupted
+download never sees half a bundle); both are mode 0600, in a directory of mode 0700. A job still ``running`` when the server starts again was interrupted
 (its process is gone): it is marked ``failed`` and what it had written is removed (start it again).
 
 Jobs run in one background thread each, inside the API process; the export itself records its
@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from archive.errors import ArchiveError, InputError, ObjectNotFound
+from archive.files import write_atomic
 
 _ID_CHARS = set("0123456789abcdef-x")
 
@@ -77,10 +78,8 @@ class ExportJobs:
         return sorted(jobs, key=lambda j: j["created_at"], reverse=True)
 
     def _write(self, job: dict) -> None:
-        path = self.root / job["id"] / "job.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(job, indent=1))
-        os.replace(tmp, path)
+        # who asked, why and for which records: private (0600), and whole after a crash
+        write_atomic(self.root / job["id"] / "job.json", json.dumps(job, indent=1).encode())
 
     def _update(self, job_id: str, **changes) -> dict:
         with self._lock:

@@ -2,7 +2,8 @@
 
 Nothing else in the library reads the environment. Build ``Settings.from_env()`` once at the edge (CLI,
 worker, API) and pass it in. Every validation error names the variable, the value's problem and what is
-accepted. Secrets (S3 secret key) are kept out of ``repr`` so they never reach a log.
+accepted. Secrets (S3 secret key) are kept out of ``repr`` so they never reach a log, and credentials in
+a URL (``http://user:password@host``) are redacted from ``repr`` and every error message.
 
 | variable                     | default                       | meaning                                       |
 |------------------------------|-------------------------------|-----------------------------------------------|
@@ -46,12 +47,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlparse
 
 from archive.dates import parse_duration
 from archive.errors import ConfigError
+from archive.text import redact
 
 MIN_SEGMENT = 4 * 1024
 MAX_SEGMENT = 64 * 1024 * 1024
@@ -96,6 +98,10 @@ class Settings:
     fixity_interval: str = "P1D"
     disposition_interval: str = "P1D"
     auto_dispose: bool = False
+
+    def __repr__(self) -> str:  # URLs may carry credentials (http://user:password@host): never in a log
+        shown = ", ".join(f"{f.name}={redact(repr(getattr(self, f.name)))}" for f in fields(self) if f.repr)
+        return f"Settings({shown})"
 
     @property
     def index_path(self) -> Path:
@@ -273,11 +279,11 @@ def _check_store_url(url: str) -> None:
         return
     if parsed.scheme == "s3" and parsed.netloc:
         return
-    raise ConfigError(f"ARCHIVE_STORE={url!r} is not a store URL; use file:///absolute/path or "
+    raise ConfigError(f"ARCHIVE_STORE={redact(repr(url))} is not a store URL; use file:///absolute/path or "
                       "s3://bucket[/prefix]", variable="ARCHIVE_STORE")
 
 
 def _check_http_url(url: str, name: str) -> None:
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigError(f"{name}={url!r} must be an http(s) URL", variable=name)
+        raise ConfigError(f"{name}={redact(repr(url))} must be an http(s) URL", variable=name)

@@ -354,7 +354,7 @@ def test_search_facets_syntax_errors_timeline_and_reindex_through_the_cli(env, t
     bad = run(env, "search", "refund", "(channel:chat", check=False)
     assert bad.returncode != 0 and b"column 8" in bad.stderr and b"missing ')'" in bad.stderr
     timeline = json.loads(run(env, "timeline", "--account", "AC-1", "--json").stdout)
-    assert [r["metadata"]["source"]["interaction_id"] for r in timeline] == ["w-0", "w-1", "w-2"]
+    assert [r["source"]["interaction_id"] for r in timeline] == ["w-0", "w-1", "w-2"]  # summaries
     Path(env["ARCHIVE_HOME"], "index.sqlite").unlink()
     for suffix in ("-wal", "-shm"):
         Path(env["ARCHIVE_HOME"], "index.sqlite" + suffix).unlink(missing_ok=True)

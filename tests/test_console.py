@@ -49,7 +49,7 @@ def site(tmp_path_factory):
     for actor, role in (("ann", "auditor"), ("lee", "legal"), ("max", "legal")):
         run(env, "identity", "add", actor, "--role", role)
     run(env, "ingest", str(inbox))
-    ids = {r["metadata"]["source"]["interaction_id"]: r["record_id"]
+    ids = {r["source"]["interaction_id"]: r["record_id"]
            for r in json.loads(run(env, "search", "", "--json").stdout)["records"]}
     tokens = {a: run(env, "token", "create", a, "--role", r).stdout.decode().strip()
               for a, r in (("ann", "auditor"), ("lee", "legal"), ("max", "legal"))}

@@ -1,12 +1,17 @@
 """Evidence bundles: a mixed case (calls, a chat, an email, a dual-recording video session) exported by a
 legal identity, verified offline with only the public key — then one byte altered, a file removed, a file
 added and the signature swapped, each named by verify-bundle. Split bundles, access rules, the audit
-trail, and index.html opened in a real headless Chromium."""
+trail, and index.html opened in a real headless Chromium. Outputs that never overwrite a file without
+--force nor any of the archive's own; damaged ZIPs and malformed audit JSON named without a traceback; no
+pass without a trusted key."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
+import struct
 import subprocess
 import zipfile
 from pathlib import Path
@@ -185,3 +190,77 @@ def test_index_html_opens_in_headless_chromium_and_shows_every_record(case):
     subprocess.run([chromium, *flags, "--hide-scrollbars", "--window-size=1280,1600", f"--screenshot={shot}", page],
                    capture_output=True, timeout=120, check=True)
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_export_never_overwrites_a_file_or_the_archive_and_writes_a_private_bundle(case):
+    env, ids, tmp, key = case
+    lee = {**env, "ARCHIVE_ACTOR": "lee"}
+    home = Path(env["ARCHIVE_HOME"])
+    keyring = home / "keyring.json"
+    saved = keyring.read_bytes()
+    (tmp / "to-keyring.zip").symlink_to(keyring)
+    for target in (keyring, home / "identities.json", home / "case.zip", home / "store" / "case.zip",
+                   tmp / "to-keyring.zip"):
+        proc = run(lee, "export", ids[0], "-o", str(target), "--case", "C-O", "--reason", "r", "--force", check=False)
+        assert proc.returncode == 73 and b"archive's own" in proc.stderr, (target, proc.stderr)
+    assert keyring.read_bytes() == saved and not (home / "case.zip").exists()
+    assert run(env, "object", "ls", "records/").returncode == 0  # the archive still opens
+    existing = tmp / "existing.zip"
+    existing.write_bytes(b"an earlier bundle")
+    proc = run(lee, "export", ids[0], "-o", str(existing), "--case", "C-O", "--reason", "r", check=False)
+    assert proc.returncode == 73 and b"--force" in proc.stderr and existing.read_bytes() == b"an earlier bundle"
+    run(lee, "export", ids[0], "-o", str(existing), "--case", "C-O", "--reason", "r", "--force")
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o600
+    assert b"bundle verified" in run(env, "verify-bundle", str(existing), "--public-key", str(key)).stdout
+    assert not list(tmp.glob(".existing.zip*"))  # no temporary file left beside it
+
+
+def _bundle(case, name: str) -> Path:
+    env, ids, tmp, _ = case
+    path = tmp / name
+    if not path.exists():
+        run({**env, "ARCHIVE_ACTOR": "lee"}, "export", *ids[:2], "-o", str(path), "--case", "C-V", "--reason", "r")
+    return path
+
+
+def test_verify_bundle_names_a_damaged_member_or_malformed_audit_json_without_a_traceback(case):
+    env, ids, tmp, key = case
+    bundle = _bundle(case, "verify-me.zip")
+    with zipfile.ZipFile(bundle) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith("/metadata.json"))
+    blob = bytearray(bundle.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", bytes(blob[info.header_offset + 26: info.header_offset + 30]))
+    blob[info.header_offset + 30 + name_len + extra_len + 5] ^= 0x01  # a byte of the member (local header skipped)
+    crc = tmp / "bad-crc.zip"
+    crc.write_bytes(bytes(blob))
+    proc = run(env, "verify-bundle", str(crc), "--public-key", str(key), check=False)
+    assert proc.returncode == 1 and b"Traceback" not in proc.stderr, proc.stderr
+    assert f"ALTERED   {info.filename}: the ZIP member fails its ZIP CRC-32 check".encode() in proc.stdout, proc.stdout
+
+    for label, body, where in [("events-shape", b'[{"seq": 1}]', b"audit/events.json[0]"),
+                               ("events-text", b"not json", b"audit/events.json"),
+                               ("checkpoint-list", b"[]", b"audit/checkpoint.json")]:
+        member = "audit/checkpoint.json" if label.startswith("checkpoint") else "audit/events.json"
+        copy = tmp / f"malformed-{label}.zip"
+        with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(copy, "w") as dst:
+            for n in src.namelist():
+                dst.writestr(n, body if n == member else src.read(n))
+        proc = run(env, "verify-bundle", str(copy), "--public-key", str(key), check=False)
+        assert proc.returncode == 1 and b"Traceback" not in proc.stderr, (label, proc.stderr)
+        assert where in proc.stdout, (label, proc.stdout)
+    not_a_zip = tmp / "not-a-zip.zip"
+    not_a_zip.write_bytes(b"PK\x03\x04" + os.urandom(200))
+    proc = run(env, "verify-bundle", str(not_a_zip), "--public-key", str(key), check=False)
+    assert proc.returncode == 1 and b"Traceback" not in proc.stderr and b"not-a-zip.zip" in proc.stdout
+    proc = run(env, "verify-bundle", str(bundle), "--public-key", "zz-not-hex", check=False)
+    assert proc.returncode == 2 and b"--public-key" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_verify_bundle_without_a_trusted_key_is_not_a_pass(case):
+    env, ids, tmp, key = case
+    bundle = _bundle(case, "verify-me.zip")
+    proc = run(env, "verify-bundle", str(bundle), check=False)
+    assert proc.returncode == 1 and b"no trusted public key" in proc.stdout and b"NOT verified" in proc.stdout
+    proc = run(env, "verify-bundle", str(bundle), "--trust-bundle-key")
+    assert b"INSIDE the bundle only" in proc.stdout and b"internally consistent" in proc.stdout
+    assert b"bundle verified" in run(env, "verify-bundle", str(bundle), "--public-key", str(key)).stdout

@@ -132,7 +132,8 @@ def test_fixity_names_an_altered_object_as_a_searchable_finding_and_repairs_noth
     clean = json.loads(run(env, "fixity", "--json").stdout)
     assert clean["records"] == 3 and clean["failed"] == [] and clean["objects"] >= 6
 
-    target = json.loads(run(env, "search", "interaction:fx-1", "--json").stdout)["records"][0]
+    target = json.loads(run(env, "search", "interaction:fx-1", "--json", "--reason", "fixity test")
+                        .stdout)["records"][0]
     part = next(p for p in target["parts"] if p["name"] == "audio")
     data = next((Path(env["ARCHIVE_HOME"]) / "store").rglob(f"*{part['object'].split('/')[-1]}#data"))
     os.chmod(data, 0o644)

@@ -25,6 +25,7 @@ from contextlib import closing
 from contextlib import contextmanager
 from pathlib import Path
 
+from archive.files import private_file
 from archive.index.base import (FACET_FIELD, FACET_SIZE, FACETS, FIND_FIELD, MONTHS, Page, check_facets,
                                 decode_cursor, encode_cursor)
 from archive.search import document
@@ -144,7 +145,8 @@ class SqliteIndex:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # it holds message text: 0600, and SQLite gives its -wal and -shm files the database file's mode
+        private_file(self.path, "-wal", "-shm")
         # One connection shared by the ingest threads, serialised by a lock (SQLite writes one at a time).
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         self._lock = threading.RLock()

@@ -11,7 +11,9 @@ Everything here lives in the object store, sealed like records, so the index can
 
 Locks only grow: a recomputed decision extends every object of the record (parts, manifest, receipts,
 decisions) to the new date and never shortens one. Legal holds set the store's own legal-hold flag on
-every object of every record a case covers; a record stays held while any case covers it.
+every object of every record a case covers; a record stays held while any case covers it. Every hold
+action (placing, asking for a release, approving one) needs a reason that says something
+(:func:`archive.access.require_reason`), whoever calls: the CLI, the API or a worker.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from archive.access import require_reason
 from archive.clock import SYSTEM, Clock
 from archive.crypto.stream import Binding
 from archive.dates import Duration, parse_datetime, parse_duration
@@ -362,7 +365,9 @@ class Retention:
 
     def place_hold(self, case: str, records: list[str], *, by: str, reason: str | None,
                    query: str | None = None) -> list[str]:
-        """Hold every object of ``records`` for ``case``; returns the records now held."""
+        """Hold every object of ``records`` for ``case``; returns the records now held. Raises
+        AccessDenied without a reason, InvalidMetadata for a bad case id or no records."""
+        require_reason(reason, "placing a legal hold")
         check_case(case)
         if not records:
             raise InvalidMetadata("records", f"the hold for {case} covers no records"
@@ -380,6 +385,7 @@ class Retention:
     def release_hold(self, case: str, *, by: str, approval: str, reason: str | None) -> list[str]:
         """Release ``case`` (after its four-eyes approval); records no other case holds lose the store's
         legal hold. Returns the records released."""
+        require_reason(reason, "releasing a legal hold")
         with self._lock:
             self._holds = None  # decide on the store's current state, not a cached one
         cases = self.holds()
@@ -401,9 +407,11 @@ class Retention:
     def request_release(self, *, by: str, reason: str | None, case: str | None = None,
                         object_name: str | None = None) -> str:
         """Ask for the release of a case's hold (or of one object's, for ``archive object hold``); it takes
-        effect only when a second, different identity approves it (:meth:`approve`). Returns the request id."""
+        effect only when a second, different identity approves it (:meth:`approve`). Returns the request id.
+        Raises AccessDenied without a reason, ApprovalError when there is no such hold."""
         from archive.approvals import Approvals
 
+        require_reason(reason, "asking for the release of a legal hold")
         if case is not None:
             with self._lock:
                 self._holds = None
@@ -413,14 +421,21 @@ class Retention:
         else:
             self.vault.head(object_name)  # the object must exist
             target = {"object": object_name}
-        return Approvals(self.archive.store).request("hold-release", target, requested_by=by, reason=reason)
+        return Approvals(self.archive).request("hold-release", target, requested_by=by, reason=reason)
 
-    def approve(self, request_id: str, *, by: str, reason: str | None) -> dict:
-        """Approve another identity's request and carry it out. Raises AccessDenied for one's own request,
-        ApprovalError for one approved already."""
+    def pending_approvals(self) -> list[dict]:
+        """Four-eyes requests waiting for a second person (see :meth:`archive.approvals.Approvals.pending`)."""
         from archive.approvals import Approvals
 
-        request = Approvals(self.archive.store).approve(request_id, approved_by=by, reason=reason)
+        return Approvals(self.archive).pending()
+
+    def approve(self, request_id: str, *, by: str, reason: str | None) -> dict:
+        """Approve another identity's request and carry it out. Raises AccessDenied for one's own request
+        or without a reason, IntegrityError for a request that cannot be trusted (tampered, unsigned, its
+        requester not the one the audit trail records), ApprovalError for one approved already."""
+        from archive.approvals import Approvals
+
+        request = Approvals(self.archive).approve(request_id, approved_by=by, reason=reason)
         target = request["target"]
         done = {"approved": request_id, "action": request["action"], "requested_by": request["requested_by"],
                 "target": target}

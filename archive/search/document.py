@@ -4,6 +4,7 @@ A document is built from a record's *view* (manifest + current retention decisio
 :meth:`archive.retention.service.Retention.view`). Before any text reaches it, card numbers that pass the
 Luhn check and card verification codes are masked (PCI DSS 3.2, 3.3.1); inline part bytes are dropped —
 the index never holds content, only what search needs. The sealed originals are untouched.
+:func:`summary` is what a search shows of a record when no reason was stated.
 """
 
 from __future__ import annotations
@@ -123,3 +124,24 @@ def stored(view: dict) -> dict:
 
 def started_utc(view: dict) -> str:
     return parse_datetime(view["metadata"]["started_at"]).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def summary(record: dict) -> dict:
+    """A record as a search result shown without a stated reason: who, when, what — never message text,
+    transcript content, account numbers or phone numbers (the CLI's and the API's summaries)."""
+    meta = record["metadata"]
+    return {
+        "record_id": record["record_id"],
+        "started_at": meta.get("started_at"), "ended_at": meta.get("ended_at"), "duration_s": meta.get("duration_s"),
+        "channel": meta.get("channel"), "direction": meta.get("direction"),
+        "subject": mask_pci(meta["subject"]) if meta.get("subject") else None,
+        "source": {k: meta.get("source", {}).get(k) for k in ("system", "interaction_id")},
+        "business_line": meta.get("business_line"), "product": meta.get("product"),
+        "jurisdiction": meta.get("jurisdiction"), "language": meta.get("language"), "tags": meta.get("tags", []),
+        "participants": [{k: p[k] for k in ("role", "id", "name") if p.get(k)} for p in meta.get("participants", [])],
+        "messages": len(meta.get("messages") or []),
+        "parts": [{k: p.get(k) for k in ("name", "media_type", "size")} for p in record["parts"]],
+        "findings": record.get("findings", []), "holds": record.get("holds", []),
+        "retain_until": (record.get("retention") or {}).get("retain_until"),
+        "policy": (record.get("retention") or {}).get("governing"),
+    }

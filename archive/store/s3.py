@@ -13,7 +13,8 @@
   (boto3's transfer manager cannot send ``If-None-Match``, so the multipart calls are driven here.)
 * Retain-until dates are rounded up to the whole second: S3 stores seconds, and rounding down would
   release an object early.
-* Vendor errors are translated in ``_translate`` keeping the request id and HTTP status.
+* Vendor errors are translated in ``_translate`` keeping the request id and HTTP status; their text
+  quotes the endpoint URL, so any credentials in it are redacted.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from archive.errors import (ArchiveError, IntegrityError, ObjectExists, ObjectLo
 from archive.store.base import (LockMode, ObjectInfo, PutRequest, check_deletable, check_extension, check_key,
                                 check_new_retention, check_retain_until, put_each)
 from archive.streams import fill, filler
+from archive.text import redact
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
 _TRANSIENT = {"SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable",
@@ -47,7 +49,7 @@ def _translate(e: Exception, op: str, key: str | None = None, *, locked_hint: bo
         code, status = str(err.get("Code", "")), meta.get("HTTPStatusCode")
         details = {"key": key, "vendor_code": code, "http_status": status, "request_id": meta.get("RequestId")}
         where = f"S3 {op}" + (f" {key!r}" if key else "")
-        message = f"{where}: {code} {err.get('Message', '')}".strip()
+        message = redact(f"{where}: {code} {err.get('Message', '')}".strip())
         if code in _NOT_FOUND or (status == 404 and code not in ("NoSuchBucket",)):
             return ObjectNotFound(f"no object {key!r}", **details)
         if code == "NoSuchBucket":
@@ -59,11 +61,11 @@ def _translate(e: Exception, op: str, key: str | None = None, *, locked_hint: bo
         if code in _TRANSIENT or (status is not None and status >= 500):
             return StoreUnavailable(message, **details)
         return StorageError(message, **details)
-    if isinstance(e, BotoCoreError):
-        return StoreUnavailable(f"S3 {op}" + (f" {key!r}" if key else "") + f": {e}", key=key)
+    if isinstance(e, BotoCoreError):  # its text quotes the endpoint URL, which may carry credentials
+        return StoreUnavailable(f"S3 {op}" + (f" {key!r}" if key else "") + f": {redact(e)}", key=key)
     if isinstance(e, ArchiveError):
         return e
-    return StorageError(f"S3 {op}: {type(e).__name__}: {e}", key=key)
+    return StorageError(f"S3 {op}: {type(e).__name__}: {redact(e)}", key=key)
 
 
 def _ceil_second(when: datetime) -> datetime:
