@@ -227,46 +227,35 @@ class Session:
         self._identities = identities
 
     def run(self, operation: str, do, *, target: dict, reason: str | None = None, case: str | None = None):
-        permission = OPERATIONS[operation]
-        name_records(target)
-        try:
-            access = Access(self.audit, self._identities.get(self.actor))
-        except AccessDenied as e:
-            denied_without_identity(self.audit, self.actor, operation, target, e, reason=reason, case=case)
-            raise
-        except BaseException as e:  # the identity file could not be read: the attempt is still recorded
-            self.audit.append(Event(actor=self.actor or "(none)", role="none", action=operation, outcome="error",
-                                    target=target, reason=reason, case=case, details=failure_details(e)))
-            raise
-        role = access.authorize(operation, target=target, reason=reason, case=case, permission=permission)
+        attempt = Attempt(self, operation, target=target, reason=reason, case=case)
         try:
             result = do()
-        except AccessDenied as e:  # refused by the operation itself (e.g. approving one's own request)
-            access.record(operation, target=target, outcome="denied", reason=reason, case=case, role=role,
-                          details={"denied": str(e)})
-            raise
         except BaseException as e:  # any failure, expected or not: the trail says it was not "ok"
-            access.record(operation, target=target, outcome="error", reason=reason, case=case, role=role,
-                          details=failure_details(e))
+            attempt.failed(e)
             raise
-        access.record(operation, target=target, role=role, reason=reason, case=case)
+        attempt.succeeded()
         return result
 
 
 class Attempt:
-    """One operation whose outcome is known only after the call that starts it has returned — a response
-    streamed after its status was sent. Made like :meth:`Session.run`: authorised at once (a refusal is
-    recorded and raised); then recorded exactly once, when it ends, by :meth:`succeeded` or
-    :meth:`failed` — the same event Session.run would write, never ``ok`` before the last byte."""
+    """One operation of a session: authorised when made (a refusal is recorded, with the reason and case
+    given, and raised), then recorded exactly once when it ends, by :meth:`succeeded` or :meth:`failed`.
+    :meth:`Session.run` is an attempt that ends when ``do()`` returns; a response streamed after its
+    status was sent ends after its last byte, so it is never ``ok`` before that."""
 
     def __init__(self, session: Session, operation: str, *, target: dict, reason: str | None = None,
                  case: str | None = None) -> None:
-        self.operation, self.target, self.reason, self.case = operation, target, reason, case
+        self.operation, self.target, self.reason, self.case = operation, name_records(target), reason, case
         self.recorded = False
+        audit, actor = session.audit, session.actor
         try:
-            self._access = Access(session.audit, session._identities.get(session.actor))
+            self._access = Access(audit, session._identities.get(actor))
         except AccessDenied as e:
-            denied_without_identity(session.audit, session.actor, operation, target, e)
+            denied_without_identity(audit, actor, operation, target, e, reason=reason, case=case)
+            raise
+        except BaseException as e:  # the identity file could not be read: the attempt is still recorded
+            audit.append(Event(actor=actor or "(none)", role="none", action=operation, outcome="error",
+                               target=target, reason=reason, case=case, details=failure_details(e)))
             raise
         self.role = self._access.authorize(operation, target=target, reason=reason, case=case,
                                            permission=OPERATIONS[operation])
@@ -276,13 +265,12 @@ class Attempt:
         self._record("ok", details)
 
     def failed(self, error: BaseException, **details) -> None:
-        """Record the operation as refused (``denied``, for AccessDenied) or failed (``error``, with the
-        error's code; ``internal_error`` for an exception that is not an ArchiveError)."""
+        """Record the operation as refused (``denied``, for AccessDenied: e.g. approving one's own request)
+        or failed (``error``: :func:`failure_details`)."""
         if isinstance(error, AccessDenied):
             self._record("denied", {"denied": str(error), **details})
         else:
-            self._record("error", {"error": getattr(error, "code", None) if isinstance(error, ArchiveError)
-                                   else "internal_error", **details})
+            self._record("error", {**failure_details(error), **details})
 
     def _record(self, outcome: str, details: dict) -> None:
         if self.recorded:
