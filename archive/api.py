@@ -53,7 +53,7 @@ from archive.access import AccessDenied, Attempt, Session, denied_without_identi
 from archive.apistream import AuditedStream, request_body
 from archive.audit.log import Event
 from archive.errors import ArchiveError, InputError, ObjectNotFound
-from archive.search.document import mask_pci
+from archive.search.document import mask_pci, summary
 from archive.settings import Settings
 from archive.tokens import ConsoleSessions, Tokens
 from archive.uploads import MAX_FILES, MultipartReceiver, check_length
@@ -173,26 +173,6 @@ class RegisterRequest(BaseModel):
 
 
 # --- what clients see of a record --------------------------------------------------------------------
-
-
-def summary(manifest: dict) -> dict:
-    """A record as a search result: who, when, what — never message text or transcript content."""
-    meta = manifest["metadata"]
-    return {
-        "record_id": manifest["record_id"],
-        "started_at": meta.get("started_at"), "ended_at": meta.get("ended_at"), "duration_s": meta.get("duration_s"),
-        "channel": meta.get("channel"), "direction": meta.get("direction"),
-        "subject": mask_pci(meta["subject"]) if meta.get("subject") else None,
-        "source": {k: meta.get("source", {}).get(k) for k in ("system", "interaction_id")},
-        "business_line": meta.get("business_line"), "product": meta.get("product"),
-        "jurisdiction": meta.get("jurisdiction"), "language": meta.get("language"), "tags": meta.get("tags", []),
-        "participants": [{k: p[k] for k in ("role", "id", "name") if p.get(k)} for p in meta.get("participants", [])],
-        "messages": len(meta.get("messages") or []),
-        "parts": [{k: p.get(k) for k in ("name", "media_type", "size")} for p in manifest["parts"]],
-        "findings": manifest.get("findings", []), "holds": manifest.get("holds", []),
-        "retain_until": manifest.get("retention", {}).get("retain_until"),
-        "policy": manifest.get("retention", {}).get("governing"),
-    }
 
 
 def _masked(value):
@@ -417,8 +397,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if len(chosen) != 1:
             raise InputError("give exactly one of customer, account, phone")
         field, value = chosen[0]
-        return run(request, "search", lambda: {"records": [summary(m) for m in services.index.timeline(field, value)]},
-                   {"timeline": {field: value}})
+        target: dict = {"timeline": {field: value}}
+
+        def do():
+            records = services.index.timeline(field, value)
+            target.update(results=len(records), records=[m["record_id"] for m in records])
+            return {"records": [summary(m) for m in records]}
+        return run(request, "search", do, target)
 
     @app.get(f"{API}/records/{{record_id}}", summary="A record: metadata, messages (card numbers masked), parts, "
                                                     "retention, holds (needs a reason)")

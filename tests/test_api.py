@@ -139,9 +139,12 @@ def test_bad_requests_get_json_errors_never_a_stack_trace(api):
         assert status == expected, (path, status, body)
         doc = json.loads(body)
         assert "Traceback" not in body.decode() and ("code" in doc or "detail" in doc), (path, doc)
+    searches = lambda: run(api["env"], "audit", "show", "--record", api["rid"]).stdout.decode().count("search ok")  # noqa: E731
+    before = searches()
     status, _, body = call(api, "/timeline?customer=C-1", token)
     assert status == 200 and [r["record_id"] for r in json.loads(body)["records"]] == [api["rid"]]
     assert "Traceback" not in api["log"].read_text()
+    assert searches() == before + 1  # the timeline is in the record's access history
 
 
 def test_the_openapi_document_describes_every_endpoint(api):

@@ -78,7 +78,7 @@ def api(tmp_path_factory):
     for actor, role in (("ann", "auditor"), ("rec", "ingest"), ("lee", "legal")):
         run(env, "identity", "add", actor, "--role", role)
     run(env, "ingest", str(inbox))  # (the CLI with the default limit; the server's is LIMIT)
-    ids = {r["metadata"]["source"]["interaction_id"]: r["record_id"]
+    ids = {r["source"]["interaction_id"]: r["record_id"]
            for r in json.loads(run(env, "search", "", "--json").stdout)["records"]}
     tokens = {actor: run(env, "token", "create", actor, "--role", role).stdout.decode().strip()
               for actor, role in (("ann", "auditor"), ("rec", "ingest"), ("lee", "legal"))}
