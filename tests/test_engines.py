@@ -336,3 +336,37 @@ def test_refresh_is_off_while_rebuilding_and_restored_after(engine):
     assert "index.refresh_interval" not in answer[new]["settings"]  # back to the engine's default
     assert sorted(index.record_ids()) == [f"r{i}" for i in range(5)]
 
+
+# --- archive status -------------------------------------------------------------------------------------------
+
+
+def test_archive_status_names_the_engine_its_version_and_the_template_version(engine, tmp_path):
+    from tests.test_cli import cli_env, run
+
+    alias = f"t{uuid.uuid4().hex[:12]}"
+    env = {**cli_env(tmp_path / "home", "tester"), "ARCHIVE_INDEX_URL": engine.url, "ARCHIVE_ES_INDEX": alias}
+    run(env, "init")
+    index = json.loads(run(env, "status", "--json").stdout)["index"]
+    assert (index["engine"], index["version"], index["template_version"]) == (engine.engine, engine.version, 1)
+    assert index["alias"] == alias and index["indexes"][0].startswith(f"{alias}-v1-")
+    line = next(x for x in run(env, "status").stdout.decode().splitlines() if x.startswith("index "))
+    assert line.split(None, 1)[1].startswith(f"{engine.engine} {engine.version} ({index['client']}, ")
+    assert f"template v1, {alias} -> {alias}-v1-" in line and line.endswith("(v1)")
+    wrong = "opensearch" if engine.engine == "elasticsearch" else "elasticsearch"
+    proc = run({**env, "ARCHIVE_INDEX_ENGINE": wrong}, "status", check=False)
+    assert proc.returncode == 78 and b"index_engine_incompatible" in proc.stderr, proc.stderr
+    assert engine.version.encode() in proc.stderr
+
+
+def test_archive_status_names_the_embedded_index(tmp_path):
+    import sqlite3
+
+    from tests.test_cli import cli_env, run
+
+    env = cli_env(tmp_path / "home", "tester")
+    run(env, "init")
+    index = json.loads(run(env, "status", "--json").stdout)["index"]
+    assert (index["engine"], index["version"], index["schema"]) == ("sqlite", sqlite3.sqlite_version,
+                                                                    "0005_trigram_stats")
+    assert f"index             sqlite {sqlite3.sqlite_version}, schema 0005_trigram_stats" in \
+        run(env, "status").stdout.decode()
