@@ -9,7 +9,8 @@ status of 429 (the engine's indexing queue is full: ``es_rejected_execution_exce
 ``rejected_execution_exception``) or 502/503/504 is sent again, alone with the other failed items, after a
 growing pause, up to :attr:`BulkWriter.attempts` times; the items that succeeded are never sent twice.
 Any other item error (a mapping refusal, 400) will not improve by retrying: it is reported with the
-record ids and the engine's reason once the rest of the batch is written.
+record ids and the engine's reason once the rest of the batch is written. Whatever could not be written
+travels back to the caller on the error (``unsent``), to be queued again.
 """
 
 from __future__ import annotations
@@ -36,21 +37,16 @@ def action(record_id: str, source: bytes) -> bytes:
 
 class BulkWriter:
     """Sends prepared actions with ``send(body) -> response`` and retries what the engine asks to retry.
-
-    ``send`` raises IndexUnavailable or StorageError when the whole request fails; :meth:`write` then
-    raises it with :attr:`unsent` holding every action not yet written, for the caller to keep."""
+    Holds no state between calls, so two batches may be written from two threads."""
 
     max_bytes = 5 * 1024 * 1024
     attempts = 6  # the first try and five retries of what was rejected as "later"
     backoff = 0.2  # seconds before the first retry; doubles each time, at most max_backoff
     max_backoff = 5.0
 
-    def __init__(self, send: Callable[[bytes], dict], *, what: str = "bulk index",
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.send = send
+    def __init__(self, *, what: str = "bulk index", sleep: Callable[[float], None] = time.sleep) -> None:
         self.what = what
         self.sleep = sleep
-        self.unsent: dict[str, bytes] = {}
 
     def batches(self, actions: dict[str, bytes]):
         """``actions`` cut into dicts of at most :attr:`max_bytes` each (a larger action goes alone)."""
@@ -65,46 +61,51 @@ class BulkWriter:
         if batch:
             yield batch
 
-    def write(self, actions: dict[str, bytes]) -> int:
-        """Write every action, batch by batch. Returns how many records were written. Raises
-        IndexUnavailable when some are still rejected after every retry (or the engine cannot be reached),
-        BulkRefused when the engine refused some for good; either way :attr:`unsent` then holds what
-        should be sent again later (the refused records are not among them: they are in the error)."""
-        self.unsent = dict(actions)
-        written = 0
+    def write(self, actions: dict[str, bytes], send: Callable[[bytes], dict]) -> int:
+        """Write every action with ``send``, batch by batch. Returns how many records were written.
+
+        Raises IndexUnavailable when some are still rejected after every retry, or when ``send`` cannot
+        reach the engine; BulkRefused when the engine refused some for good (once the rest are written);
+        StorageError when ``send`` was refused. The error's ``unsent`` holds every action not written
+        that should be sent again later (the refused ones are not among them: the error names them)."""
+        unsent = dict(actions)
         refused: dict[str, str] = {}
-        for batch in list(self.batches(actions)):
-            done, bad = self._write_batch(batch)
-            written += done
-            refused.update(bad)
+        written = 0
+        try:
+            for batch in list(self.batches(actions)):
+                written += self._write_batch(batch, send, unsent, refused)
+        except StorageError as e:
+            e.unsent = unsent
+            raise
         if refused:
             for rid in refused:
-                self.unsent.pop(rid, None)
+                unsent.pop(rid, None)
             shown = "; ".join(f"{rid}: {reason}" for rid, reason in list(refused.items())[:5])
             more = f" and {len(refused) - 5} more" if len(refused) > 5 else ""
-            raise BulkRefused(f"{self.what}: the engine refused {len(refused)} record(s): {shown}{more}",
-                              record_ids=sorted(refused))
+            error = BulkRefused(f"{self.what}: the engine refused {len(refused)} record(s): {shown}{more}",
+                                record_ids=sorted(refused))
+            error.unsent = unsent
+            raise error
         return written
 
-    def _write_batch(self, batch: dict[str, bytes]) -> tuple[int, dict[str, str]]:
+    def _write_batch(self, batch: dict[str, bytes], send, unsent: dict, refused: dict) -> int:
         todo = batch
         pause = self.backoff
         written = 0
-        refused: dict[str, str] = {}
         for attempt in range(self.attempts):
-            resp = self.send(b"".join(todo.values()))
+            resp = send(b"".join(todo.values()))
             retry: dict[str, bytes] = {}
             outcomes = _outcomes(todo, resp) if resp.get("errors") else ((rid, 201, "") for rid in todo)
             for rid, status, reason in outcomes:
                 if status < 300:
                     written += 1
-                    self.unsent.pop(rid, None)
+                    unsent.pop(rid, None)
                 elif status in RETRY_STATUSES:
                     retry[rid] = todo[rid]
                 else:
                     refused[rid] = f"{status} {reason}"
             if not retry:
-                return written, refused
+                return written
             todo = retry
             if attempt + 1 < self.attempts:
                 self.sleep(pause)

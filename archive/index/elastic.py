@@ -13,8 +13,9 @@ the supported matrix, the media types); the requests are the same REST calls on 
   masked, case-folded ``text`` as a ``wildcard`` field (substring matching, as the SQLite trigram index
   does, in any language) and the stored view (``record``, not indexed).
 * Writes are serialised once, at upsert, and sent in ``_bulk`` requests sized by bytes, with failed items
-  retried alone (archive/index/bulk.py); a batch that fills up is written without a refresh, and
-  :meth:`ElasticIndex.flush` refreshes once. Pages use ``search_after`` on (started_utc, record_id), never
+  retried alone (archive/index/bulk.py); a batch that fills up is written by a thread of its own without
+  a refresh while the next fills (one request in flight), and :meth:`ElasticIndex.flush` writes the rest
+  and refreshes once. Pages use ``search_after`` on (started_utc, record_id), never
   ``from``, so deep pages never hit ``max_result_window``. Facets are ``terms`` aggregations ordered as
   the SQLite backend orders them. No scripts and no point-in-time are used.
 """
@@ -26,6 +27,7 @@ import json
 import re
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from urllib.parse import quote
@@ -77,7 +79,9 @@ class ElasticIndex:
         self._pending_bytes = 0
         self._unrefreshed = False
         self._target = alias  # where upserts go: the alias, or a new index while rebuilding
-        self.writer = BulkWriter(self._send_bulk, what=f"{self.engine.title} bulk index")
+        self.writer = BulkWriter(what=f"{self.engine.title} bulk index")
+        self._writer_thread: ThreadPoolExecutor | None = None
+        self._in_flight: tuple[Future, dict[str, bytes]] | None = None
         self._ensure()
 
     # --- setup -------------------------------------------------------------------------------------------
@@ -117,43 +121,77 @@ class ElasticIndex:
                 "alias": self.alias, "indexes": indexes, "index_template_versions": made_from}
 
     def close(self) -> None:
-        self.flush()
-        self.client.close()
+        try:
+            self.flush()
+        finally:
+            if self._writer_thread is not None:
+                self._writer_thread.shutdown()
+            self.client.close()
 
     # --- writing -------------------------------------------------------------------------------------------
 
     def upsert(self, view: dict) -> None:
+        """Queue a record (serialised now); when the queue would pass a batch's size, the batch goes out on
+        the writer thread while the next one fills. An error of the batch before is raised here."""
         rid = view["record_id"]
         line = action(rid, json.dumps(self._doc(view), ensure_ascii=False, separators=(",", ":")).encode())
         with self._lock:
             old = self._pending.pop(rid, None)
             if old:
                 self._pending_bytes -= len(old)
-            if self._pending and self._pending_bytes + len(line) > self.writer.max_bytes:
-                self._write()  # a full batch, written without a refresh
-            self._pending[rid] = line
-            self._pending_bytes += len(line)
+            try:
+                if self._pending and self._pending_bytes + len(line) > self.writer.max_bytes:
+                    self._send_behind()
+            finally:  # queued even when the batch before failed: that error is about other records
+                self._pending[rid] = line
+                self._pending_bytes += len(line)
 
-    def _send_bulk(self, body: bytes) -> dict:
-        return self._call("bulk index", "POST", f"/{self._target}/_bulk", body=body, ndjson=True)
+    def _bulk_sender(self, target: str):
+        return lambda body: self._call("bulk index", "POST", f"/{target}/_bulk", body=body, ndjson=True)
 
-    def _write(self) -> None:
-        """Send every queued record (the lock held); what the engine did not take stays queued."""
-        pending, self._pending, self._pending_bytes = self._pending, {}, 0
+    def _send_behind(self) -> None:
+        """Hand the queue, a full batch, to the writer thread (the lock held), once the batch before it is
+        done: one bulk request in flight while the next batch is built, none left unaccounted for."""
+        self._collect()
+        batch, self._pending, self._pending_bytes = self._pending, {}, 0
+        if self._writer_thread is None:
+            self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix=f"index-bulk-{self.alias}")
+        future = self._writer_thread.submit(self.writer.write, batch, self._bulk_sender(self._target))
+        self._in_flight = (future, batch)
+
+    def _collect(self) -> None:
+        """Wait for the batch in flight (the lock held); what it could not write is queued again (behind
+        anything newer for the same record) and its error raised."""
+        if self._in_flight is None:
+            return
+        (future, batch), self._in_flight = self._in_flight, None
+        self._unrefreshed = True
         try:
-            self.writer.write(pending)
-        finally:
-            unsent = self.writer.unsent
-            self._unrefreshed = self._unrefreshed or len(unsent) < len(pending)
-            self._pending = {**unsent, **self._pending}
-            self._pending_bytes = sum(map(len, self._pending.values()))
+            future.result()
+        except StorageError as e:
+            self._requeue(getattr(e, "unsent", batch))
+            raise
+        except BaseException:
+            self._requeue(batch)
+            raise
+
+    def _requeue(self, unsent: dict[str, bytes]) -> None:
+        self._pending = {**unsent, **self._pending}
+        self._pending_bytes = sum(map(len, self._pending.values()))
 
     def flush(self) -> None:
         """Write every queued record, then refresh so searches see them (not while rebuilding: the new
         index is refreshed once, before the alias moves to it)."""
         with self._lock:
+            self._collect()
             if self._pending:
-                self._write()
+                batch, self._pending, self._pending_bytes = self._pending, {}, 0
+                self._unrefreshed = True
+                try:
+                    self.writer.write(batch, self._bulk_sender(self._target))
+                except StorageError as e:
+                    self._requeue(getattr(e, "unsent", {}))
+                    raise
             if self._unrefreshed and self._target == self.alias:
                 self._call("refresh", "POST", f"/{self.alias}/_refresh")
                 self._unrefreshed = False
