@@ -22,11 +22,11 @@ accepted. Secrets (S3 secret key) are kept out of ``repr`` so they never reach a
 | ARCHIVE_MAX_INPUT_BYTES      | 10737418240 (10 GiB)          | larger input files are rejected at ingest     |
 | ARCHIVE_POLICIES             | (the shipped ``policies/``)   | directory of retention policy files (*.yaml)   |
 | ARCHIVE_MIN_LOCK             | P1D                           | shortest lock ever written: a record that arrives already due is still kept this long |
-| ARCHIVE_INDEX_URL            | (none: SQLite in the home)    | search engine URL (Elasticsearch 8/9, OpenSearch 2.15+/3), e.g. ``http://localhost:9200`` |
-| ARCHIVE_INDEX_ENGINE         | auto                          | ``auto`` (what answers GET / at the URL), ``elasticsearch`` or ``opensearch`` (refused if another answers) |
+| ARCHIVE_INDEX_URL            | (none: SQLite in the home)    | Elasticsearch 8/9 or OpenSearch 2.15+/3, e.g. ``http://localhost:9200`` |
+| ARCHIVE_INDEX_ENGINE         | auto                          | ``auto`` (what answers there), ``elasticsearch`` or ``opensearch`` |
 | ARCHIVE_ES_INDEX             | archive-records               | the alias searched (physical indexes ``<alias>-v<n>-<time>``) |
 | ARCHIVE_ES_API_KEY           | (none)                        | Elasticsearch API key (kept out of logs)       |
-| ARCHIVE_ES_USERNAME          | (none)                        | basic-auth user (OpenSearch security, Elasticsearch native realm); with the password |
+| ARCHIVE_ES_USERNAME          | (none)                        | basic-auth user (OpenSearch security plugin), with the password |
 | ARCHIVE_ES_PASSWORD          | (none)                        | basic-auth password (kept out of logs)         |
 | ARCHIVE_AUDIT_RETENTION      | P10Y                          | lock period of audit-log batches and checkpoints |
 | ARCHIVE_ACTOR                | (the OS user)                 | who the CLI acts as, when --actor is not given |

@@ -116,7 +116,7 @@ def _numbers(version: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def identify(body: object, headers: dict[str, str] | None = None) -> Engine:
+def identify(body: object) -> Engine:
     """The engine a ``GET /`` body describes. Raises IncompatibleEngine for anything else."""
     version = body.get("version") if isinstance(body, dict) else None
     number = version.get("number") if isinstance(version, dict) else None
@@ -223,7 +223,7 @@ def probe(url: str, *, headers: dict[str, str] | None = None, timeout: float = 3
     if resp.status != 200:
         raise IncompatibleEngine(f"the server at {where} answered GET / with {resp.status}: "
                                  f"{resp.data[:200]!r}")
-    return identify(body, dict(resp.headers))
+    return identify(body)
 
 
 def _redacted(url: str) -> str:
