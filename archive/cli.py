@@ -427,6 +427,7 @@ def cmd_status(archive: Archive, args: argparse.Namespace) -> int:
         _out(status)
         return code
     print(f"records indexed   {status['records']}")
+    print(f"index             {_index_line(status['index'])}")
     print(f"quarantined       {status['quarantined']}")
     print(f"inboxes           {', '.join(status['inboxes']) or '(none: ARCHIVE_INBOX)'}")
     w = status["workers"]
@@ -445,6 +446,14 @@ def cmd_status(archive: Archive, args: argparse.Namespace) -> int:
         print(f"last fixity sweep {s['finished_at']}: {s['records']} record(s), {s['objects']} object(s), "
               f"{s['failed']} failed")
     return code
+
+
+def _index_line(index: dict) -> str:
+    if index["engine"] == "sqlite":
+        return f"sqlite {index['version']}, schema {index['schema']}"
+    versions = ", ".join(f"v{v}" for v in index["index_template_versions"])
+    return (f"{index['engine']} {index['version']} ({index['client']}, {index['media_type']}), template "
+            f"v{index['template_version']}, {index['alias']} -> {', '.join(index['indexes'])} ({versions})")
 
 
 def cmd_inbox_scan(archive: Archive, args: argparse.Namespace) -> int:

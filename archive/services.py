@@ -107,11 +107,12 @@ class Services:
         return self.archive.settings
 
     def status(self) -> dict:
-        """Records indexed, inputs quarantined and the last fixity sweep (``archive status``, the API)."""
+        """Records indexed, the index (engine, version, schema or template version), inputs quarantined and
+        the last fixity sweep (``archive status``, the API)."""
         from archive import fixity
 
         sweep = fixity.last_sweep(self.retention)
-        return {"records": self.index.count(),
+        return {"records": self.index.count(), "index": self.index.describe(),
                 "quarantined": sum(1 for _ in self.archive.vault.names("quarantine/")),
                 "last_fixity_sweep": None if sweep is None else {
                     **{k: sweep.get(k) for k in ("started_at", "finished_at", "records", "objects")},

@@ -23,10 +23,12 @@ a URL (``http://user:password@host``) are redacted from ``repr`` and every error
 | ARCHIVE_MAX_INPUT_BYTES      | 10737418240 (10 GiB)          | larger input files are rejected at ingest     |
 | ARCHIVE_POLICIES             | (the shipped ``policies/``)   | directory of retention policy files (*.yaml)   |
 | ARCHIVE_MIN_LOCK             | P1D                           | shortest lock ever written: a record that arrives already due is still kept this long |
-| ARCHIVE_INDEX_URL            | (none: SQLite in the home)    | Elasticsearch URL, e.g. ``http://localhost:9200`` |
+| ARCHIVE_INDEX_URL            | (none: SQLite in the home)    | Elasticsearch 8/9 or OpenSearch 2.15+/3, e.g. ``http://localhost:9200`` |
+| ARCHIVE_INDEX_ENGINE         | auto                          | ``auto`` (what answers there), ``elasticsearch`` or ``opensearch`` |
 | ARCHIVE_ES_INDEX             | archive-records               | the alias searched (physical indexes ``<alias>-v<n>-<time>``) |
-| ARCHIVE_ES_MEDIA_TYPE        | compat                        | ``compat`` (Elasticsearch 8/9) or ``json`` (OpenSearch-API servers) |
 | ARCHIVE_ES_API_KEY           | (none)                        | Elasticsearch API key (kept out of logs)       |
+| ARCHIVE_ES_USERNAME          | (none)                        | basic-auth user (OpenSearch security plugin), with the password |
+| ARCHIVE_ES_PASSWORD          | (none)                        | basic-auth password (kept out of logs)         |
 | ARCHIVE_AUDIT_RETENTION      | P10Y                          | lock period of audit-log batches and checkpoints |
 | ARCHIVE_ACTOR                | (the OS user)                 | who the CLI acts as, when --actor is not given |
 | ARCHIVE_BROKER_URL           | redis://127.0.0.1:6379/0      | Celery broker: ``redis://…`` or ``amqp://…`` (RabbitMQ) |
@@ -80,9 +82,11 @@ class Settings:
     kms_region: str | None = None
     max_input_bytes: int = 10 * 1024**3
     index_url: str | None = None
+    index_engine: str = "auto"
     es_index: str = "archive-records"
-    es_media_type: str = "compat"
     es_api_key: str | None = field(default=None, repr=False)
+    es_username: str | None = None
+    es_password: str | None = field(default=None, repr=False)
     policies_dir: Path | None = None
     min_lock: str = "P1D"
     audit_retention: str = "P10Y"
@@ -173,10 +177,25 @@ class Settings:
         index_url = env.get("ARCHIVE_INDEX_URL") or None
         if index_url:
             _check_http_url(index_url, "ARCHIVE_INDEX_URL")
-        es_media_type = (env.get("ARCHIVE_ES_MEDIA_TYPE") or "compat").lower()
-        if es_media_type not in ("compat", "json"):
-            raise ConfigError(f"ARCHIVE_ES_MEDIA_TYPE={es_media_type!r} must be compat (Elasticsearch 8/9) or json "
-                              "(OpenSearch and OpenSearch-API-compatible servers)", variable="ARCHIVE_ES_MEDIA_TYPE")
+        if env.get("ARCHIVE_ES_MEDIA_TYPE"):
+            raise ConfigError("ARCHIVE_ES_MEDIA_TYPE is no longer read: the wire format follows the engine that "
+                              "answers at ARCHIVE_INDEX_URL (Elasticsearch 8/9 or OpenSearch); remove it, and set "
+                              "ARCHIVE_INDEX_ENGINE=elasticsearch or opensearch to insist on one",
+                              variable="ARCHIVE_ES_MEDIA_TYPE")
+        index_engine = (env.get("ARCHIVE_INDEX_ENGINE") or "auto").lower()
+        if index_engine not in ("auto", "elasticsearch", "opensearch"):
+            raise ConfigError(f"ARCHIVE_INDEX_ENGINE={index_engine!r} must be auto, elasticsearch or opensearch",
+                              variable="ARCHIVE_INDEX_ENGINE")
+        es_api_key = env.get("ARCHIVE_ES_API_KEY") or None
+        es_username = env.get("ARCHIVE_ES_USERNAME") or None
+        es_password = env.get("ARCHIVE_ES_PASSWORD") or None
+        if bool(es_username) != bool(es_password):
+            missing = "ARCHIVE_ES_PASSWORD" if es_username else "ARCHIVE_ES_USERNAME"
+            raise ConfigError(f"{missing} must be set together with the other search-engine credential",
+                              variable=missing)
+        if es_api_key and es_username:
+            raise ConfigError("ARCHIVE_ES_API_KEY and ARCHIVE_ES_USERNAME are two ways to sign in; set one",
+                              variable="ARCHIVE_ES_API_KEY")
         es_index = env.get("ARCHIVE_ES_INDEX") or "archive-records"
         if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,100}", es_index):
             raise ConfigError(f"ARCHIVE_ES_INDEX={es_index!r} is not an index name (lower-case letters, digits, . _ -)",
@@ -223,9 +242,11 @@ class Settings:
             kms_region=env.get("ARCHIVE_KMS_REGION") or region,
             max_input_bytes=_int(env, "ARCHIVE_MAX_INPUT_BYTES", 10 * 1024**3, 1, 2**50),
             index_url=index_url,
+            index_engine=index_engine,
             es_index=es_index,
-            es_media_type=es_media_type,
-            es_api_key=env.get("ARCHIVE_ES_API_KEY") or None,
+            es_api_key=es_api_key,
+            es_username=es_username,
+            es_password=es_password,
             policies_dir=policies_dir,
             min_lock=min_lock,
             audit_retention=audit_retention,

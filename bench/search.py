@@ -1,8 +1,10 @@
 """Benchmark: search latency on the embedded SQLite index at a million records, and bulk indexing speed on
-SQLite and on an OpenSearch-API server (osmem-server), through the archive's own index code.
+SQLite and on the search engines (osmem-server behind the strict shim of each engine profile,
+tests/engine_shim.py), through the archive's own index code.
 
-Run ``python bench/search.py [--records N] [--osmem-records N] [--queries N]`` (defaults 1,000,000, 20,000
-and 200 per kind). The last line of stdout is one JSON object:
+Run ``python bench/search.py [--records N] [--engine-records N] [--queries N]`` (defaults 1,000,000,
+20,000 and 200 per kind; ``--records 20000 --engine-records 5000 --queries 20`` for a quick run). The last
+line of stdout is one JSON object:
 
 * ``records``              records in the SQLite index
 * ``p95_ms_field``         a field filter (agent + channel), first page of 50
@@ -10,7 +12,13 @@ and 200 per kind). The last line of stdout is one JSON object:
 * ``p95_ms_phrase``        a quoted phrase from the transcripts
 * ``p95_ms_timeline``      one customer's whole timeline
 * ``index_mb``             the SQLite database with its write-ahead log
-* ``bulk_docs_per_s``      {"sqlite": …, "osmem": …}: documents indexed per second (upsert + flush)
+* ``bulk_docs_per_s``      {"sqlite": …, "elasticsearch": …, "opensearch": …}: documents indexed per second
+                           (upsert of every record, then flush), the engines through ``ElasticIndex``
+                           and the shim of the Elasticsearch 8 and OpenSearch profiles
+* ``stand_in_docs_per_s``  the same documents, already serialised, posted straight to osmem-server in
+                           bulk requests of the same size with no client and no shim: the most the
+                           stand-in itself takes on this machine (the engines' figures cannot exceed it)
+* ``engine_records``       records loaded into each engine
 
 Synthetic records: 2,000 agents, 100,000 customers, five channels, two years of start times, chat
 messages built from a vocabulary with a few fixed phrases, retention decisions and occasional holds
@@ -85,6 +93,41 @@ def load(index, n: int, seed: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def stand_in_rate(url: str, n: int) -> float:
+    """Documents per second osmem-server takes when handed the backend's own bulk bodies, serialised
+    beforehand, over one plain HTTP connection: the stand-in's ceiling."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from archive.index.bulk import BulkWriter, action
+    from archive.index.elastic import TEMPLATE_VERSION, ElasticIndex, _mappings
+
+    rng = random.Random(2)
+    actions = {}
+    for i in range(n):
+        v = view(i, rng)
+        actions[v["record_id"]] = action(v["record_id"], json.dumps(ElasticIndex._doc(v), ensure_ascii=False,
+                                                                    separators=(",", ":")).encode())
+    bodies = [b"".join(batch.values()) for batch in BulkWriter().batches(actions)]
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
+
+    def post(method, path, body, kind="application/json"):
+        conn.request(method, path, body=body, headers={"Content-Type": kind})
+        resp = conn.getresponse()
+        data = resp.read()
+        if resp.status >= 300 or (path.endswith("/_bulk") and json.loads(data).get("errors")):
+            raise RuntimeError(f"{method} {path}: {resp.status} {data[:300]!r}")
+
+    index = f"ceiling-v{TEMPLATE_VERSION}"
+    post("PUT", f"/{index}", json.dumps({"settings": {"number_of_shards": 1}, "mappings": _mappings()}).encode())
+    start = time.perf_counter()
+    for body in bodies:
+        post("POST", f"/{index}/_bulk", body, "application/x-ndjson")
+    post("POST", f"/{index}/_refresh", b"")
+    return n / (time.perf_counter() - start)
+
+
 def p95(index, queries: list[tuple], repeat: int = 1) -> float:
     times = []
     for args, kwargs in queries:
@@ -101,7 +144,7 @@ def p95(index, queries: list[tuple], repeat: int = 1) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--osmem-records", type=int, default=20_000)
+    parser.add_argument("--engine-records", type=int, default=20_000)
     parser.add_argument("--queries", type=int, default=200)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-search-"))
@@ -136,15 +179,25 @@ def main() -> None:
     }
     log(f"SQLite: {result}")
 
-    log(f"loading {args.osmem_records} records into osmem-server ...")
     from archive.index.elastic import ElasticIndex
-    from tests.servers import Osmem
+    from tests.servers import EngineShim, Osmem
 
+    rates = {"sqlite": round(sqlite_rate)}
+    for profile, name in (("elasticsearch-8", "elasticsearch"), ("opensearch-3", "opensearch")):
+        # a fresh stand-in for each run: its cost per document grows with what it already holds
+        with Osmem() as server, EngineShim(server.url, profile) as shim:
+            log(f"loading {args.engine_records} records into {name} ({profile} shim in front of osmem-server) ...")
+            engine = ElasticIndex(shim.url, alias=f"bench-{name}")
+            rates[name] = round(load(engine, args.engine_records, seed=2))
+            assert engine.count() == args.engine_records
+            engine.close()
+    log("the same documents straight into osmem-server ...")
     with Osmem() as server:
-        es = ElasticIndex(server.url, alias="bench", media_type="json")
-        osmem_rate = load(es, args.osmem_records, seed=2)
-    result["bulk_docs_per_s"] = {"sqlite": round(sqlite_rate), "osmem": round(osmem_rate)}
-    result["osmem_records"] = args.osmem_records
+        ceiling = stand_in_rate(server.url, args.engine_records)
+    result["bulk_docs_per_s"] = rates
+    result["stand_in_docs_per_s"] = round(ceiling)
+    result["engine_records"] = args.engine_records
+    log(f"bulk: {rates}, stand-in alone {ceiling:.0f}/s")
     for p in work.iterdir():
         p.unlink()
     work.rmdir()

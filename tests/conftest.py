@@ -1,5 +1,6 @@
 """Shared fixtures: a real SeaweedFS S3 server (one per session, a fresh Object Lock bucket per test),
-embedded stores and keyrings in temporary directories.
+the search engines (osmem-server behind a strict shim per engine profile: every ``es`` test runs once per
+profile), embedded stores and keyrings in temporary directories.
 
 A missing server is a failure, never a skip: the S3 tests prove WORM behaviour only against a real
 store (moto lets COMPLIANCE retention be shortened).
@@ -7,6 +8,7 @@ store (moto lets COMPLIANCE retention be shortened).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 import pytest
@@ -14,7 +16,8 @@ import pytest
 from archive.keys.keyring import KeyringProvider, create_keyring
 from archive.store.filesystem import FilesystemStore
 from archive.store.s3 import S3Store
-from tests.servers import Osmem, SeaweedS3
+from tests.engine_shim import ENGINE_PROFILES
+from tests.servers import EngineShim, Osmem, SeaweedS3
 
 
 @pytest.fixture(scope="session")
@@ -26,9 +29,30 @@ def seaweed():
 
 @pytest.fixture(scope="session")
 def osmem():
-    """An OpenSearch-API server (osmem-server) for the whole session: the Elasticsearch backend's tests."""
+    """The search stand-in (osmem-server) for the whole session; tests reach it through :func:`shims`."""
     with Osmem() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def shims(osmem):
+    """``shims(profile, version=None)``: the strict shim answering as that engine in front of osmem-server,
+    started on first use and kept for the session."""
+    started: dict = {}
+    with contextlib.ExitStack() as stack:
+        def get(profile: str, version: str | None = None) -> EngineShim:
+            if (profile, version) not in started:
+                started[profile, version] = stack.enter_context(EngineShim(osmem.url, profile, version))
+            return started[profile, version]
+        yield get
+
+
+@pytest.fixture(params=[pytest.param(p, id=p, marks=pytest.mark.es) for p in ENGINE_PROFILES])
+def engine(request, shims) -> EngineShim:
+    """Each engine profile in turn, with no injected faults."""
+    shim = shims(request.param)
+    shim.clear_faults()
+    return shim
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 This module owns the lifecycle of throw-away SeaweedFS S3 servers used by the
 tests that need genuine S3 Object Lock semantics (moto's emulation is not a
-substitute for WORM behaviour).  ``SeaweedS3`` starts ``weed mini`` on free
+substitute for WORM behaviour), of the osmem-server search stand-in and the
+strict per-engine shim in front of it (tests/engine_shim.py), and of Redis.  ``SeaweedS3`` starts ``weed mini`` on free
 loopback ports with random credentials in a private temporary directory, waits
 until a signed S3 call succeeds, and on exit stops the process and removes
 every file it created (data directory, unix sockets in /tmp).
@@ -195,7 +196,8 @@ class SeaweedS3:
 
 class Osmem:
     """An ``osmem-server`` (PyPI wheel): an in-memory server speaking the OpenSearch/Elasticsearch REST API,
-    the stand-in for Elasticsearch here. Started on a free loopback port; stopped and gone on exit."""
+    the stand-in for the search engines here — always behind an :class:`EngineShim`, which answers as the
+    real engine of a profile does. Started on a free loopback port; stopped and gone on exit."""
 
     def __init__(self) -> None:
         self.port = _free_ports(1)[0]
@@ -229,6 +231,75 @@ class Osmem:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+class EngineShim:
+    """The strict shim of tests/engine_shim.py in front of an osmem-server, answering as one engine
+    profile (``elasticsearch-8``, ``elasticsearch-9``, ``opensearch-3``; ``version`` overrides the version
+    it reports). A process of its own, so the test process stays a plain client; stopped on exit."""
+
+    def __init__(self, upstream: str, profile: str, version: str | None = None) -> None:
+        from tests.engine_shim import PROFILES
+
+        self.profile = profile
+        self.engine, self.version = PROFILES[profile][0], version or PROFILES[profile][1]
+        self.upstream = upstream
+        self.port = _free_ports(1)[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self._log = tempfile.TemporaryFile()
+
+    def __enter__(self) -> "EngineShim":
+        script = Path(__file__).with_name("engine_shim.py")
+        cmd = [sys.executable, str(script), "--upstream", self.upstream, "--profile", self.profile,
+               "--version", self.version, "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + _STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._log.seek(0)
+                raise RuntimeError(f"engine shim exited {self.proc.returncode}: {self._log.read()[-2000:]!r}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return self
+            time.sleep(0.02)
+        self.__exit__()
+        raise RuntimeError("engine shim did not start listening")
+
+    def __exit__(self, *exc_info) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(_STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+    # -- controls (tests/engine_shim.py) -----------------------------------------------------------------
+
+    def _control(self, method: str, path: str, body=None):
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def fail_bulk_items(self, ids, status: int, times: int | None = 1, type: str | None = None) -> None:
+        """The next ``times`` bulk actions for each of ``ids`` fail with ``status`` (None: every one)."""
+        self._control("POST", "/_shim/bulk-faults", {"ids": list(ids), "status": status, "times": times,
+                                                     "type": type})
+
+    def clear_faults(self) -> None:
+        self._control("DELETE", "/_shim/bulk-faults")
+
+    def requests(self) -> list[dict]:
+        """Every request the shim answered since the last :meth:`clear_log`."""
+        return self._control("GET", "/_shim/log")
+
+    def clear_log(self) -> None:
+        self._control("DELETE", "/_shim/log")
 
 
 class Redis:

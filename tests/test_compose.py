@@ -1,7 +1,9 @@
 """docker-compose.yml, checked without a Docker engine (none on these machines): the file parses; every
 service the archive needs is declared; the archive's settings name those services at the ports they
-listen on and pass the archive's own validation; the buckets MinIO is told to create (the archive's with
-Object Lock) are the ones the settings use; no secret is written in the file; dependencies exist."""
+listen on and pass the archive's own validation; the Elasticsearch image and the client installed (and
+every client pyproject.toml allows) can talk, by the rule the archive enforces at start; the buckets
+MinIO is told to create (the archive's with Object Lock) are the ones the settings use; no secret is
+written in the file; dependencies exist."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pytest
 import yaml
 
 from archive.settings import Settings
@@ -51,10 +54,40 @@ def test_archive_settings_point_at_the_declared_services_and_validate():
         assert urlparse(settings.s3_endpoint_url).hostname == "minio"
         assert urlparse(settings.s3_endpoint_url).port == 9000 and "9000:9000" in SERVICES["minio"]["ports"]
         assert urlparse(settings.index_url).hostname == "elasticsearch" and urlparse(settings.index_url).port == 9200
-        assert settings.es_media_type == "compat"  # a real Elasticsearch, not an OpenSearch-API stand-in
+        assert settings.index_engine == "elasticsearch"  # a different engine at that URL is refused at start
         assert urlparse(settings.broker_url).hostname == "redis" and settings.redis_url == settings.broker_url
         assert settings.inboxes and all(i.startswith("s3://") for i in settings.inboxes)
         assert all(k.startswith("ARCHIVE_") for k in env)
+
+
+def test_the_elasticsearch_image_and_the_client_can_talk():
+    """The compose image's version against the client installed here and every client major the pin
+    allows, by the rule the archive enforces at start (archive/index/engines.py): fails when the client's
+    major cannot talk to the image's (the 9.x client and Elasticsearch 8, say)."""
+    import tomllib
+
+    from packaging.specifiers import SpecifierSet
+
+    from archive.index import engines
+
+    image, _, tag = SERVICES["elasticsearch"]["image"].rpartition(":")
+    assert image == "docker.elastic.co/elasticsearch/elasticsearch" and re.fullmatch(r"\d+\.\d+\.\d+", tag)
+    server = engines.Engine("elasticsearch", tag, "default")
+    settings = Settings.from_env(_resolved(_env("worker")))
+    installed = engines.installed_client("elasticsearch")
+    engines.check(server, installed, wanted=settings.index_engine)  # what archive-init would do at start
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    [pin] = [d for d in deps if re.match(r"elasticsearch\b", d)]
+    assert pin == engines.ES_CLIENT_PIN  # the install hint the start-up error gives is the pin
+    allowed = SpecifierSet(pin.removeprefix("elasticsearch"))
+    assert installed.version in allowed
+    majors = [m for m in range(6, 12) if any(f"{m}.{n}.0" in allowed for n in range(0, 40))]
+    assert majors == [8]
+    for major in majors:
+        engines.check(server, engines.Client("elasticsearch-py", f"{major}.19.0"))
+    with pytest.raises(engines.IncompatibleEngine, match=tag):  # the check can fail: one client major too new
+        engines.check(server, engines.Client("elasticsearch-py", f"{server.major + 1}.0.0"))
 
 
 def test_minio_creates_the_buckets_the_archive_uses_with_object_lock_on_the_archive():

@@ -18,6 +18,7 @@ from archive.search.document import mask_pci
 from archive.search.query import And, Field, Not, Or, QuerySyntaxError, Range, Text, parse
 from archive.services import init_archive
 from archive.settings import Settings
+from tests.engine_shim import ENGINE_PROFILES
 from tests.test_retention import wav
 
 # --- the language ----------------------------------------------------------------------------------------
@@ -104,16 +105,16 @@ QUERIES = [
 
 
 def make_index(request, kind: str, root: Path, name: str):
-    """An empty index of one backend: SQLite in a file, or Elasticsearch (osmem-server) under a fresh alias."""
+    """An empty index of one backend: SQLite in a file, or a search engine profile (osmem-server behind the
+    strict shim, tests/engine_shim.py) under a fresh alias, the engine found as in production."""
     if kind == "sqlite":
         return SqliteIndex(root / f"{name}.sqlite")
     from archive.index.elastic import ElasticIndex
 
-    return ElasticIndex(request.getfixturevalue("osmem").url, alias=f"t{uuid.uuid4().hex[:12]}-{name}",
-                        media_type="json")
+    return ElasticIndex(request.getfixturevalue("shims")(kind).url, alias=f"t{uuid.uuid4().hex[:12]}-{name}")
 
 
-BACKENDS = ["sqlite", pytest.param("elasticsearch", marks=pytest.mark.es)]
+BACKENDS = ["sqlite", *(pytest.param(p, id=p, marks=pytest.mark.es) for p in ENGINE_PROFILES)]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -188,7 +189,8 @@ def test_card_data_never_reaches_the_index_but_the_sealed_original_is_intact(cor
         raw = b"".join(p.read_bytes() for p in index_files)  # the database and its write-ahead log
         assert len(index_files) >= 2
     else:  # every document as the server holds it
-        hits = ingestor.index.es.search(index=ingestor.index.alias, size=100)["hits"]["hits"]
+        hits = ingestor.index.client.request("test", "POST", f"/{ingestor.index.alias}/_search",
+                                             body={"size": 100})["hits"]["hits"]
         raw = json.dumps([h["_source"] for h in hits], ensure_ascii=False).encode()
     assert b"**** **** **** 1111" in raw
     assert b"4111 1111 1111 1111" not in raw and b"4111111111111111" not in raw
@@ -247,14 +249,13 @@ def test_a_bad_cursor_or_facet_is_an_input_error(corpus):
         ingestor.index.query("", facets=("colour",))
 
 
-@pytest.mark.es
-def test_both_backends_answer_every_query_alike(request, tmp_path_factory):
+def test_both_backends_answer_every_query_alike(request, tmp_path_factory, engine):
     """One store, both indexes built from it: the same records in the same order, the same facets, the
-    same timelines, page by page."""
+    same timelines, page by page — on each engine profile."""
     from archive.retention.service import Retention
 
     arch, ingestor, *_ = build_corpus(request, "sqlite", tmp_path_factory.mktemp("both"))
-    es = make_index(request, "elasticsearch", tmp_path_factory.mktemp("es"), "both")
+    es = make_index(request, engine.profile, tmp_path_factory.mktemp("es"), "both")
     Retention(arch, es).rebuild_index()
     sqlite = ingestor.index
     queries = QUERIES + ["agent:1042 OR tag:vip", "-channel:chat refund", "NOT (agent:2207 OR hold:case-1)",
@@ -282,21 +283,6 @@ def test_both_backends_answer_every_query_alike(request, tmp_path_factory):
         assert names(sqlite.timeline(field_name, value)) == names(es.timeline(field_name, value))
     for kind, value in (("account", "AC-1"), ("contract", "none"), ("customer", "C-2")):
         assert sqlite.find(kind, value) == es.find(kind, value)
-
-
-@pytest.mark.es
-def test_the_media_type_is_a_setting_and_a_refusal_says_what_happened(osmem):
-    from archive.errors import StorageError
-    from archive.index.elastic import ElasticIndex
-
-    with pytest.raises(StorageError, match="406"):  # osmem, like OpenSearch, refuses the compat media type
-        ElasticIndex(osmem.url, alias=f"t{uuid.uuid4().hex[:12]}", media_type="compat")
-    index = ElasticIndex(osmem.url, alias=f"t{uuid.uuid4().hex[:12]}", media_type="json")
-    assert index.count() == 0
-    from archive.index.elastic import IndexUnavailable
-
-    with pytest.raises(IndexUnavailable, match="template install failed"):
-        ElasticIndex("http://127.0.0.1:1", alias="x", media_type="json", timeout=1)
 
 
 def test_an_index_from_before_the_query_language_migrates_and_stays_searchable(tmp_path):

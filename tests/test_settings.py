@@ -39,7 +39,10 @@ def test_s3_secret_never_appears_in_repr():
     ({"ARCHIVE_S3_ENDPOINT_URL": "localhost:9000"}, "ARCHIVE_S3_ENDPOINT_URL"),
     ({"ARCHIVE_S3_PART_SIZE": "1000"}, "ARCHIVE_S3_PART_SIZE"),
     ({"ARCHIVE_INDEX_URL": "localhost:9200"}, "ARCHIVE_INDEX_URL"),
-    ({"ARCHIVE_ES_MEDIA_TYPE": "xml"}, "ARCHIVE_ES_MEDIA_TYPE"),
+    ({"ARCHIVE_ES_MEDIA_TYPE": "json"}, "ARCHIVE_ES_MEDIA_TYPE"),  # no longer read: the engine decides
+    ({"ARCHIVE_INDEX_ENGINE": "solr"}, "ARCHIVE_INDEX_ENGINE"),
+    ({"ARCHIVE_ES_USERNAME": "archive"}, "ARCHIVE_ES_PASSWORD"),
+    ({"ARCHIVE_ES_API_KEY": "k", "ARCHIVE_ES_USERNAME": "u", "ARCHIVE_ES_PASSWORD": "p"}, "ARCHIVE_ES_API_KEY"),
     ({"ARCHIVE_ES_INDEX": "Records"}, "ARCHIVE_ES_INDEX"),
     ({"ARCHIVE_MIN_LOCK": "1 day"}, "ARCHIVE_MIN_LOCK"),
     ({"ARCHIVE_POLICIES": "/no/such/policies"}, "ARCHIVE_POLICIES"),
@@ -48,6 +51,15 @@ def test_invalid_settings_name_the_variable(env, variable):
     with pytest.raises(ConfigError) as e:
         Settings.from_env(env, cwd=Path("/"))
     assert variable in str(e.value) and e.value.details["variable"] == variable
+
+
+def test_search_engine_secrets_never_appear_in_repr():
+    s = Settings.from_env({"ARCHIVE_INDEX_URL": "https://search:9200", "ARCHIVE_INDEX_ENGINE": "OpenSearch",
+                           "ARCHIVE_ES_USERNAME": "archive", "ARCHIVE_ES_PASSWORD": "very-secret-value"},
+                          cwd=Path("/"))
+    assert (s.index_engine, s.es_username, s.es_password) == ("opensearch", "archive", "very-secret-value")
+    assert "very-secret-value" not in repr(s)
+    assert "key-value" not in repr(Settings.from_env({"ARCHIVE_ES_API_KEY": "key-value"}, cwd=Path("/")))
 
 
 def test_there_is_no_way_to_turn_encryption_off():

@@ -1,4 +1,4 @@
-"""The index contract every backend keeps (SQLite embedded, Elasticsearch at scale).
+"""The index contract every backend keeps (SQLite embedded; Elasticsearch or OpenSearch at scale).
 
 An index is a derived view: documents built by :mod:`archive.search.document` from records in the store,
 queried with the parsed language of :mod:`archive.search.query`. Both backends answer the same query with
@@ -15,6 +15,7 @@ asserts it over a shared corpus). Methods:
     timeline(field, value)          one customer's records, oldest first
     find(kind, value)               records an event selects (account, contract, customer)
     count() / record_ids()
+    describe()                      the engine, its version and schema or template version (archive status)
 """
 
 from __future__ import annotations

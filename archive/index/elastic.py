@@ -1,68 +1,47 @@
-"""Elasticsearch index: the same documents and the same query language as the embedded SQLite index, for
-archives that outgrow one machine. Through the official ``elasticsearch`` client.
+"""The index on a search engine — Elasticsearch 8 or 9, or OpenSearch 2.15+ and 3 — with the same
+documents and the same query language as the embedded SQLite index, for archives that outgrow one
+machine. Each engine through its own official client (archive/index/engines.py: which engine answers,
+the supported matrix, the media types); the requests are the same REST calls on both.
 
 * A versioned **index template** (``<alias>-template``, :data:`TEMPLATE_VERSION`) maps every physical
   index ``<alias>-v<version>-<created>``; searches and writes go through the **alias** ``<alias>``. A
   rebuild fills a new physical index and swaps the alias in one ``_aliases`` call, so search never sees
-  an empty or half-built index.
+  an empty or half-built index; while it is filled its refresh is off (``index.refresh_interval: -1``)
+  and it is restored and refreshed once before the swap.
 * Documents: ``record_id`` and ``started_utc`` (keywords; ISO UTC strings sort and compare like the
   SQLite index's), ``month``, one keyword field ``f_<field>`` per query field (dots become ``__``), the
   masked, case-folded ``text`` as a ``wildcard`` field (substring matching, as the SQLite trigram index
   does, in any language) and the stored view (``record``, not indexed).
-* Writes go through ``helpers.bulk``; pages use ``search_after`` on (started_utc, record_id), never
+* Writes are serialised once, at upsert, and sent in ``_bulk`` requests sized by bytes, with failed items
+  retried alone (archive/index/bulk.py); a batch that fills up is written by a thread of its own without
+  a refresh while the next fills (one request in flight), and :meth:`ElasticIndex.flush` writes the rest
+  and refreshes once. Pages use ``search_after`` on (started_utc, record_id), never
   ``from``, so deep pages never hit ``max_result_window``. Facets are ``terms`` aggregations ordered as
   the SQLite backend orders them. No scripts and no point-in-time are used.
-
-``media_type`` chooses the wire format: ``compat`` (the client's default
-``application/vnd.elasticsearch+json; compatible-with=N``, what Elasticsearch 8/9 expect) or ``json``
-(plain ``application/json``: OpenSearch and OpenSearch-API-compatible servers, which answer the compat
-media type with 406). Setting: ``ARCHIVE_ES_MEDIA_TYPE``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 from archive.errors import StorageError
 from archive.index.base import (FACET_FIELD, FACET_SIZE, FIND_FIELD, MONTHS, Page, check_facets, decode_cursor,
                                 encode_cursor)
+from archive.index.bulk import BulkWriter, action
+from archive.index.engines import EngineClient, IndexUnavailable, connect  # noqa: F401 - IndexUnavailable re-exported
 from archive.search import document
 from archive.search.query import FIELDS, All, And, Field, Not, Or, Query, Range, Text, parse
 
 TEMPLATE_VERSION = 1
-_VND = re.compile(r"application/vnd\.elasticsearch\+(json|x-ndjson); compatible-with=\d+")
 _CHUNK = 1000  # hits per request when a page or an id scan is larger
-
-
-class IndexUnavailable(StorageError):
-    code = "index_unavailable"
-    http_status = 503
-    transient = True
-
-
-def _client(url: str, media_type: str, api_key: str | None, timeout: float):
-    from elastic_transport import Transport
-    from elasticsearch import Elasticsearch
-
-    class PlainJSONTransport(Transport):
-        """Sends application/json instead of the client's compatibility media type."""
-
-        def perform_request(self, method, target, *, headers=None, **kw):
-            if headers:
-                headers = headers.copy()
-                for name in ("accept", "content-type"):
-                    if name in headers:
-                        headers[name] = _VND.sub(r"application/\1", headers[name])
-            return super().perform_request(method, target, headers=headers, **kw)
-
-    options = {"request_timeout": timeout, "api_key": api_key} if api_key else {"request_timeout": timeout}
-    if media_type == "json":
-        options["transport_class"] = PlainJSONTransport
-    return Elasticsearch(url, **options)
 
 
 def _f(field_name: str) -> str:
@@ -84,83 +63,138 @@ def _mappings() -> dict:
     }
 
 
-
 class ElasticIndex:
-    """The index on Elasticsearch (or an OpenSearch-API-compatible cluster)."""
+    """The index on Elasticsearch or OpenSearch; ``engine`` is ``auto`` (what answers at ``url``),
+    ``elasticsearch`` or ``opensearch`` (refused when something else answers)."""
 
-    BATCH = 500
-
-    def __init__(self, url: str, *, alias: str = "archive-records", media_type: str = "compat",
-                 api_key: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, *, alias: str = "archive-records", engine: str = "auto",
+                 api_key: str | None = None, username: str | None = None, password: str | None = None,
+                 timeout: float = 30.0, client: EngineClient | None = None) -> None:
         self.alias = alias
-        self.es = _client(url, media_type, api_key, timeout)
+        self.client = client or connect(url, wanted=engine, api_key=api_key, username=username, password=password,
+                                        timeout=timeout)
+        self.engine = self.client.engine
         self._lock = threading.RLock()
-        self._pending: dict[str, dict] = {}
+        self._pending: dict[str, bytes] = {}  # record id → its bulk action, serialised
+        self._pending_bytes = 0
+        self._unrefreshed = False
         self._target = alias  # where upserts go: the alias, or a new index while rebuilding
+        self.writer = BulkWriter(what=f"{self.engine.title} bulk index")
+        self._writer_thread: ThreadPoolExecutor | None = None
+        self._in_flight: tuple[Future, dict[str, bytes]] | None = None
         self._ensure()
 
     # --- setup -------------------------------------------------------------------------------------------
 
-    def _call(self, what: str, fn, *args, **kw):
-        from elasticsearch import ApiError, TransportError
-
-        try:
-            return fn(*args, **kw)
-        except TransportError as e:
-            raise IndexUnavailable(f"Elasticsearch at {self._where()}: {what} failed: {e}") from e
-        except ApiError as e:
-            raise StorageError(f"Elasticsearch {what} refused ({e.meta.status}): {e.message}",
-                               status=e.meta.status) from e
-
-    def _where(self) -> str:
-        try:
-            return ", ".join(str(n.base_url) for n in self.es.transport.node_pool.all())
-        except Exception:  # noqa: BLE001 - only for the message
-            return "(configured URL)"
+    def _call(self, what: str, method: str, path: str, **kw):
+        return self.client.request(what, method, path, **kw)
 
     def _ensure(self) -> None:
         """Install the template and, when the alias is missing, a first physical index behind it."""
-        self._call("template install", self.es.indices.put_index_template, name=f"{self.alias}-template",
-                   index_patterns=[f"{self.alias}-v*"], version=TEMPLATE_VERSION,
-                   template={"settings": {"number_of_shards": 1}, "mappings": _mappings()})
-        if not self._call("alias check", self.es.indices.exists_alias, name=self.alias):
+        self._call("template install", "PUT", f"/_index_template/{self.alias}-template", body={
+            "index_patterns": [f"{self.alias}-v*"], "version": TEMPLATE_VERSION,
+            "template": {"settings": {"number_of_shards": 1}, "mappings": _mappings()}})
+        if not self._call("alias check", "HEAD", f"/_alias/{self.alias}"):
             index = self._new_index()
-            self._call("alias create", self.es.indices.update_aliases,
-                       actions=[{"add": {"index": index, "alias": self.alias}}])
+            self._call("alias create", "POST", "/_aliases",
+                       body={"actions": [{"add": {"index": index, "alias": self.alias}}]})
 
     def _new_index(self) -> str:
         name = f"{self.alias}-v{TEMPLATE_VERSION}-{datetime.now(UTC):%Y%m%d%H%M%S%f}"
-        self._call("index create", self.es.indices.create, index=name)
+        self._call("index create", "PUT", f"/{name}")
         return name
 
+    def _behind_alias(self) -> list[str]:
+        return sorted(self._call("alias lookup", "GET", f"/_alias/{self.alias}"))
+
+    def describe(self) -> dict:
+        """The engine, its version, the client and media type, the installed template's version, and the
+        physical index behind the alias with the template version it was made from (``archive status``)."""
+        templates = self._call("template lookup", "GET", f"/_index_template/{self.alias}-template")
+        installed = [t["index_template"].get("version") for t in templates.get("index_templates", [])]
+        indexes = self._behind_alias()
+        mappings = self._call("mapping lookup", "GET", f"/{self.alias}/_mapping")
+        made_from = sorted({(m.get("mappings", {}).get("_meta") or {}).get("archive_template_version")
+                            for m in mappings.values()}, key=str)
+        return {"engine": self.engine.name, "version": self.engine.version, "client": self.client.client.title,
+                "media_type": self.client.media_type, "template_version": installed[0] if installed else None,
+                "alias": self.alias, "indexes": indexes, "index_template_versions": made_from}
+
     def close(self) -> None:
-        self.flush()
-        self.es.close()
+        try:
+            self.flush()
+        finally:
+            if self._writer_thread is not None:
+                self._writer_thread.shutdown()
+            self.client.close()
 
     # --- writing -------------------------------------------------------------------------------------------
 
     def upsert(self, view: dict) -> None:
+        """Queue a record (serialised now); when the queue would pass a batch's size, the batch goes out on
+        the writer thread while the next one fills. An error of the batch before is raised here."""
+        rid = view["record_id"]
+        line = action(rid, json.dumps(self._doc(view), ensure_ascii=False, separators=(",", ":")).encode())
         with self._lock:
-            self._pending[view["record_id"]] = view
-            if len(self._pending) >= self.BATCH:
-                self.flush()
+            old = self._pending.pop(rid, None)
+            if old:
+                self._pending_bytes -= len(old)
+            try:
+                if self._pending and self._pending_bytes + len(line) > self.writer.max_bytes:
+                    self._send_behind()
+            finally:  # queued even when the batch before failed: that error is about other records
+                self._pending[rid] = line
+                self._pending_bytes += len(line)
+
+    def _bulk_sender(self, target: str):
+        return lambda body: self._call("bulk index", "POST", f"/{target}/_bulk", body=body, ndjson=True)
+
+    def _send_behind(self) -> None:
+        """Hand the queue, a full batch, to the writer thread (the lock held), once the batch before it is
+        done: one bulk request in flight while the next batch is built, none left unaccounted for."""
+        self._collect()
+        batch, self._pending, self._pending_bytes = self._pending, {}, 0
+        if self._writer_thread is None:
+            self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix=f"index-bulk-{self.alias}")
+        future = self._writer_thread.submit(self.writer.write, batch, self._bulk_sender(self._target))
+        self._in_flight = (future, batch)
+
+    def _collect(self) -> None:
+        """Wait for the batch in flight (the lock held); what it could not write is queued again (behind
+        anything newer for the same record) and its error raised."""
+        if self._in_flight is None:
+            return
+        (future, batch), self._in_flight = self._in_flight, None
+        self._unrefreshed = True
+        try:
+            future.result()
+        except StorageError as e:
+            self._requeue(getattr(e, "unsent", batch))
+            raise
+        except BaseException:
+            self._requeue(batch)
+            raise
+
+    def _requeue(self, unsent: dict[str, bytes]) -> None:
+        self._pending = {**unsent, **self._pending}
+        self._pending_bytes = sum(map(len, self._pending.values()))
 
     def flush(self) -> None:
-        """Bulk-write every queued record, then refresh so searches see them."""
-        from elasticsearch import helpers
-
+        """Write every queued record, then refresh so searches see them (not while rebuilding: the new
+        index is refreshed once, before the alias moves to it)."""
         with self._lock:
-            if not self._pending:
-                return
-            pending, self._pending = self._pending, {}
-            actions = [{"_op_type": "index", "_index": self._target, "_id": rid, "_source": self._doc(view)}
-                       for rid, view in pending.items()]
-            try:
-                self._call("bulk index", helpers.bulk, self.es, actions, raise_on_error=True)
-                self._call("refresh", self.es.indices.refresh, index=self._target)
-            except BaseException:
-                self._pending = {**pending, **self._pending}
-                raise
+            self._collect()
+            if self._pending:
+                batch, self._pending, self._pending_bytes = self._pending, {}, 0
+                self._unrefreshed = True
+                try:
+                    self.writer.write(batch, self._bulk_sender(self._target))
+                except StorageError as e:
+                    self._requeue(getattr(e, "unsent", {}))
+                    raise
+            if self._unrefreshed and self._target == self.alias:
+                self._call("refresh", "POST", f"/{self.alias}/_refresh")
+                self._unrefreshed = False
 
     @staticmethod
     def _doc(view: dict) -> dict:
@@ -173,41 +207,56 @@ class ElasticIndex:
 
     def delete(self, record_id: str) -> None:
         self.flush()
-        self._call("delete", self.es.options(ignore_status=404).delete, index=self.alias, id=record_id,
-                   refresh=True)
+        rid = quote(record_id, safe="")
+        self._call("delete", "DELETE", f"/{self.alias}/_doc/{rid}", params={"refresh": "true"}, ok=(404,))
+        if self._target != self.alias:  # being rebuilt: the new index may hold it already
+            self._call("delete", "DELETE", f"/{self._target}/_doc/{rid}", ok=(404,))
+
+    def _refresh_interval(self, index: str, value) -> None:
+        self._call("settings update", "PUT", f"/{index}/_settings", body={"index": {"refresh_interval": value}})
 
     @contextmanager
     def rebuilding(self):
-        """A new physical index to fill; when the block ends the alias moves to it in one call and the old
-        indexes are dropped. Search keeps answering from the old index until then."""
+        """A new physical index to fill, with refresh off; when the block ends its refresh interval is
+        restored, it is refreshed, the alias moves to it in one call and the old indexes are dropped.
+        Search keeps answering from the old index until then."""
         self.flush()
         fresh = self._new_index()
-        old = list(self._call("alias lookup", self.es.indices.get_alias, name=self.alias).body)
+        old = self._behind_alias()
+        settings = self._call("settings lookup", "GET", f"/{fresh}/_settings", params={"flat_settings": "true"})
+        before = settings.get(fresh, {}).get("settings", {}).get("index.refresh_interval")  # None: the default
+        self._refresh_interval(fresh, "-1")
         with self._lock:
             self._target = fresh
         try:
             yield self
             self.flush()
+            self._refresh_interval(fresh, before)
+            self._call("refresh", "POST", f"/{fresh}/_refresh")
+            actions = [{"add": {"index": fresh, "alias": self.alias}}] + \
+                      [{"remove": {"index": name, "alias": self.alias}} for name in old]
+            self._call("alias swap", "POST", "/_aliases", body={"actions": actions})
         except BaseException:
-            with self._lock:
+            with self._lock:  # what was queued for the new index goes to the one searched instead
                 self._target = self.alias
-                self._pending.clear()
-            self._call("index drop", self.es.options(ignore_status=404).indices.delete, index=fresh)
+            with contextlib.suppress(StorageError):
+                self._call("index drop", "DELETE", f"/{fresh}", ok=(404,))
             raise
-        actions = [{"add": {"index": fresh, "alias": self.alias}}] + \
-                  [{"remove": {"index": name, "alias": self.alias}} for name in old]
-        self._call("alias swap", self.es.indices.update_aliases, actions=actions)
         with self._lock:
             self._target = self.alias
+            self._unrefreshed = False
         for name in old:
-            self._call("index drop", self.es.options(ignore_status=404).indices.delete, index=name)
+            self._call("index drop", "DELETE", f"/{name}", ok=(404,))
 
     # --- reading -------------------------------------------------------------------------------------------
 
     def get(self, record_id: str) -> dict | None:
         self.flush()
-        resp = self._call("get", self.es.options(ignore_status=404).get, index=self.alias, id=record_id)
+        resp = self._call("get", "GET", f"/{self.alias}/_doc/{quote(record_id, safe='')}", ok=(404,))
         return resp["_source"]["record"] if resp.get("found") else None
+
+    def _search(self, what: str, body: dict) -> dict:
+        return self._call(what, "POST", f"/{self.alias}/_search", body=body)
 
     def query(self, query: str | Query, *, limit: int = 50, cursor: str | None = None,
               facets: tuple[str, ...] = (), total: bool = False) -> Page:
@@ -226,9 +275,13 @@ class ElasticIndex:
         first = True
         while len(records) < limit + 1:
             size = min(_CHUNK, limit + 1 - len(records))
-            resp = self._call("search", self.es.search, index=self.alias, query=body, sort=sort, size=size,
-                              search_after=after, track_total_hits=bool(total and first),
-                              aggs=aggs if (aggs and first) else None, source=["record"])
+            request = {"query": body, "sort": sort, "size": size, "track_total_hits": bool(total and first),
+                       "_source": ["record"]}
+            if after is not None:
+                request["search_after"] = after
+            if aggs and first:
+                request["aggs"] = aggs
+            resp = self._search("search", request)
             if first:
                 counted = resp["hits"]["total"]["value"] if total else None
                 facet_counts = {name: _buckets(resp["aggregations"][name]) for name in facets}
@@ -261,7 +314,7 @@ class ElasticIndex:
 
     def count(self) -> int:
         self.flush()
-        return self._call("count", self.es.count, index=self.alias)["count"]
+        return self._call("count", "GET", f"/{self.alias}/_count")["count"]
 
     def record_ids(self) -> Iterator[str]:
         yield from sorted(self._scan({"match_all": {}}))
@@ -271,8 +324,10 @@ class ElasticIndex:
         self.flush()
         out, after = [], None
         while True:
-            hits = self._call("scan", self.es.search, index=self.alias, query=query, sort=[{"record_id": "asc"}],
-                              size=_CHUNK, search_after=after, source=False)["hits"]["hits"]
+            request = {"query": query, "sort": [{"record_id": "asc"}], "size": _CHUNK, "_source": False}
+            if after is not None:
+                request["search_after"] = after
+            hits = self._search("scan", request)["hits"]["hits"]
             out += [h["_id"] for h in hits]
             if len(hits) < _CHUNK:
                 return out

@@ -187,6 +187,12 @@ class SqliteIndex:
                 self._readers.append(db)
         return db
 
+    def describe(self) -> dict:
+        """The engine (SQLite and its version) and the schema migration applied last (``archive status``)."""
+        with self._lock:
+            [schema] = self.db.execute("SELECT max(name) FROM schema_migrations").fetchone()
+        return {"engine": "sqlite", "version": sqlite3.sqlite_version, "schema": schema}  # no path: the API shows it
+
     def close(self) -> None:
         self.flush()
         self.db.close()
