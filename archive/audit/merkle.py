@@ -82,6 +82,26 @@ class MerkleAccumulator:
         for leaf in leaves:
             self.append(leaf)
 
+    @property
+    def peaks(self) -> tuple[bytes, ...]:
+        """The compact range: roots of the perfect subtrees, largest (leftmost) first; with ``size`` it is
+        the whole state, so a writer can carry it forward instead of re-reading every leaf."""
+        return tuple(self._peaks)
+
+    @classmethod
+    def from_peaks(cls, size: int, peaks: Sequence[bytes]) -> MerkleAccumulator:
+        """The accumulator of a tree of ``size`` leaves whose peaks are ``peaks``. Raises ValueError when
+        they cannot belong together (one peak per set bit of ``size``, each a 32-byte hash)."""
+        if not _is_size(size) or len(peaks) != bin(size).count("1") or not all(_is_hash(p) for p in peaks):
+            raise ValueError(f"{len(peaks)} peaks do not make a tree of {size} leaves")
+        acc = cls()
+        acc._peaks = [bytes(p) for p in peaks]
+        acc.size = size
+        return acc
+
+    def copy(self) -> MerkleAccumulator:
+        return MerkleAccumulator.from_peaks(self.size, self._peaks)
+
     def root(self) -> bytes:
         """MTH of the leaves appended so far (``EMPTY_ROOT`` for none)."""
         peaks = self._peaks
