@@ -355,17 +355,28 @@ def cmd_fixity(archive: Archive, args: argparse.Namespace) -> int:
     if show:
         print(file=sys.stderr)
     failed = [f["record_id"] for f in summary["failed"]]
+    findings = summary["reconciliation"]["findings"]
     # the records a finding was sealed for are named, so each one's trail shows the failed check
-    args.audit_target.update({"records_checked": summary["records"], **({"records": failed} if failed else {})})
+    args.audit_target.update({"records_checked": summary["records"], **({"records": failed} if failed else {}),
+                              **({"reconciliation_findings": len(findings)} if findings else {})})
     if args.json:
         _out(summary)
     else:
         for f in summary["failed"]:
             for problem in f["problems"]:
                 print(f"FAILED  {f['record_id']}  {problem['object']}: {problem['problem']}")
+        for f in findings:
+            if "record_id" not in f:
+                print(f"FAILED  {f['object']}: {f['message']}")
+        for name in summary["orphans"]:
+            print(f"orphan  {name}: sealed without a seal receipt (a crash while writing it); not part of any "
+                  "record, never read")
+        rec = summary["reconciliation"]
         print(f"fixity: {summary['records']} record(s), {summary['objects']} object(s), "
-              f"{summary['bytes']} bytes read back; {len(summary['failed'])} failed")
-    return 1 if summary["failed"] else 0
+              f"{summary['bytes']} bytes read back; {len(summary['failed'])} failed; audit trail reconciled: "
+              f"{rec['records_in_trail']} record(s) ingested, {rec['present']} present, {rec['disposed']} disposed, "
+              f"{len(findings)} finding(s); {len(summary['orphans'])} orphan(s)")
+    return 1 if summary["failed"] or findings else 0
 
 
 def cmd_status(archive: Archive, args: argparse.Namespace) -> int:
@@ -590,25 +601,45 @@ def cmd_audit_checkpoint(archive: Archive, args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(archive: Archive, args: argparse.Namespace) -> int:
-    from archive.audit.verify import verify
+    from archive.audit.reconcile import check_archive
 
-    trusted = archive.keys.signing_public_keys() if hasattr(archive.keys, "signing_public_keys") else {}
-    report = verify(archive.audit, trusted, witness=archive.settings.audit_witness_path)
+    result = check_archive(archive, _retention(archive))
+    report, store = result.log, result.store
+    args.audit_target.update({"events": report.events, "problems": len(report.problems),
+                              "store_findings": len(store.findings),
+                              **({"records": sorted({f.record_id for f in store.findings if f.record_id})}
+                                 if store.findings else {})})
     if args.json:
-        _out({"ok": report.ok, "events": report.events, "batches": report.batches,
-              "checkpoints": report.checkpoints, "problems": [p.__dict__ for p in report.problems]})
-    elif report.ok:
+        _out(result.as_dict())
+        return 0 if result.ok else 5
+    if report.ok:
         latest = report.latest_checkpoint
         print(f"audit log verified: {report.events} events in {report.batches} batches, {report.checkpoints} "
               f"signed checkpoint(s)" + (f", newest at {latest['size']} ({latest['time']})" if latest else
                                          " (none yet: run 'archive audit checkpoint')"))
+        if report.checkpoint_written:
+            print(f"  the {report.tail} event(s) after the newest checkpoint are now checkpointed at "
+                  f"{report.checkpoint_written['size']}")
     else:
         first = report.first
         print(f"audit log FAILED verification: first bad position {first.position} [{first.kind}] {first.message}")
         for p in report.problems:
             if p is not first:
                 print(f"  also at {p.position} [{p.kind}] {p.message}")
-    return 0 if report.ok else 5
+    witness = report.witness
+    print(f"  witness {witness.get('where', '(none)')}: "
+          + (f"held a checkpoint of {witness['size']} events" if "size" in witness else "held nothing yet"))
+    if result.witness_inside_home:
+        print("  WARNING: the witness is inside the archive home: whoever can delete the checkpoints can delete "
+              "it too. Set ARCHIVE_AUDIT_WITNESS to a file on another disk or an s3:// bucket of its own.")
+    if store.ok:
+        print(f"store reconciled with the trail: {store.records_in_trail} record(s) ingested, {store.present} "
+              f"present, {store.disposed} disposed with a certificate, {store.held_objects} held object(s) checked")
+    else:
+        print(f"store does NOT match the audit trail: {len(store.findings)} finding(s)")
+        for f in store.findings:
+            print(f"  MISSING [{f.kind}] {f.message}")
+    return 0 if result.ok else 5
 
 
 def cmd_audit_show(archive: Archive, args: argparse.Namespace) -> int:
@@ -1051,8 +1082,13 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Compute the Merkle root of the whole log and store it signed (Ed25519).")
     p.set_defaults(run=cmd_audit_checkpoint)
     p = asub.add_parser("verify", help="recompute everything; name the first bad position",
-                        description="Check batch numbering, sequence, hash chain, every checkpoint's signature "
-                                    "and root, and the witness of the last verification. Exits 5 on failure.")
+                        description="Check batch numbering, sequence, hash chain, every batch's and checkpoint's "
+                                    "signature and root, and the log against the witness outside the archive "
+                                    "(ARCHIVE_AUDIT_WITNESS): truncated, rolled back, rewritten, checkpoints "
+                                    "deleted. A log that passes gets a checkpoint over its newest events, given "
+                                    "to the witness. Then reconcile the store with the trail: every ingested "
+                                    "record present or disposed with its certificate, every legal hold in "
+                                    "place. Exits 5 on failure, naming the record, object and audit event.")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(run=cmd_audit_verify)
     p = asub.add_parser("show", help="who accessed a record, when and why, with inclusion proofs",
