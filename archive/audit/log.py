@@ -287,6 +287,12 @@ class AuditLog:
         self._head = (low, last["seq"] + 1, leaf_hash(_canonical(last)).hex())
         self._acc = self._trusted_peaks(low, doc)
         self._learn(doc.get("known_checkpoint"))
+        try:  # its writer may have checkpointed right after it (then the batch could not say so)
+            info = self.store.head(f"audit/checkpoints/{self._head[1]:012d}.json")
+            if info.created is not None:
+                self._learn({"size": self._head[1], "time": info.created.isoformat()})
+        except ObjectNotFound:
+            pass
         return self._head
 
     def _trusted_peaks(self, number: int, doc: dict) -> MerkleAccumulator | None:

@@ -222,6 +222,7 @@ def verify(log: AuditLog, trusted_keys: dict[str, bytes], *, witness: Witness | 
         try:
             newest = report.checkpoint_written = log.checkpoint_at(report.events, acc.root())
             report.latest_checkpoint = newest
+            report.checkpoints += report.events not in present
         except ArchiveError as e:
             problem("witness-unavailable", f"could not checkpoint the verified events: {e}", at=report.events)
     if report.ok and newest is not None and witness is not None:
