@@ -327,14 +327,37 @@ def cmd_timeline(archive: Archive, args: argparse.Namespace) -> int:
 
 
 def cmd_reindex(archive: Archive, args: argparse.Namespace) -> int:
+    from archive.index import check
+
     retention = _retention(archive)
-    show = sys.stderr.isatty()
-    count = retention.rebuild_index(progress=(lambda n: print(f"\r{n} records", end="", file=sys.stderr))
-                                    if show else None)
+    show = sys.stderr.isatty() and not getattr(args, "json", False)
+    progress = (lambda n: print(f"\r{n} records", end="", file=sys.stderr)) if show else None
+    if args.check:
+        result = check.check_index(retention, progress=progress)
+        if show:
+            print(file=sys.stderr)
+        args.audit_target.update({"index": "check", "entries": result.entries,
+                                  "mismatches": len(result.mismatches),
+                                  **({"records": sorted({m.record_id for m in result.mismatches})}
+                                     if result.mismatches else {})})
+        if args.json:
+            _out(result.as_dict())
+        else:
+            for m in result.mismatches:
+                print(f"MISMATCH  [{m.kind}] {m.message}")
+            print(f"index check: {result.entries} index entries, {result.records_in_store} records in the store; "
+                  f"{len(result.mismatches)} mismatch(es)")
+        return 0 if result.ok else 1
+    count, dropped = check.rebuild(retention, progress=progress)
     if show:
         print(file=sys.stderr)
     args.audit_target["records_indexed"] = count
-    print(f"index rebuilt from the store: {count} record(s)")
+    if dropped:  # a record deleted from the store leaves this trace in the trail
+        args.audit_target["dropped"] = dropped
+        for rid in dropped:
+            print(f"DROPPED  {rid}: indexed before, not in the store now (disposed of, or deleted from the store)")
+    print(f"index rebuilt from the store: {count} record(s)" + (f"; {len(dropped)} index entr(ies) dropped"
+                                                                if dropped else ""))
     return 0
 
 
@@ -976,16 +999,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print records as JSON")
     p.set_defaults(run=cmd_timeline)
 
-    p = sub.add_parser("reindex", help="rebuild the search index from the object store",
+    p = sub.add_parser("reindex", help="rebuild the search index from the object store, or check it",
                        description="Drop every index entry and rebuild it from the store alone: manifests, "
-                                   "current retention decisions and legal holds. Idempotent.")
+                                   "current retention decisions and legal holds. Idempotent. Records the index "
+                                   "had that the store no longer holds are named (and recorded in the audit "
+                                   "trail). --check compares the index with the store instead, changing nothing: "
+                                   "every committed record indexed with its fields and content digests, no row "
+                                   "for a record the store lacks; exits 1 on any mismatch.")
+    p.add_argument("--check", action="store_true", help="compare the index with the store; change nothing")
+    p.add_argument("--json", action="store_true", help="with --check: print the result as JSON")
     p.set_defaults(run=cmd_reindex)
 
     p = sub.add_parser("fixity", help="read sealed objects back and verify them",
                        description="Re-read every object of each record (or the ones named): authentication tags, "
-                                   "SHA-256 against the seal receipt and the capture. A failure is sealed as the "
-                                   "finding fixity-failed (archive search finding:fixity-failed), never repaired. "
-                                   "Exits 1 when anything failed.")
+                                   "SHA-256 against the seal receipt and the capture, and each object's lock "
+                                   "(authentic, not shortened, not weakened). Then reconcile the store with the "
+                                   "audit trail: every record an ingest event names present or disposed with its "
+                                   "signed certificate, every legal hold still in place. A failure is sealed as "
+                                   "the finding fixity-failed (archive search finding:fixity-failed), never "
+                                   "repaired. Objects sealed without a receipt (a crash) are listed as orphans "
+                                   "and never fail a record. Exits 1 when anything failed.")
     p.add_argument("--record", action="append", metavar="ID", help="check this record (repeatable)")
     p.add_argument("--limit", type=int, help="check at most this many records")
     p.add_argument("--json", action="store_true", help="print the sweep's summary as JSON")
