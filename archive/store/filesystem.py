@@ -37,11 +37,12 @@ unless a test injects one) — the archive's clock deciding that a record is due
 files. What they cannot do is do it unnoticed:
 
 * every lock state — the header's and each ``#meta`` — carries ``mac_key`` and ``mac``, an HMAC-SHA256
-  over the object's key and its state under a key kept in the keyring, not in the store
-  (:meth:`use_lock_keys`). A state that fails the check (edited retain-until, mode or legal hold; a
-  ``#meta`` copied from another object; a MAC removed) raises LockStateTampered from ``head``,
-  ``delete``, ``set_legal_hold`` and ``extend_retention``: nothing is deleted or changed on the strength of
-  an edited lock;
+  over the object's key and its state (object id included) under a key kept in the keyring, not in the
+  store (:meth:`use_lock_keys`). The state in force (the ``#meta`` if there is one for this object, else
+  the header) must pass the check; one that fails (edited retain-until, mode or legal hold; a MAC
+  removed; an edited header brought back by deleting the ``#meta``) raises LockStateTampered from
+  ``head``, ``delete``, ``set_legal_hold`` and ``extend_retention``: nothing is deleted or changed on the
+  strength of an edited lock;
 * a lock state rolled back to an earlier genuine one (a ``#meta`` deleted or replaced by an older one)
   passes that check, and deleted files leave nothing to check: those are found by comparing the store
   with the audit trail and the records' own decisions and holds (``archive fixity``, ``archive audit
@@ -366,12 +367,16 @@ class FilesystemStore:
                 raise LockStateTampered(f"the lock state of {key!r} in its #meta is unreadable ({e}): it was "
                                         "edited outside the archive", object_key=key, segment="lock-state") from e
             raise StorageError(f"lock state of {key!r} is unreadable: {e}", key=key) from e
-        if verify:
-            self._verify(key, state, "header")
-            if changed is not None:
-                self._verify(key, changed, "#meta")  # (a #meta left by a deleted object still verifies)
+        # The state in force must pass its check: the latest #meta, or the header when there is none. A
+        # #meta naming another object id was left by a deleted object (a crash between the two unlinks)
+        # and does not apply. (A header under a #meta is no longer in force: deleting the #meta to bring
+        # an edited header back fails the header's check.)
         if changed is not None and changed.get("object_id") == state.get("object_id"):
-            state = changed
+            state, where = changed, "#meta"
+        else:
+            where = "header"
+        if verify:
+            self._verify(key, state, where)
         return state, offset, size
 
     def _change(self, key: str, state: dict) -> None:
