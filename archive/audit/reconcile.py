@@ -47,7 +47,8 @@ class Finding:
     """One thing the trail says that the store no longer shows."""
 
     kind: str  # record-missing | object-missing | certificate-missing | certificate-invalid | hold-missing |
-    #            hold-released | release-missing | legal-hold-off | lock-tampered | holds-unreadable
+    #            held-record-missing | hold-released | release-missing | legal-hold-off | lock-tampered |
+    #            holds-unreadable
     message: str
     record_id: str | None = None
     object: str | None = None
@@ -307,8 +308,13 @@ def _check_holds(trail: Trail, retention, committed: set[str], objects: dict, re
 
     store = retention.vault.store
     for rid, (case, seq) in sorted(held.items()):
-        if not wanted(rid) or rid not in committed:
-            continue  # a missing record is named above
+        if not wanted(rid):
+            continue
+        if rid not in committed:  # named above as missing; that it was held makes it worse
+            add(Finding("held-record-missing", f"legal hold {case} on record {rid}" + (
+                f", placed at audit event {seq}," if seq is not None else "") + " holds a record the store no "
+                "longer has: it was deleted under legal hold", rid, f"records/{rid}/", seq))
+            continue
         mine = receipted.get(rid, {})
         # the manifest and the parts (retention decisions sealed after the hold was placed are not held)
         for name in sorted(n for n in set(mine) & objects.get(rid, set()) if "/retention-" not in n):
