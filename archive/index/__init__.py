@@ -1,5 +1,6 @@
 """Search indexes: the embedded SQLite index (default) and Elasticsearch, behind one contract
-(archive/index/base.py). :func:`open_index` picks one from settings."""
+(archive/index/base.py). :func:`open_index` picks one from settings. The index is derived from the store;
+``check`` compares the two (``archive reindex --check``)."""
 
 from __future__ import annotations
 

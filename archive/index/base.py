@@ -15,6 +15,8 @@ asserts it over a shared corpus). Methods:
     timeline(field, value)          one customer's records, oldest first
     find(kind, value)               records an event selects (account, contract, customer)
     count() / record_ids()
+    entry_of(view) / entries()      what the index would hold for a view, and what it holds: compared
+                                    by archive/index/check.py (``archive reindex --check``)
 """
 
 from __future__ import annotations
