@@ -194,7 +194,7 @@ class AuditLog:
             if self._head is None:
                 self._find_head()
             batch, seq, prev = self._head
-            if self._acc is None and not self._unrebuildable:
+            if self._acc is None and not self._unrebuildable and self.signer is not None:
                 try:
                     self._acc = self._rebuild(seq)
                 except AuditError:  # a damaged log (verification names where): still record the events
@@ -296,15 +296,18 @@ class AuditLog:
         return self._head
 
     def _trusted_peaks(self, number: int, doc: dict) -> MerkleAccumulator | None:
-        """The tree after batch ``number`` from its peaks, if the current signing key signed them."""
-        if self.signer is None or doc.get("key_id") != self.signer.key_id:
-            return None
+        """The tree after batch ``number`` from its peaks, if the current signing key signed them. (A
+        writer without a signing key signs nothing and checkpoints nothing: it carries the peaks forward
+        as they are, and verification checks them only in signed batches.)"""
         try:
             events, peaks = doc["events"], doc["peaks"]
-            last = leaf_hash(_canonical(events[-1])).hex()
-            signed = batch_signed_bytes(number, doc["first_seq"], len(events), last, peaks, doc["key_id"])
-            Ed25519PublicKey.from_public_bytes(self.signer.public_key).verify(bytes.fromhex(doc["signature"]),
-                                                                              signed)
+            if self.signer is not None:
+                if doc.get("key_id") != self.signer.key_id:
+                    return None
+                last = leaf_hash(_canonical(events[-1])).hex()
+                signed = batch_signed_bytes(number, doc["first_seq"], len(events), last, peaks, doc["key_id"])
+                Ed25519PublicKey.from_public_bytes(self.signer.public_key).verify(bytes.fromhex(doc["signature"]),
+                                                                                  signed)
             return MerkleAccumulator.from_peaks(events[-1]["seq"] + 1, [bytes.fromhex(p) for p in peaks])
         except (InvalidSignature, KeyError, TypeError, ValueError, IndexError):
             return None
