@@ -90,11 +90,14 @@ def check_index(retention, index=None, *, progress=None) -> IndexCheck:
 def _differences(expected: dict, actual: dict) -> list[str]:
     """What differs, named by field or path, never by value (except content digests)."""
     out = []
+    search_fields = []  # Elasticsearch keeps each search field as a top-level f_<name> (dots as __)
     for key in sorted(set(expected) | set(actual)):
         want, have = expected.get(key), actual.get(key)
         if want == have:
             continue
-        if key in ("stored", "record"):
+        if key.startswith("f_"):
+            search_fields.append(key[2:].replace("__", "."))
+        elif key in ("stored", "record"):
             out += _stored_differences(want or {}, have or {})
         elif isinstance(want, dict) or isinstance(have, dict):  # search fields (SQLite)
             want, have = want or {}, have or {}
@@ -104,6 +107,8 @@ def _differences(expected: dict, actual: dict) -> list[str]:
             out.append("the searchable text")
         else:
             out.append(f"{key}")
+    if search_fields:
+        out.append("search field(s) " + ", ".join(search_fields))
     return out
 
 
