@@ -199,14 +199,16 @@ class AuditLog:
                     self._acc = self._rebuild(seq)
                 except AuditError:  # a damaged log (verification names where): still record the events
                     self._unrebuildable = True
-            raws, acc = [], self._acc.copy() if self._acc is not None else None
+            raws, leaves = [], []
             for i, doc in enumerate(docs):
                 raw = _canonical({**doc, "seq": seq + i, "prev": prev})
                 leaf = leaf_hash(raw)
-                if acc is not None:
-                    acc.append(leaf)
+                leaves.append(leaf)
                 prev = leaf.hex()
                 raws.append(raw)
+            acc = self._acc.copy() if self._acc is not None else None
+            if acc is not None:
+                acc.extend(leaves)
             peaks = [p.hex() for p in acc.peaks] if acc is not None else []
             tail: dict[str, Any] = {"peaks": peaks} if acc is not None else {}
             if self._known is not None:
