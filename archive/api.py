@@ -728,17 +728,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # --- audit, quarantine, status ----------------------------------------------------------------------
 
-    @app.get(f"{API}/audit/verify", summary="Recompute the audit log's hash chain and signed checkpoints")
+    @app.get(f"{API}/audit/verify", summary="Verify the audit log against its witness; reconcile the store with it")
     def audit_verify(request: Request) -> dict:
-        from archive.audit.verify import verify
+        from archive.audit.reconcile import check_archive
 
         def do():
-            trusted = services.archive.keys.signing_public_keys() \
-                if hasattr(services.archive.keys, "signing_public_keys") else {}
-            report = verify(services.archive.audit, trusted, witness=settings.audit_witness_path)
-            return {"ok": report.ok, "events": report.events, "batches": report.batches,
-                    "checkpoints": report.checkpoints, "latest_checkpoint": report.latest_checkpoint,
-                    "problems": [p.__dict__ for p in report.problems]}
+            services.retention.refresh()
+            return check_archive(services.archive, services.retention).as_dict()
         return run(request, "audit-verify", do, {"audit": "verify"})
 
     @app.get(f"{API}/quarantine", summary="Rejected inputs and why")

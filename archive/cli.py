@@ -365,14 +365,37 @@ def cmd_timeline(archive: Archive, args: argparse.Namespace) -> int:
 
 
 def cmd_reindex(archive: Archive, args: argparse.Namespace) -> int:
+    from archive.index import check
+
     retention = _retention(archive)
-    show = sys.stderr.isatty()
-    count = retention.rebuild_index(progress=(lambda n: print(f"\r{n} records", end="", file=sys.stderr))
-                                    if show else None)
+    show = sys.stderr.isatty() and not getattr(args, "json", False)
+    progress = (lambda n: print(f"\r{n} records", end="", file=sys.stderr)) if show else None
+    if args.check:
+        result = check.check_index(retention, progress=progress)
+        if show:
+            print(file=sys.stderr)
+        args.audit_target.update({"index": "check", "entries": result.entries,
+                                  "mismatches": len(result.mismatches),
+                                  **({"records": sorted({m.record_id for m in result.mismatches})}
+                                     if result.mismatches else {})})
+        if args.json:
+            _out(result.as_dict())
+        else:
+            for m in result.mismatches:
+                print(f"MISMATCH  [{m.kind}] {m.message}")
+            print(f"index check: {result.entries} index entries, {result.records_in_store} records in the store; "
+                  f"{len(result.mismatches)} mismatch(es)")
+        return 0 if result.ok else 1
+    count, dropped = check.rebuild(retention, progress=progress)
     if show:
         print(file=sys.stderr)
     args.audit_target["records_indexed"] = count
-    print(f"index rebuilt from the store: {count} record(s)")
+    if dropped:  # a record deleted from the store leaves this trace in the trail
+        args.audit_target["dropped"] = dropped
+        for rid in dropped:
+            print(f"DROPPED  {rid}: indexed before, not in the store now (disposed of, or deleted from the store)")
+    print(f"index rebuilt from the store: {count} record(s)" + (f"; {len(dropped)} index entr(ies) dropped"
+                                                                if dropped else ""))
     return 0
 
 
@@ -393,17 +416,28 @@ def cmd_fixity(archive: Archive, args: argparse.Namespace) -> int:
     if show:
         print(file=sys.stderr)
     failed = [f["record_id"] for f in summary["failed"]]
+    findings = summary["reconciliation"]["findings"]
     # the records a finding was sealed for are named, so each one's trail shows the failed check
-    args.audit_target.update({"records_checked": summary["records"], **({"records": failed} if failed else {})})
+    args.audit_target.update({"records_checked": summary["records"], **({"records": failed} if failed else {}),
+                              **({"reconciliation_findings": len(findings)} if findings else {})})
     if args.json:
         _out(summary)
     else:
         for f in summary["failed"]:
             for problem in f["problems"]:
                 print(f"FAILED  {f['record_id']}  {problem['object']}: {problem['problem']}")
+        for f in findings:
+            if "record_id" not in f:
+                print(f"FAILED  {f['object']}: {f['message']}")
+        for name in summary["orphans"]:
+            print(f"orphan  {name}: sealed without a seal receipt (a crash while writing it); not part of any "
+                  "record, never read")
+        rec = summary["reconciliation"]
         print(f"fixity: {summary['records']} record(s), {summary['objects']} object(s), "
-              f"{summary['bytes']} bytes read back; {len(summary['failed'])} failed")
-    return 1 if summary["failed"] else 0
+              f"{summary['bytes']} bytes read back; {len(summary['failed'])} failed; audit trail reconciled: "
+              f"{rec['records_in_trail']} record(s) ingested, {rec['present']} present, {rec['disposed']} disposed, "
+              f"{len(findings)} finding(s); {len(summary['orphans'])} orphan(s)")
+    return 1 if summary["failed"] or findings else 0
 
 
 def cmd_status(archive: Archive, args: argparse.Namespace) -> int:
@@ -652,25 +686,45 @@ def cmd_audit_checkpoint(archive: Archive, args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(archive: Archive, args: argparse.Namespace) -> int:
-    from archive.audit.verify import verify
+    from archive.audit.reconcile import check_archive
 
-    trusted = archive.keys.signing_public_keys() if hasattr(archive.keys, "signing_public_keys") else {}
-    report = verify(archive.audit, trusted, witness=archive.settings.audit_witness_path)
+    result = check_archive(archive, _retention(archive))
+    report, store = result.log, result.store
+    args.audit_target.update({"events": report.events, "problems": len(report.problems),
+                              "store_findings": len(store.findings),
+                              **({"records": sorted({f.record_id for f in store.findings if f.record_id})}
+                                 if store.findings else {})})
     if args.json:
-        _out({"ok": report.ok, "events": report.events, "batches": report.batches,
-              "checkpoints": report.checkpoints, "problems": [p.__dict__ for p in report.problems]})
-    elif report.ok:
+        _out(result.as_dict())
+        return 0 if result.ok else 5
+    if report.ok:
         latest = report.latest_checkpoint
         print(f"audit log verified: {report.events} events in {report.batches} batches, {report.checkpoints} "
               f"signed checkpoint(s)" + (f", newest at {latest['size']} ({latest['time']})" if latest else
                                          " (none yet: run 'archive audit checkpoint')"))
+        if report.checkpoint_written:
+            print(f"  the {report.tail} event(s) after the newest checkpoint are now checkpointed at "
+                  f"{report.checkpoint_written['size']}")
     else:
         first = report.first
         print(f"audit log FAILED verification: first bad position {first.position} [{first.kind}] {first.message}")
         for p in report.problems:
             if p is not first:
                 print(f"  also at {p.position} [{p.kind}] {p.message}")
-    return 0 if report.ok else 5
+    witness = report.witness
+    print(f"  witness {witness.get('where', '(none)')}: "
+          + (f"held a checkpoint of {witness['size']} events" if "size" in witness else "held nothing yet"))
+    if result.witness_inside_home:
+        print("  WARNING: the witness is inside the archive home: whoever can delete the checkpoints can delete "
+              "it too. Set ARCHIVE_AUDIT_WITNESS to a file on another disk or an s3:// bucket of its own.")
+    if store.ok:
+        print(f"store reconciled with the trail: {store.records_in_trail} record(s) ingested, {store.present} "
+              f"present, {store.disposed} disposed with a certificate, {store.held_objects} held object(s) checked")
+    else:
+        print(f"store does NOT match the audit trail: {len(store.findings)} finding(s)")
+        for f in store.findings:
+            print(f"  MISSING [{f.kind}] {f.message}")
+    return 0 if result.ok else 5
 
 
 def cmd_audit_show(archive: Archive, args: argparse.Namespace) -> int:
@@ -1015,16 +1069,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print records as JSON")
     p.set_defaults(run=cmd_timeline)
 
-    p = sub.add_parser("reindex", help="rebuild the search index from the object store",
+    p = sub.add_parser("reindex", help="rebuild the search index from the object store, or check it",
                        description="Drop every index entry and rebuild it from the store alone: manifests, "
-                                   "current retention decisions and legal holds. Idempotent.")
+                                   "current retention decisions and legal holds. Idempotent. Records the index "
+                                   "had that the store no longer holds are named (and recorded in the audit "
+                                   "trail). --check compares the index with the store instead, changing nothing: "
+                                   "every committed record indexed with its fields and content digests, no row "
+                                   "for a record the store lacks; exits 1 on any mismatch.")
+    p.add_argument("--check", action="store_true", help="compare the index with the store; change nothing")
+    p.add_argument("--json", action="store_true", help="with --check: print the result as JSON")
     p.set_defaults(run=cmd_reindex)
 
     p = sub.add_parser("fixity", help="read sealed objects back and verify them",
                        description="Re-read every object of each record (or the ones named): authentication tags, "
-                                   "SHA-256 against the seal receipt and the capture. A failure is sealed as the "
-                                   "finding fixity-failed (archive search finding:fixity-failed), never repaired. "
-                                   "Exits 1 when anything failed.")
+                                   "SHA-256 against the seal receipt and the capture, and each object's lock "
+                                   "(authentic, not shortened, not weakened). Then reconcile the store with the "
+                                   "audit trail: every record an ingest event names present or disposed with its "
+                                   "signed certificate, every legal hold still in place. A failure is sealed as "
+                                   "the finding fixity-failed (archive search finding:fixity-failed), never "
+                                   "repaired. Objects sealed without a receipt (a crash) are listed as orphans "
+                                   "and never fail a record. Exits 1 when anything failed.")
     p.add_argument("--record", action="append", metavar="ID", help="check this record (repeatable)")
     p.add_argument("--limit", type=int, help="check at most this many records")
     p.add_argument("--json", action="store_true", help="print the sweep's summary as JSON")
@@ -1130,8 +1194,13 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Compute the Merkle root of the whole log and store it signed (Ed25519).")
     p.set_defaults(run=cmd_audit_checkpoint)
     p = asub.add_parser("verify", help="recompute everything; name the first bad position",
-                        description="Check batch numbering, sequence, hash chain, every checkpoint's signature "
-                                    "and root, and the witness of the last verification. Exits 5 on failure.")
+                        description="Check batch numbering, sequence, hash chain, every batch's and checkpoint's "
+                                    "signature and root, and the log against the witness outside the archive "
+                                    "(ARCHIVE_AUDIT_WITNESS): truncated, rolled back, rewritten, checkpoints "
+                                    "deleted. A log that passes gets a checkpoint over its newest events, given "
+                                    "to the witness. Then reconcile the store with the trail: every ingested "
+                                    "record present or disposed with its certificate, every legal hold in "
+                                    "place. Exits 5 on failure, naming the record, object and audit event.")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(run=cmd_audit_verify)
     p = asub.add_parser("show", help="who accessed a record, when and why, with inclusion proofs",

@@ -137,6 +137,13 @@ class IntegrityError(CryptoError):
         self.segment = segment
 
 
+class LockStateTampered(IntegrityError):
+    """Raised when an object's lock state (retain-until, mode, legal hold) on the filesystem store fails
+    its authentication check: it was edited outside the archive. Nothing is deleted or changed then."""
+
+    code = "lock_state_tampered"
+
+
 class UnsupportedFormat(CryptoError):
     """Raised when bytes are not a sealed object of a format version this code can read."""
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from archive import __version__
 from archive.audit.log import AuditLog
+from archive.audit.witness import open_witness
 from archive.dates import parse_duration
 from archive.errors import ConfigError, NotInitialized
 from archive.keys import KeyProvider, open_keys
@@ -42,10 +43,17 @@ def open_archive(settings: Settings) -> Archive:
                              home=str(settings.home))
     store = open_store(settings)
     keys = open_keys(settings)
+    if hasattr(store, "use_lock_keys") and hasattr(keys, "lock_state_keys"):
+        # the filesystem store's lock state, authenticated with keys kept in the keyring (not in the store)
+        current, lock_keys, made = keys.lock_state_keys()
+        store.use_lock_keys(current, lock_keys, seal_existing=made)
     lock_mode = LockMode.parse(settings.lock_mode)
     vault = Vault(store, keys, segment_size=settings.segment_size, lock_mode=lock_mode)
     signer = keys.signer() if hasattr(keys, "signer") else None
-    audit = AuditLog(store, retention=parse_duration(settings.audit_retention), signer=signer, lock_mode=lock_mode)
+    audit = AuditLog(store, retention=parse_duration(settings.audit_retention), signer=signer, lock_mode=lock_mode,
+                     checkpoint_every=settings.audit_checkpoint_every,
+                     checkpoint_interval=parse_duration(settings.audit_checkpoint_interval).nominal_seconds(),
+                     witness=open_witness(settings))
     return Archive(settings, store, keys, vault, audit)
 
 

@@ -30,6 +30,13 @@ a URL (``http://user:password@host``) are redacted from ``repr`` and every error
 | ARCHIVE_ES_USERNAME          | (none)                        | basic-auth user (OpenSearch security plugin), with the password |
 | ARCHIVE_ES_PASSWORD          | (none)                        | basic-auth password (kept out of logs)         |
 | ARCHIVE_AUDIT_RETENTION      | P10Y                          | lock period of audit-log batches and checkpoints |
+| ARCHIVE_AUDIT_CHECKPOINT_EVERY | 1000                        | a signed checkpoint is written automatically after this many events (1 … 10,000,000) |
+| ARCHIVE_AUDIT_CHECKPOINT_INTERVAL | PT5M                     | … or by the first append this long after the newest checkpoint (PT1S … P1D) |
+| ARCHIVE_AUDIT_WITNESS        | $ARCHIVE_HOME/audit-witness.json | where checkpoints are witnessed, OUTSIDE the archive: ``file:///other/disk/witness.json`` or ``s3://other-bucket/prefix`` |
+| ARCHIVE_AUDIT_WITNESS_S3_ENDPOINT_URL | ARCHIVE_S3_ENDPOINT_URL | S3 endpoint of an ``s3://`` witness           |
+| ARCHIVE_AUDIT_WITNESS_S3_REGION | ARCHIVE_S3_REGION          | its region                                    |
+| ARCHIVE_AUDIT_WITNESS_S3_ACCESS_KEY_ID | (boto3 chain)        | its own credential (not the store's); both or neither with the secret |
+| ARCHIVE_AUDIT_WITNESS_S3_SECRET_ACCESS_KEY | (boto3 chain)    | its secret key                                |
 | ARCHIVE_ACTOR                | (the OS user)                 | who the CLI acts as, when --actor is not given |
 | ARCHIVE_BROKER_URL           | redis://127.0.0.1:6379/0      | Celery broker: ``redis://…`` or ``amqp://…`` (RabbitMQ) |
 | ARCHIVE_REDIS_URL            | ARCHIVE_BROKER_URL if Redis   | Redis for worker claims and counters (needed with a RabbitMQ broker) |
@@ -90,6 +97,13 @@ class Settings:
     policies_dir: Path | None = None
     min_lock: str = "P1D"
     audit_retention: str = "P10Y"
+    audit_checkpoint_every: int = 1000
+    audit_checkpoint_interval: str = "PT5M"
+    audit_witness: str | None = None  # a URL; None: the file in the archive home (see audit_witness_url)
+    audit_witness_s3_endpoint_url: str | None = None
+    audit_witness_s3_region: str | None = None
+    audit_witness_s3_access_key_id: str | None = None
+    audit_witness_s3_secret_access_key: str | None = field(default=None, repr=False)
     actor: str | None = None
     broker_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     redis_url: str | None = field(default=None, repr=False)
@@ -122,9 +136,22 @@ class Settings:
         return self.home / "tokens.json"
 
     @property
-    def audit_witness_path(self) -> Path:
-        """The newest audit checkpoint this archive verified, kept outside the store (rollback check)."""
-        return self.home / "audit-witness.json"
+    def audit_witness_url(self) -> str:
+        """Where audit checkpoints are witnessed (archive/audit/witness.py): ARCHIVE_AUDIT_WITNESS, or by
+        default a file in the archive home."""
+        return self.audit_witness or f"file://{self.home / 'audit-witness.json'}"
+
+    @property
+    def audit_witness_inside_home(self) -> bool:
+        """True when the witness is the default file in the archive home: whoever can delete the
+        checkpoints can delete it too, so it does not protect against an insider."""
+        return self.audit_witness is None
+
+    @property
+    def audit_witness_path(self) -> Path | None:
+        """The witness file, when the witness is a file (None for an ``s3://`` witness)."""
+        url = urlparse(self.audit_witness_url)
+        return Path(url.path) if url.scheme == "file" else None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, cwd: Path | None = None) -> Settings:
@@ -201,6 +228,21 @@ class Settings:
             raise ConfigError(f"ARCHIVE_ES_INDEX={es_index!r} is not an index name (lower-case letters, digits, . _ -)",
                               variable="ARCHIVE_ES_INDEX")
         audit_retention = _duration(env, "ARCHIVE_AUDIT_RETENTION", "P10Y")
+        checkpoint_interval = _duration(env, "ARCHIVE_AUDIT_CHECKPOINT_INTERVAL", "PT5M")
+        if not 1 <= parse_duration(checkpoint_interval).nominal_seconds() <= 86400:
+            raise ConfigError(f"ARCHIVE_AUDIT_CHECKPOINT_INTERVAL={checkpoint_interval!r} must be between PT1S "
+                              "and P1D: it bounds how long the newest audit events stay without a signed "
+                              "checkpoint", variable="ARCHIVE_AUDIT_CHECKPOINT_INTERVAL")
+        witness = _witness_url(env, home, base, store_url)
+        witness_access = env.get("ARCHIVE_AUDIT_WITNESS_S3_ACCESS_KEY_ID") or None
+        witness_secret = env.get("ARCHIVE_AUDIT_WITNESS_S3_SECRET_ACCESS_KEY") or None
+        if bool(witness_access) != bool(witness_secret):
+            missing = ("ARCHIVE_AUDIT_WITNESS_S3_SECRET_ACCESS_KEY" if witness_access
+                       else "ARCHIVE_AUDIT_WITNESS_S3_ACCESS_KEY_ID")
+            raise ConfigError(f"{missing} must be set together with the other witness credential", variable=missing)
+        witness_endpoint = env.get("ARCHIVE_AUDIT_WITNESS_S3_ENDPOINT_URL") or None
+        if witness_endpoint:
+            _check_http_url(witness_endpoint, "ARCHIVE_AUDIT_WITNESS_S3_ENDPOINT_URL")
         broker_url = env.get("ARCHIVE_BROKER_URL") or "redis://127.0.0.1:6379/0"
         if urlparse(broker_url).scheme not in ("redis", "rediss", "amqp", "amqps", "pyamqp"):
             raise ConfigError("ARCHIVE_BROKER_URL must be a redis://, rediss:// or amqp:// URL",
@@ -250,6 +292,13 @@ class Settings:
             policies_dir=policies_dir,
             min_lock=min_lock,
             audit_retention=audit_retention,
+            audit_checkpoint_every=_int(env, "ARCHIVE_AUDIT_CHECKPOINT_EVERY", 1000, 1, 10_000_000),
+            audit_checkpoint_interval=checkpoint_interval,
+            audit_witness=witness,
+            audit_witness_s3_endpoint_url=witness_endpoint or s3_endpoint,
+            audit_witness_s3_region=env.get("ARCHIVE_AUDIT_WITNESS_S3_REGION") or region,
+            audit_witness_s3_access_key_id=witness_access,
+            audit_witness_s3_secret_access_key=witness_secret,
             actor=env.get("ARCHIVE_ACTOR") or None,
             broker_url=broker_url,
             redis_url=redis_url,
@@ -292,6 +341,36 @@ def _duration(env: Mapping[str, str], name: str, default: str) -> str:
     except ValueError as e:
         raise ConfigError(f"{name}: {e}", variable=name) from None
     return value
+
+
+def _witness_url(env: Mapping[str, str], home: Path, base: Path, store_url: str) -> str | None:
+    """ARCHIVE_AUDIT_WITNESS as a URL (a plain path becomes ``file://``), refused where it would not be
+    outside the archive: in the archive home, in a filesystem store, or in the store's own bucket."""
+    raw = (env.get("ARCHIVE_AUDIT_WITNESS") or "").strip()
+    if not raw:
+        return None
+    name = "ARCHIVE_AUDIT_WITNESS"
+    parsed = urlparse(raw)
+    store = urlparse(store_url)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ConfigError(f"{name}={raw!r} names no bucket; use s3://bucket/prefix", variable=name)
+        if store.scheme == "s3" and store.netloc == parsed.netloc:
+            raise ConfigError(f"{name}={raw!r} is in the store's own bucket {store.netloc!r}: whoever can delete "
+                              "the audit log could delete the witness too; use another bucket under another "
+                              "credential", variable=name)
+        return raw.rstrip("/")
+    if parsed.scheme not in ("", "file"):
+        raise ConfigError(f"{name}={raw!r} is not file:///path or s3://bucket/prefix", variable=name)
+    path = Path(parsed.path if parsed.scheme == "file" else raw)
+    path = (path if path.is_absolute() else base / path).resolve()
+    inside = [home.resolve()] + ([Path(store.path).resolve()] if store.scheme == "file" else [])
+    for root in inside:
+        if path == root or root in path.parents:
+            raise ConfigError(f"{name}={raw!r} is inside {root}: whoever can delete the audit log's checkpoints "
+                              "there could delete the witness too; put it on another disk or machine, or in "
+                              "another bucket", variable=name)
+    return f"file://{path}"
 
 
 def _check_store_url(url: str) -> None:

@@ -76,6 +76,9 @@ class SeaweedS3:
     def __init__(self) -> None:
         self.access_key = "AK" + secrets.token_hex(9).upper()
         self.secret_key = secrets.token_urlsafe(30)
+        # a second, narrower identity: what an audit witness bucket is written with (not the store's key)
+        self.witness_access_key = "AK" + secrets.token_hex(9).upper()
+        self.witness_secret_key = secrets.token_urlsafe(30)
         self.ports: dict[str, int] = {}
         self.endpoint_url = ""
         self.startup_seconds = 0.0
@@ -100,6 +103,10 @@ class SeaweedS3:
             "name": "admin",
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }, {
+            "name": "witness",
+            "credentials": [{"accessKey": self.witness_access_key, "secretKey": self.witness_secret_key}],
+            "actions": ["Read", "List", "Write"],
         }]}))
         self.ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
         self.endpoint_url = f"http://127.0.0.1:{self.ports['s3.port']}"

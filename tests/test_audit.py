@@ -33,6 +33,7 @@ def log(any_store, keyring):
 
 @pytest.fixture
 def trusted(keyring):
+    keyring.signer()  # (the signing key is made on first use)
     return keyring.signing_public_keys()
 
 
@@ -161,7 +162,8 @@ def test_a_checkpoint_signed_by_an_unknown_key_is_forged(log, tmp_path):
     fill(log, batches=2)
     create_keyring(tmp_path / "other.json")
     report = verify(log, KeyringProvider(tmp_path / "other.json").signing_public_keys())
-    assert report.problems and all(p.kind == "forged-checkpoint" for p in report.problems)
+    # the checkpoints and the batches (signed with the same untrusted key) are named as forged
+    assert report.problems and {p.kind for p in report.problems} == {"forged-checkpoint", "forged-batch"}
 
 
 def test_a_rolled_back_log_is_named_against_the_witness(log, trusted, tmp_path):
@@ -235,3 +237,175 @@ def test_signing_key_rotation_keeps_old_checkpoints_verifiable(log, keyring):
     assert log.checkpoint()["key_id"] == "sig-v2"
     report = verify(log, keyring.signing_public_keys())
     assert report.ok and report.checkpoints == 3, report.problems
+
+
+# --- the newest events: signed batches, automatic checkpoints, the witness ---------------------------------
+
+
+def rewrite_batch(log: AuditLog, number: int, doc: dict) -> None:
+    """Store ``doc`` as batch ``number`` keeping every field (signature and peaks included)."""
+    rewrite(log.store, f"audit/log/{number:012d}.json", json.dumps(doc).encode())
+
+
+def tail_log(any_store, keyring) -> AuditLog:
+    """A log whose first batch (events 0…4) is checkpointed and whose second (5…9) is not."""
+    log = AuditLog(any_store, retention=parse_duration("P1D"), signer=keyring.signer(), lock_mode=LockMode.GOVERNANCE,
+                   checkpoint_every=1000, checkpoint_interval=3600)
+    log.append_many([event(i) for i in range(5)])  # no checkpoint known yet: this writer writes one
+    log.append_many([event(i) for i in range(5, 10)])
+    assert [cp["size"] for _, cp in log.checkpoints()] == [5]
+    return log
+
+
+def test_an_event_edited_after_the_newest_checkpoint_is_named_by_its_batch_signature(any_store, keyring, trusted):
+    log = tail_log(any_store, keyring)
+    doc = batch(log, 2)
+    doc["events"][4]["reason"] = "routine"  # event 9: no event after it, no checkpoint over it
+    rewrite_batch(log, 2, doc)
+    report = verify(log, trusted)
+    assert report.first.position == 9 and report.first.kind == "modified", report.problems
+    assert "does not match its signature" in report.first.message
+
+
+def test_events_cut_off_a_batch_after_the_newest_checkpoint_are_named(any_store, keyring, trusted):
+    log = tail_log(any_store, keyring)
+    doc = batch(log, 2)
+    del doc["events"][3:]  # events 8 and 9 removed; what is left still chains
+    rewrite_batch(log, 2, doc)
+    report = verify(log, trusted)
+    assert [(p.position, p.kind) for p in report.problems] == [(7, "modified")], report.problems
+
+
+def test_an_unsigned_batch_beyond_every_checkpoint_is_named(any_store, keyring, trusted):
+    log = tail_log(any_store, keyring)
+    doc = batch(log, 2)
+    for field in ("signature", "key_id", "peaks"):
+        doc.pop(field)
+    doc["events"][0]["actor"] = "someone-else"
+    rewrite_batch(log, 2, doc)
+    report = verify(log, trusted)
+    assert {(p.position, p.kind) for p in report.problems} >= {(9, "unsigned")}, report.problems
+
+
+def test_one_writer_of_many_checkpoints_each_multiple_and_none_fork(any_store, keyring, trusted):
+    AuditLog(any_store, retention=parse_duration("P1D"), signer=keyring.signer(),
+             lock_mode=LockMode.GOVERNANCE).append(event(0))  # the first checkpoint, at 1
+
+    def writer(w: int) -> None:
+        mine = AuditLog(any_store, retention=parse_duration("P1D"), signer=keyring.signer(),
+                        lock_mode=LockMode.GOVERNANCE, checkpoint_every=10, checkpoint_interval=3600)
+        for i in range(5):
+            mine.append_many([event(100 * w + 10 * i + j) for j in range(3)])
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log = AuditLog(any_store, retention=parse_duration("P1D"), lock_mode=LockMode.GOVERNANCE)
+    sizes = sorted(cp["size"] for _, cp in log.checkpoints())
+    # 61 events: one checkpoint for each multiple of 10, at the end of the batch that crossed it
+    assert sizes[0] == 1 and len(sizes) == 7, sizes
+    assert all(10 * k <= size < 10 * k + 3 for k, size in enumerate(sizes[1:], 1)), sizes
+    report = verify(log, trusted)
+    assert report.ok and report.events == 61 and report.checkpoints == 7, report.problems
+
+
+def test_a_checkpoint_is_written_when_the_newest_is_older_than_the_interval(fs_store, keyring, monkeypatch):
+    import archive.audit.log as audit_log
+
+    now = [1_000_000.0]
+    monkeypatch.setattr(audit_log.time, "time", lambda: now[0])
+    log = AuditLog(fs_store, retention=parse_duration("P1D"), signer=keyring.signer(), checkpoint_every=1000,
+                   checkpoint_interval=60)
+    log.append(event(0))  # none known: checkpoint at 1
+    now[0] += 30
+    log.append(event(1))
+    now[0] += 31  # 61 s after the checkpoint at 1
+    log.append(event(2))
+    assert [cp["size"] for _, cp in log.checkpoints()] == [1, 3]
+    # a new writer (another process) learns of the checkpoint at 3 from the store, not writing its own
+    AuditLog(fs_store, retention=parse_duration("P1D"), signer=keyring.signer(), checkpoint_every=1000,
+             checkpoint_interval=60).append(event(3))
+    assert [cp["size"] for _, cp in log.checkpoints()] == [1, 3]
+
+
+def test_a_failed_checkpoint_never_fails_the_append_and_is_written_after_the_next(fs_store, keyring, trusted):
+    from archive.errors import StoreUnavailable
+
+    log = AuditLog(fs_store, retention=parse_duration("P1D"), signer=keyring.signer(), checkpoint_every=2)
+    real_put = fs_store.put
+    failing = [True]
+
+    def put(key, *args, **kw):
+        if key.startswith("audit/checkpoints/") and failing[0]:
+            failing[0] = False
+            raise StoreUnavailable("simulated outage")
+        return real_put(key, *args, **kw)
+
+    fs_store.put = put
+    assert log.append_many([event(0), event(1)]) == [0, 1]  # crossed 2; the checkpoint failed
+    assert list(log.checkpoints()) == []
+    log.append(event(2))
+    assert [cp["size"] for _, cp in log.checkpoints()] == [3]
+    assert verify(log, trusted).ok
+
+
+def test_verify_checkpoints_the_tail_and_gives_it_to_the_witness(any_store, keyring, trusted, tmp_path):
+    from archive.audit.witness import FileWitness
+
+    log = tail_log(any_store, keyring)
+    witness = FileWitness(tmp_path / "other-disk" / "witness.json")
+    report = verify(log, trusted, witness=witness, checkpoint=True)
+    assert report.ok and report.tail == 5 and report.checkpoint_written["size"] == 10, report.problems
+    assert witness.newest()["size"] == 10 and witness.newest()["signature"] == report.checkpoint_written["signature"]
+    # the witness only moves forward
+    witness.publish({**report.checkpoint_written, "size": 5})
+    assert witness.newest()["size"] == 10
+
+
+def test_the_writer_gives_its_checkpoints_to_the_witness(fs_store, keyring, trusted, tmp_path):
+    from archive.audit.witness import FileWitness
+
+    witness = FileWitness(tmp_path / "other-disk" / "witness.json")
+    log = AuditLog(fs_store, retention=parse_duration("P1D"), signer=keyring.signer(), checkpoint_every=5,
+                   witness=witness)
+    for i in range(12):
+        log.append(event(i))
+    assert witness.newest()["size"] == 10
+    # events 9…11 (batches 10…12) cut off together with the checkpoint at 10: the witness still knows
+    for number in (10, 11, 12):
+        remove(fs_store, f"audit/log/{number:012d}.json")
+    remove(fs_store, "audit/checkpoints/000000000010.json")
+    report = verify(log, trusted, witness=witness)
+    assert {p.kind for p in report.problems} == {"rolled-back", "deleted"}, report.problems
+
+
+def test_a_witness_that_cannot_be_read_or_is_not_genuine_fails_verification(fs_store, keyring, trusted, tmp_path):
+    from archive.audit.witness import FileWitness
+
+    log = tail_log(fs_store, keyring)
+    path = tmp_path / "witness.json"
+    path.write_text("{not json")
+    report = verify(log, trusted, witness=FileWitness(path))
+    assert [p.kind for p in report.problems] == ["witness-unavailable"], report.problems
+    _, checkpoint = next(log.checkpoints())
+    path.write_text(json.dumps({**checkpoint, "size": 10**6}))  # a bigger checkpoint, not signed as such
+    report = verify(log, trusted, witness=FileWitness(path))
+    assert [p.kind for p in report.problems] == ["witness-invalid"], report.problems
+
+
+@pytest.mark.s3
+def test_an_s3_witness_is_write_once_and_reads_its_newest_entry(seaweed, keyring, fs_store):
+    from archive.audit.witness import S3Witness
+
+    bucket = seaweed.make_locked_bucket(f"wit-{threading.get_ident() % 10**8}-{id(fs_store) % 10**6}")
+    client = lambda: seaweed.client()  # noqa: E731 - made on first use, as the archive does
+    witness = S3Witness(client, bucket, "audit")
+    assert witness.newest() is None
+    log = tail_log(fs_store, keyring)
+    cp = log.checkpoint()
+    witness.publish({**cp, "size": 5})
+    witness.publish(cp)
+    witness.publish(cp)  # again: write-once, nothing changes
+    assert witness.newest() == cp

@@ -427,3 +427,29 @@ def _holds(q: str, text: str, started: str) -> bool:
     if "after:2024-02-01" in q and t < "2024-02-01" or "before:2024-03-01" in q and t >= "2024-03-01":
         return False
     return all(w.strip().casefold() in text for w in words)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_reindex_check_names_an_edited_or_missing_entry_on_each_backend(request, kind, tmp_path):
+    from archive.index.check import check_index
+
+    _, ingestor, ids, _, _ = build_corpus(request, kind, tmp_path)
+    index, retention = ingestor.index, ingestor.retention
+    result = check_index(retention)
+    assert result.ok and result.entries == result.records_in_store == len(CORPUS), result.mismatches
+    edited, gone = ids["c02"], ids["c05"]
+    if kind == "sqlite":
+        with index.db:
+            index.db.execute("UPDATE record_fields SET value = 'ac-999' WHERE field = 'customer.account' AND rec = "
+                             "(SELECT rec FROM records WHERE record_id = ?)", (edited,))
+            index.db.execute("DELETE FROM records WHERE record_id = ?", (gone,))
+    else:
+        raw = index.client.request  # an insider with the engine's REST API, past the archive
+        doc = raw("get", "GET", f"/{index.alias}/_doc/{edited}")
+        raw("index", "PUT", f"/{doc['_index']}/_doc/{edited}", params={"refresh": "true"},
+            body={**doc["_source"], "f_customer__account": ["ac-999"]})
+        raw("delete", "DELETE", f"/{doc['_index']}/_doc/{gone}", params={"refresh": "true"})
+    assert edited not in index.ids("customer.account:AC-1")  # the wrong answer the index now gives
+    result = check_index(retention)
+    assert {(m.record_id, m.kind) for m in result.mismatches} == {(edited, "differs"), (gone, "not-indexed")}
+    assert "search field(s) customer.account" in next(m.message for m in result.mismatches if m.record_id == edited)

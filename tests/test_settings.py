@@ -81,3 +81,35 @@ def test_durations_count_calendar_years_and_months(text, start, expected):
 def test_bad_durations_are_refused(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_audit_checkpoints_and_witness_have_safe_validated_defaults(tmp_path):
+    s = Settings.from_env({}, cwd=tmp_path)
+    assert (s.audit_checkpoint_every, s.audit_checkpoint_interval) == (1000, "PT5M")
+    assert s.audit_witness_url == f"file://{tmp_path / '.archive' / 'audit-witness.json'}"
+    assert s.audit_witness_inside_home  # audit verify warns about it
+    outside = Settings.from_env({"ARCHIVE_AUDIT_WITNESS": str(tmp_path / "other-disk" / "w.json")}, cwd=tmp_path)
+    assert outside.audit_witness_url == f"file://{tmp_path / 'other-disk' / 'w.json'}"
+    assert not outside.audit_witness_inside_home
+    s3 = Settings.from_env({"ARCHIVE_STORE": "s3://evidence/a", "ARCHIVE_AUDIT_WITNESS": "s3://witness/audit/",
+                            "ARCHIVE_AUDIT_WITNESS_S3_ACCESS_KEY_ID": "AKW",
+                            "ARCHIVE_AUDIT_WITNESS_S3_SECRET_ACCESS_KEY": "witness-secret"}, cwd=tmp_path)
+    assert s3.audit_witness_url == "s3://witness/audit" and "witness-secret" not in repr(s3)
+
+
+@pytest.mark.parametrize("env, variable", [
+    ({"ARCHIVE_AUDIT_CHECKPOINT_EVERY": "0"}, "ARCHIVE_AUDIT_CHECKPOINT_EVERY"),
+    ({"ARCHIVE_AUDIT_CHECKPOINT_EVERY": "many"}, "ARCHIVE_AUDIT_CHECKPOINT_EVERY"),
+    ({"ARCHIVE_AUDIT_CHECKPOINT_INTERVAL": "P2D"}, "ARCHIVE_AUDIT_CHECKPOINT_INTERVAL"),
+    ({"ARCHIVE_AUDIT_CHECKPOINT_INTERVAL": "soon"}, "ARCHIVE_AUDIT_CHECKPOINT_INTERVAL"),
+    ({"ARCHIVE_HOME": "/srv/archive", "ARCHIVE_AUDIT_WITNESS": "/srv/archive/witness.json"}, "ARCHIVE_AUDIT_WITNESS"),
+    ({"ARCHIVE_STORE": "file:///srv/store", "ARCHIVE_AUDIT_WITNESS": "file:///srv/store/w.json"},
+     "ARCHIVE_AUDIT_WITNESS"),
+    ({"ARCHIVE_STORE": "s3://evidence/a", "ARCHIVE_AUDIT_WITNESS": "s3://evidence/witness"}, "ARCHIVE_AUDIT_WITNESS"),
+    ({"ARCHIVE_AUDIT_WITNESS": "https://witness.example/w"}, "ARCHIVE_AUDIT_WITNESS"),
+    ({"ARCHIVE_AUDIT_WITNESS_S3_ACCESS_KEY_ID": "AKW"}, "ARCHIVE_AUDIT_WITNESS_S3_SECRET_ACCESS_KEY"),
+])
+def test_audit_settings_that_would_not_protect_the_log_are_refused(env, variable):
+    with pytest.raises(ConfigError) as e:
+        Settings.from_env(env, cwd=Path("/"))
+    assert variable in str(e.value) and e.value.details["variable"] == variable

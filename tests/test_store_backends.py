@@ -112,3 +112,58 @@ def test_s3_errors_keep_the_vendor_request_id_and_status(s3_store):
         s3_store.open("never-written")
     assert e.value.details["http_status"] == 404 and e.value.details["request_id"]
     assert e.value.details["vendor_code"] == "NoSuchKey" and isinstance(e.value.__cause__, ClientError)
+
+
+# --- the filesystem store's lock state, authenticated with a key kept outside the store ------------------
+
+LOCK_KEY = {"lk-v1": os.urandom(32)}
+
+
+def _edit_header(store: FilesystemStore, key: str, **change) -> None:
+    import json
+    import struct
+
+    path = store.root / "objects" / f"{key}#data"
+    raw = path.read_bytes()
+    (length,) = struct.unpack(">I", raw[8:12])
+    header = json.dumps({**json.loads(raw[12:12 + length]), **change}).encode()
+    path.chmod(0o644)
+    path.write_bytes(raw[:8] + struct.pack(">I", len(header)) + header + raw[12 + length:])
+
+
+def test_filesystem_an_edited_lock_state_refuses_every_change(fs_store):
+    from archive.errors import LockStateTampered
+
+    fs_store.use_lock_keys("lk-v1", LOCK_KEY)
+    fs_store.put("held", io.BytesIO(b"call"), retain_until=soon(3600), legal_hold=True)
+    fs_store.put("other", io.BytesIO(b"chat"), retain_until=soon(3600))
+    fs_store.set_legal_hold("other", True)  # a genuine change: a #meta with its own MAC
+    assert fs_store.head("other").legal_hold
+    _edit_header(fs_store, "held", legal_hold=False, retain_until=None, mode=None)
+    for change in (lambda: fs_store.head("held"), lambda: fs_store.delete("held", bypass_governance=True),
+                   lambda: fs_store.set_legal_hold("held", False), lambda: fs_store.extend_retention("held", soon(7200))):
+        with pytest.raises(LockStateTampered) as e:
+            change()
+        assert e.value.code == "lock_state_tampered" and "held" in str(e.value)
+    assert (fs_store.root / "objects" / "held#data").exists()
+    # a #meta edited by hand, or carried over from another object, fails too
+    meta = fs_store.root / "objects" / "other#meta"
+    meta.write_text(meta.read_text().replace('"legal_hold": true', '"legal_hold": false'))
+    with pytest.raises(LockStateTampered):
+        fs_store.delete("other")
+
+
+def test_filesystem_lock_states_made_before_the_key_are_sealed_once_and_only_then(tmp_path):
+    from archive.errors import LockStateTampered
+
+    FilesystemStore(tmp_path / "store", create=True).put("old", io.BytesIO(b"x"), retain_until=soon(3600))
+    unsealed = FilesystemStore(tmp_path / "store")
+    unsealed.use_lock_keys("lk-v1", LOCK_KEY)  # the key existed already: an unauthenticated state is tampered
+    with pytest.raises(LockStateTampered):
+        unsealed.head("old")
+    upgraded = FilesystemStore(tmp_path / "store")
+    upgraded.use_lock_keys("lk-v1", LOCK_KEY, seal_existing=True)  # the moment the first key is made
+    assert upgraded.head("old").retain_until >= soon(3590)
+    rotated = FilesystemStore(tmp_path / "store")
+    rotated.use_lock_keys("lk-v2", {**LOCK_KEY, "lk-v2": os.urandom(32)})  # older keys still verify
+    assert rotated.head("old").size == 1

@@ -16,10 +16,29 @@ write-once put (``link()`` on the filesystem, ``If-None-Match`` on S3). Two writ
 number: one wins, the other re-reads and appends after it. So any number of workers produce one linear
 log. Batches of many events make appends cheap (one store write per batch).
 
+**Signed batches.** Each batch also carries the Merkle tree's compact range after its last event
+(``peaks``: the roots of its perfect subtrees, from which the tree head follows), the newest checkpoint
+its writer knew (``known_checkpoint``), and an Ed25519 signature by the current signing key over the
+batch number, its first sequence number, its event count, its last event's leaf hash (which, through the
+``prev`` chain, commits to every event before it) and the peaks. So the newest events — those after the
+newest checkpoint — cannot be rewritten or cut short inside a batch without the signing key, and a
+writer resumes the tree from the head batch without re-reading the log.
+
 **Checkpoints** are RFC 6962 tree heads (leaf = SHA-256(0x00 ‖ event), node = SHA-256(0x01 ‖ l ‖ r)) over
 all events so far, signed with Ed25519 by the current signing key (:class:`archive.audit.signing`). The
 verifier recomputes every root from the events and checks each signature against *trusted* public keys
 (the keyring's, not only the store's), so a forged, rolled-back or inconsistent checkpoint is named.
+
+**Automatic checkpoints.** After writing a batch, the writer checkpoints when the batch crossed a multiple
+of ``checkpoint_every`` events (exactly one batch crosses each multiple, so exactly one writer of many
+checkpoints it), or when the newest checkpoint it knows is older than ``checkpoint_interval`` — it costs
+one signature and one small write, since the root comes from the peaks the writer already holds.
+Checkpoints are write-once under their size, so racing writers never fork: the same size has one root.
+Each checkpoint is also published to the **witness** outside the archive (:mod:`archive.audit.witness`).
+
+What stays unprovable: whole batches after the newest witnessed checkpoint can be deleted, together with
+their checkpoints, by someone with delete rights in the store — at most ``checkpoint_every`` events or
+``checkpoint_interval`` of them, the bound the two settings give (see docs/audit.md).
 """
 
 from __future__ import annotations
@@ -29,14 +48,18 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from archive.audit.merkle import MerkleAccumulator, leaf_hash
 from archive.dates import Duration
-from archive.errors import AuditError, ObjectExists, ObjectNotFound
+from archive.errors import ArchiveError, AuditError, ObjectExists, ObjectNotFound
 from archive.store.base import LockMode, ObjectStore
 
 BATCH_FORMAT = "archive-audit-batch/1"
@@ -98,18 +121,30 @@ class _Pending:
 
 
 class AuditLog:
-    """Append events; read them back in order; write signed checkpoints."""
+    """Append events; read them back in order; write signed checkpoints (on demand and automatically)."""
 
     def __init__(self, store: ObjectStore, *, retention: Duration, signer=None,
-                 lock_mode: LockMode = LockMode.COMPLIANCE) -> None:
+                 lock_mode: LockMode = LockMode.COMPLIANCE, checkpoint_every: int = 1000,
+                 checkpoint_interval: float = 300.0, witness=None) -> None:
+        if checkpoint_every < 1 or checkpoint_interval <= 0:
+            raise AuditError("automatic checkpoints need checkpoint_every >= 1 and checkpoint_interval > 0")
         self.store = store
         self.signer = signer
         self.retention = retention
         self.lock_mode = lock_mode
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval = checkpoint_interval
+        self.witness = witness
+        self.witness_error: str | None = None  # why the last publication to the witness failed, if it did
         self._lock = threading.Lock()  # the writer's: one batch at a time from this process
         self._queue_lock = threading.Lock()
         self._queue: list[_Pending] = []  # events waiting for the next batch (group commit)
         self._head: tuple[int, int, str] | None = None  # (batch number, next seq, last leaf hash hex)
+        self._acc: MerkleAccumulator | None = None  # the tree of every event before the head's next seq
+        self._known: tuple[int, float] | None = None  # newest checkpoint known: (size, epoch seconds)
+        self._checkpoint_due = False  # an automatic checkpoint failed: try again after the next batch
+        self._key_published: str | None = None
+        self._unrebuildable = False  # the tree could not be rebuilt from a damaged log: batches go without peaks
 
     # --- appending -------------------------------------------------------------------------------------
 
@@ -122,7 +157,9 @@ class AuditLog:
 
         Group commit: threads appending at the same time share one batch. A thread queues its events, then
         whoever holds the writer's lock next writes every queued event as one batch, in queue order, so
-        an API under load makes one store write for many requests instead of one each."""
+        an API under load makes one store write for many requests instead of one each. The writer then
+        checkpoints when one is due (see the module docstring); a checkpoint that fails does not fail the
+        append (the events are stored) and is tried again after the next batch."""
         docs = [e.as_dict() for e in events]
         for doc in docs:
             if doc["outcome"] not in OUTCOMES:
@@ -142,9 +179,11 @@ class AuditLog:
                     for p in group:
                         p.error = e
                 else:
+                    end = first
                     for p in group:
-                        p.seqs = list(range(first, first + len(p.docs)))
-                        first += len(p.docs)
+                        p.seqs = list(range(end, end + len(p.docs)))
+                        end += len(p.docs)
+                    self._checkpoint_if_due(first, end)
         if mine.error is not None:
             raise mine.error
         return mine.seqs
@@ -152,31 +191,70 @@ class AuditLog:
     def _write_batch(self, docs: list[dict]) -> int:
         """Write ``docs`` as the next batch (the writer's lock held); returns the first sequence number."""
         for _ in range(1000):
-            batch, seq, prev = self._head or self._find_head()
-            raws = []
+            if self._head is None:
+                self._find_head()
+            batch, seq, prev = self._head
+            if self._acc is None and not self._unrebuildable and self.signer is not None:
+                try:
+                    self._acc = self._rebuild(seq)
+                except AuditError:  # a damaged log (verification names where): still record the events
+                    self._unrebuildable = True
+            raws, leaves = [], []
             for i, doc in enumerate(docs):
                 raw = _canonical({**doc, "seq": seq + i, "prev": prev})
-                prev = leaf_hash(raw).hex()
+                leaf = leaf_hash(raw)
+                leaves.append(leaf)
+                prev = leaf.hex()
                 raws.append(raw)
+            acc = self._acc.copy() if self._acc is not None else None
+            if acc is not None:
+                acc.extend(leaves)
+            peaks = [p.hex() for p in acc.peaks] if acc is not None else []
+            tail: dict[str, Any] = {"peaks": peaks} if acc is not None else {}
+            if self._known is not None:
+                tail["known_checkpoint"] = {"size": self._known[0], "time": _iso(self._known[1])}
+            if self.signer is not None:
+                tail["key_id"] = self.signer.key_id
+                tail["signature"] = self.signer.sign(batch_signed_bytes(
+                    batch + 1, seq, len(raws), prev, peaks, self.signer.key_id)).hex()
             body = b"".join([b'{"format":"', BATCH_FORMAT.encode(), b'","batch":', str(batch + 1).encode(),
-                             b',"first_seq":', str(seq).encode(), b',"events":[', b",".join(raws), b"]}"])
+                             b',"first_seq":', str(seq).encode(), b',"events":[', b",".join(raws), b"],",
+                             _canonical(tail)[1:]])
             try:
                 self.store.put(_batch_key(batch + 1), io.BytesIO(body), retain_until=self._retain_until(),
                                mode=self.lock_mode)
             except ObjectExists:  # another writer took this number: read its batch, append after it
                 # (one read per batch written meanwhile, not a new search for the head)
                 try:
-                    last = self._read_batch(batch + 1)["events"][-1]
-                    self._head = (batch + 1, last["seq"] + 1, leaf_hash(_canonical(last)).hex())
-                except (ObjectNotFound, AuditError, KeyError, IndexError):
-                    self._head = None
+                    self._absorb(batch + 1, self._read_batch(batch + 1))
+                except (ObjectNotFound, AuditError, KeyError, IndexError, TypeError):
+                    self._head = self._acc = None
                 continue
             except BaseException:
-                self._head = None  # whatever happened to the write, find the head again next time
+                self._head = self._acc = None  # whatever happened to the write, find the head again next time
                 raise
-            self._head = (batch + 1, seq + len(raws), prev)
+            self._head, self._acc = (batch + 1, seq + len(raws), prev), acc
             return seq
         raise AuditError("could not append to the audit log: too many concurrent writers")
+
+    def _absorb(self, number: int, doc: dict) -> None:
+        """Move the head past batch ``number`` that another writer wrote: its events extend the tree."""
+        events = doc["events"]
+        if self._acc is not None:
+            for event in events:
+                self._acc.append(leaf_hash(_canonical(event)))
+        last = events[-1]
+        self._head = (number, last["seq"] + 1, leaf_hash(_canonical(last)).hex())
+        self._learn(doc.get("known_checkpoint"))
+
+    def _learn(self, known) -> None:
+        """Take note of a checkpoint another writer knew of, when it is newer than ours."""
+        try:
+            size, when = int(known["size"]), datetime.fromisoformat(known["time"]).timestamp()
+        except (TypeError, KeyError, ValueError):
+            return
+        if self._known is None or size > self._known[0]:
+            self._known = (size, when)
 
     def _retain_until(self) -> datetime:
         return self.retention.after(datetime.now(UTC))
@@ -189,21 +267,64 @@ class AuditLog:
             return False
 
     def _find_head(self) -> tuple[int, int, str]:
-        """The newest batch: (number, next sequence number, leaf hash of the last event).
+        """Find the newest batch and resume from it: (number, next sequence number, leaf hash of the last
+        event), and the tree up to there from its peaks when its signature shows this archive's signing
+        key wrote them (otherwise the tree is rebuilt from the events when it is first needed).
 
         Batches are numbered 1…n without gaps, so n is found with O(log n) existence checks (doubling,
         then bisecting) instead of listing the whole log on every command. A gap made by tampering only
         makes a writer append into it, where verification still reports the break."""
+        self._acc = None
         if not self._exists(1):
-            return 0, 0, ZERO
+            self._head, self._acc = (0, 0, ZERO), MerkleAccumulator()
+            return self._head
         low, high = 1, 2  # batch ``low`` exists; find a ``high`` that does not
         while self._exists(high):
             low, high = high, high * 2
         while high - low > 1:
             middle = (low + high) // 2
             low, high = (middle, high) if self._exists(middle) else (low, middle)
-        last = self._read_batch(low)["events"][-1]
-        return low, last["seq"] + 1, leaf_hash(_canonical(last)).hex()
+        doc = self._read_batch(low)
+        last = doc["events"][-1]
+        self._head = (low, last["seq"] + 1, leaf_hash(_canonical(last)).hex())
+        self._acc = self._trusted_peaks(low, doc)
+        self._learn(doc.get("known_checkpoint"))
+        try:  # its writer may have checkpointed right after it (then the batch could not say so)
+            info = self.store.head(f"audit/checkpoints/{self._head[1]:012d}.json")
+            if info.created is not None:
+                self._learn({"size": self._head[1], "time": info.created.isoformat()})
+        except ObjectNotFound:
+            pass
+        return self._head
+
+    def _trusted_peaks(self, number: int, doc: dict) -> MerkleAccumulator | None:
+        """The tree after batch ``number`` from its peaks, if the current signing key signed them. (A
+        writer without a signing key signs nothing and checkpoints nothing: it carries the peaks forward
+        as they are, and verification checks them only in signed batches.)"""
+        try:
+            events, peaks = doc["events"], doc["peaks"]
+            if self.signer is not None:
+                if doc.get("key_id") != self.signer.key_id:
+                    return None
+                last = leaf_hash(_canonical(events[-1])).hex()
+                signed = batch_signed_bytes(number, doc["first_seq"], len(events), last, peaks, doc["key_id"])
+                Ed25519PublicKey.from_public_bytes(self.signer.public_key).verify(bytes.fromhex(doc["signature"]),
+                                                                                  signed)
+            return MerkleAccumulator.from_peaks(events[-1]["seq"] + 1, [bytes.fromhex(p) for p in peaks])
+        except (InvalidSignature, KeyError, TypeError, ValueError, IndexError):
+            return None
+
+    def _rebuild(self, size: int) -> MerkleAccumulator:
+        """The tree of the first ``size`` events, from the events themselves (a log written before batches
+        carried their peaks, or whose head batch is not signed by the current key)."""
+        acc = MerkleAccumulator()
+        for logged in self.events():
+            if acc.size == size:
+                break
+            acc.append(logged.leaf)
+        if acc.size != size:
+            raise AuditError(f"the audit log holds {acc.size} events, fewer than its head batch says ({size})")
+        return acc
 
     def _read_batch(self, number: int) -> dict:
         with self.store.open(_batch_key(number)) as f:
@@ -235,20 +356,66 @@ class AuditLog:
         """Sign and store a tree head over every event so far. Idempotent for an unchanged log."""
         if self.signer is None:
             raise AuditError("no signing key: checkpoints need the key provider's signing key")
-        acc = MerkleAccumulator()
-        for logged in self.events():
-            acc.append(logged.leaf)
-        head = {"format": CHECKPOINT_FORMAT, "size": acc.size, "root": acc.root().hex(),
+        with self._lock:
+            self._find_head()
+            _, size, _ = self._head
+            if self._acc is None:
+                self._acc = self._rebuild(size)
+            return self._write_checkpoint(size, self._acc.root())
+
+    def checkpoint_at(self, size: int, root: bytes) -> dict:
+        """Sign and store the tree head (``size``, ``root``) that the caller computed from the events —
+        the verifier, for the log it has just verified. Idempotent."""
+        if self.signer is None:
+            raise AuditError("no signing key: checkpoints need the key provider's signing key")
+        return self._write_checkpoint(size, root)
+
+    def _checkpoint_if_due(self, first: int, size: int) -> None:
+        """After a batch of the events ``first``…``size - 1`` (the writer's lock held): checkpoint at
+        ``size`` when the batch crossed a multiple of ``checkpoint_every``, or the newest checkpoint known
+        is older than ``checkpoint_interval`` (or none is known)."""
+        if self.signer is None or self._acc is None:
+            return
+        due = self._checkpoint_due or size // self.checkpoint_every > first // self.checkpoint_every
+        if not due:
+            known = self._known
+            due = known is None or (size > known[0] and time.time() - known[1] >= self.checkpoint_interval)
+        if not due:
+            return
+        try:
+            self._write_checkpoint(size, self._acc.root())
+            self._checkpoint_due = False
+        except (ArchiveError, OSError):
+            self._checkpoint_due = True  # the events are stored; the checkpoint comes after the next batch
+
+    def _write_checkpoint(self, size: int, root: bytes) -> dict:
+        head = {"format": CHECKPOINT_FORMAT, "size": size, "root": root.hex(),
                 "time": datetime.now(UTC).isoformat(timespec="seconds"), "key_id": self.signer.key_id}
         head["signature"] = self.signer.sign(signed_bytes(head)).hex()
-        self.publish_key()
+        if self._key_published != self.signer.key_id:
+            self.publish_key()
+            self._key_published = self.signer.key_id
+        key = f"audit/checkpoints/{size:012d}.json"
         try:
-            self.store.put(f"audit/checkpoints/{acc.size:012d}.json", io.BytesIO(_canonical(head)),
-                           retain_until=self._retain_until(), mode=self.lock_mode)
-        except ObjectExists:
-            with self.store.open(f"audit/checkpoints/{acc.size:012d}.json") as f:
-                return json.loads(f.read())
+            self.store.put(key, io.BytesIO(_canonical(head)), retain_until=self._retain_until(), mode=self.lock_mode)
+        except ObjectExists:  # written before, or by a racing writer: the same size has the same root
+            with self.store.open(key) as f:
+                head = json.loads(f.read())
+        if self._known is None or size >= self._known[0]:
+            self._known = (size, time.time())
+        self.publish(head)
         return head
+
+    def publish(self, head: dict) -> None:
+        """Give ``head`` to the witness outside the archive (when there is one). A witness that cannot be
+        reached fails nothing here — ``audit verify`` reports it — and is tried again at the next one."""
+        if self.witness is None:
+            return
+        try:
+            self.witness.publish(head)
+            self.witness_error = None
+        except (ArchiveError, OSError) as e:
+            self.witness_error = str(e)
 
     def publish_key(self) -> None:
         """Store the current signing key's public half (once), so bundles and verifiers can find it."""
@@ -263,6 +430,18 @@ class AuditLog:
         for key in self.store.list("audit/checkpoints/"):
             with self.store.open(key) as f:
                 yield key, json.loads(f.read())
+
+
+def batch_signed_bytes(number: int, first_seq: int, count: int, last_leaf: str, peaks: list[str],
+                       key_id: str) -> bytes:
+    """What a batch signature covers: batch number, first sequence number, event count, the last event's
+    leaf hash (hex) and the tree's peaks after it (hex, comma-separated), one per line."""
+    return "\n".join([BATCH_FORMAT, str(number), str(first_seq), str(count), last_leaf, ",".join(peaks),
+                      key_id]).encode()
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
 def signed_bytes(head: dict) -> bytes:

@@ -79,8 +79,36 @@ class MerkleAccumulator:
         self.size += 1
 
     def extend(self, leaves: Sequence[bytes]) -> None:
-        for leaf in leaves:
-            self.append(leaf)
+        """``append`` for each leaf, in one loop (a writer adds a whole batch at a time)."""
+        peaks, n, sha = self._peaks, self.size, _sha256
+        for h in leaves:
+            m = n
+            while m & 1:
+                h = sha(b"\x01" + peaks.pop() + h).digest()
+                m >>= 1
+            peaks.append(h)
+            n += 1
+        self.size = n
+
+    @property
+    def peaks(self) -> tuple[bytes, ...]:
+        """The compact range: roots of the perfect subtrees, largest (leftmost) first; with ``size`` it is
+        the whole state, so a writer can carry it forward instead of re-reading every leaf."""
+        return tuple(self._peaks)
+
+    @classmethod
+    def from_peaks(cls, size: int, peaks: Sequence[bytes]) -> MerkleAccumulator:
+        """The accumulator of a tree of ``size`` leaves whose peaks are ``peaks``. Raises ValueError when
+        they cannot belong together (one peak per set bit of ``size``, each a 32-byte hash)."""
+        if not _is_size(size) or len(peaks) != bin(size).count("1") or not all(_is_hash(p) for p in peaks):
+            raise ValueError(f"{len(peaks)} peaks do not make a tree of {size} leaves")
+        acc = cls()
+        acc._peaks = [bytes(p) for p in peaks]
+        acc.size = size
+        return acc
+
+    def copy(self) -> MerkleAccumulator:
+        return MerkleAccumulator.from_peaks(self.size, self._peaks)
 
     def root(self) -> bytes:
         """MTH of the leaves appended so far (``EMPTY_ROOT`` for none)."""

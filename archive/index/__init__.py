@@ -1,6 +1,7 @@
 """Search indexes: the embedded SQLite index (default) and a search engine — Elasticsearch 8/9 or
 OpenSearch, each through its own client — behind one contract (archive/index/base.py).
-:func:`open_index` picks one from settings."""
+:func:`open_index` picks one from settings. The index is derived from the store; ``check`` compares the
+two (``archive reindex --check``)."""
 
 from __future__ import annotations
 

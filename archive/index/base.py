@@ -16,6 +16,8 @@ asserts it over a shared corpus). Methods:
     find(kind, value)               records an event selects (account, contract, customer)
     count() / record_ids()
     describe()                      the engine, its version and schema or template version (archive status)
+    entry_of(view) / entries()      what the index would hold for a view, and what it holds: compared
+                                    by archive/index/check.py (``archive reindex --check``)
 """
 
 from __future__ import annotations

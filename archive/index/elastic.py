@@ -319,6 +319,28 @@ class ElasticIndex:
     def record_ids(self) -> Iterator[str]:
         yield from sorted(self._scan({"match_all": {}}))
 
+    # --- checking against the store (archive/index/check.py) ---------------------------------------------
+
+    @classmethod
+    def entry_of(cls, view: dict) -> dict:
+        """What this index keeps of ``view`` (its document), in the shape :meth:`entries` reads it back."""
+        return json.loads(json.dumps(cls._doc(view), ensure_ascii=False))
+
+    def entries(self) -> Iterator[dict]:
+        """Every document as the index holds it, paging with search_after."""
+        self.flush()
+        after = None
+        while True:
+            request = {"query": {"match_all": {}}, "sort": [{"record_id": "asc"}], "size": _CHUNK}
+            if after is not None:
+                request["search_after"] = after
+            hits = self._search("scan", request)["hits"]["hits"]
+            for hit in hits:
+                yield {"record_id": hit["_id"], **hit["_source"]}
+            if len(hits) < _CHUNK:
+                return
+            after = hits[-1]["sort"]
+
     def _scan(self, query: dict) -> list[str]:
         """Every matching record id, paging with search_after."""
         self.flush()

@@ -486,6 +486,53 @@ class SqliteIndex:
             for row in cur:
                 yield row[0]
 
+    # --- checking against the store (archive/index/check.py) ---------------------------------------------
+
+    @staticmethod
+    def entry_of(view: dict) -> dict:
+        """What this index keeps of ``view``, in the shape :meth:`entries` reads it back."""
+        meta = view["metadata"]
+        fields = document.fields(view)
+        return {"record_id": view["record_id"], "started_at": meta["started_at"],
+                "started_utc": document.started_utc(view), "channel": meta["channel"],
+                "source_system": meta["source"]["system"], "interaction_id": meta["source"]["interaction_id"],
+                "stored": json.loads(json.dumps(document.stored(view), ensure_ascii=False)),
+                "fields": fields, "text": document.text(view),
+                "facets": sorted([f, v] for f in FACETED for v in fields.get(f, ()))}
+
+    def entries(self, chunk: int = 500) -> Iterator[dict]:
+        """Every record as the index holds it — its row, its field values, its facets, its text — in
+        :meth:`entry_of`'s shape, ``chunk`` records at a time."""
+        with self._lock:
+            self.flush()
+        db = self._reader()
+        after = 0
+        while True:
+            rows = db.execute("SELECT rec, record_id, started_at, started_utc, channel, source_system, "
+                              "interaction_id, manifest FROM records WHERE rec > ? ORDER BY rec LIMIT ?",
+                              (after, chunk)).fetchall()
+            if not rows:
+                return
+            lo, hi = rows[0][0], rows[-1][0]
+            fields: dict[int, dict[str, list[str]]] = {}
+            for rec, name, value in db.execute("SELECT rec, field, value FROM record_fields WHERE rec BETWEEN ? "
+                                               "AND ? ORDER BY rec, field, value", (lo, hi)):
+                fields.setdefault(rec, {}).setdefault(name, []).append(value)
+            facets: dict[int, list[list[str]]] = {}
+            for rec, name, value in db.execute("SELECT rec, field, value FROM record_facets WHERE rec BETWEEN ? "
+                                               "AND ? ORDER BY rec, field, value", (lo, hi)):
+                facets.setdefault(rec, []).append([name, value])
+            texts = dict(db.execute("SELECT rowid, text FROM records_fts WHERE rowid BETWEEN ? AND ?", (lo, hi)))
+            for rec, rid, started_at, started_utc, channel, system, interaction, manifest in rows:
+                try:
+                    stored = json.loads(manifest)
+                except ValueError:
+                    stored = None
+                yield {"record_id": rid, "started_at": started_at, "started_utc": started_utc, "channel": channel,
+                       "source_system": system, "interaction_id": interaction, "stored": stored,
+                       "fields": fields.get(rec, {}), "text": texts.get(rec), "facets": sorted(facets.get(rec, []))}
+            after = hi
+
 
 # --- query tree → SQL ---------------------------------------------------------------------------------------
 

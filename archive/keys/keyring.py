@@ -10,8 +10,10 @@ File format (JSON, mode 0600, written atomically)::
      "signing": [{"version": 1, "state": "current", "created": "…",
                   "private": "<base64 Ed25519 seed>", "public": "<hex>"}]}
 
-``signing`` holds the Ed25519 keys that sign audit checkpoints (ids ``sig-v<version>``); rotated keys are
-kept, so old checkpoints stay verifiable. They are made on first use for keyrings that predate them.
+``signing`` holds the Ed25519 keys that sign audit checkpoints and batches (ids ``sig-v<version>``); rotated
+keys are kept, so old checkpoints stay verifiable. ``lock`` holds the HMAC keys that authenticate the
+filesystem store's lock state (ids ``lk-v<version>``). Both are made on first use for keyrings that
+predate them.
 
 Wrapping: ``blob = nonce(12) ‖ AES-256-GCM(kek, nonce, data_key, aad)`` with
 ``aad = b"archive-keyring/1\\n" ‖ kek id ‖ b"\\n" ‖ canonical encryption context``, so a wrapped key only
@@ -264,6 +266,28 @@ class KeyringProvider:
             return _sig_id(version)
 
         return self._update(change)
+
+    # --- lock-state keys (HMAC-SHA256) of the filesystem store ----------------------------------------------
+
+    def lock_state_keys(self) -> tuple[str, dict[str, bytes], bool]:
+        """(current key id, every key by id, whether this call made the first key) of the keys that
+        authenticate the filesystem store's lock state (archive/store/filesystem.py). They are kept here,
+        not in the store, so someone who can edit the store's files cannot make a lock state pass its
+        check. Made on first use for keyrings that predate them (``lock``: ``[{"version", "state",
+        "created", "key"}]``, ids ``lk-v<version>``)."""
+        made = False
+        if not self._load().get("lock"):
+            def change(doc: dict) -> bool:
+                if doc.get("lock"):
+                    return False  # another process made it first
+                doc["lock"] = [{"version": 1, "state": "current", "created": _now(), "key": _new_key()}]
+                return True
+
+            made = self._update(change)
+        entries = self._load()["lock"]
+        current = next(e for e in entries if e.get("state") == "current")
+        return (f"lk-v{current['version']}", {f"lk-v{e['version']}": base64.b64decode(e["key"]) for e in entries},
+                made)
 
     def destroy(self, kek_id: str) -> None:
         def change(doc: dict) -> None:

@@ -31,14 +31,33 @@ each file and step 4 each changed directory. ``syncfs`` also flushes other write
 same filesystem; that costs time, never safety.
 
 The WORM rules are enforced by this library, against the store's own clock (``clock``, the system clock
-unless a test injects one) — the archive's clock deciding that a record is due never unlocks an object. A user with shell access to the directory can still delete
-files, so this store is for single-machine use and tests; for SEC 17a-4(f) compliant non-rewriteable,
-non-erasable storage, use the S3 store on a bucket with Object Lock in COMPLIANCE mode.
+unless a test injects one) — the archive's clock deciding that a record is due never unlocks an object.
+
+**Tamper-evident, not tamper-proof.** Someone with shell access to the directory can still edit or delete
+files. What they cannot do is do it unnoticed:
+
+* every lock state — the header's and each ``#meta`` — carries ``mac_key`` and ``mac``, an HMAC-SHA256
+  over the object's key and its state (object id included) under a key kept in the keyring, not in the
+  store (:meth:`use_lock_keys`). The state in force (the ``#meta`` if there is one for this object, else
+  the header) must pass the check; one that fails (edited retain-until, mode or legal hold; a MAC
+  removed; an edited header brought back by deleting the ``#meta``) raises LockStateTampered from
+  ``head``, ``delete``, ``set_legal_hold`` and ``extend_retention``: nothing is deleted or changed on the
+  strength of an edited lock;
+* a lock state rolled back to an earlier genuine one (a ``#meta`` deleted or replaced by an older one)
+  passes that check, and deleted files leave nothing to check: those are found by comparing the store
+  with the audit trail and the records' own decisions and holds (``archive fixity``, ``archive audit
+  verify``; docs/stores.md).
+
+So this store is for single-machine use and tests; for SEC 17a-4(f) compliant non-rewriteable,
+non-erasable storage, use the S3 store on a bucket with Object Lock in COMPLIANCE mode, where the server
+refuses the deletion itself.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import hmac
 import itertools
 import json
 import os
@@ -53,7 +72,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from archive.errors import ArchiveError, ObjectExists, ObjectNotFound, StorageError
+from archive.errors import ArchiveError, LockStateTampered, ObjectExists, ObjectNotFound, StorageError
 from archive.store.base import (LockMode, ObjectInfo, PutRequest, check_deletable, check_extension, check_key,
                                 check_new_retention, check_retain_until)
 from archive.streams import filler
@@ -64,6 +83,8 @@ _MAGIC = b"ARCFSv1\n"
 _LEN = struct.Struct(">I")
 _CHUNK = 1024 * 1024 + 64  # one default sealed segment (1 MiB + 16-byte tag) and change
 _READ_BUFFER = 64 * 1024
+_MAC_LABEL = b"archive-fs-lock-state/1\n"
+_MAC_FIELDS = ("mac", "mac_key")
 
 
 def _makedirs_durably(path: str) -> None:
@@ -250,6 +271,53 @@ class FilesystemStore:
         # a call for fresh randomness per object.
         self._id_prefix = os.urandom(8).hex()
         self._ids = itertools.count()
+        self._lock_key_id: str | None = None
+        self._lock_keys: dict[str, bytes] = {}
+
+    # --- lock-state authentication -------------------------------------------------------------------
+
+    def use_lock_keys(self, current: str, keys: dict[str, bytes], *, seal_existing: bool = False) -> None:
+        """Authenticate every lock state from now on with HMAC keys kept outside the store (the
+        keyring's): new states are MACed under ``current``; a state that does not verify under one of
+        ``keys`` is tampered. ``seal_existing``: MAC every existing state that has no valid MAC yet — only
+        when the first key has just been made (an archive that predates lock-state MACs), never later,
+        or an edit made meanwhile would be sealed as genuine."""
+        if current not in keys:
+            raise StorageError(f"lock-state key {current} is not among the keys given")
+        self._lock_key_id, self._lock_keys = current, dict(keys)
+        if seal_existing:
+            for key in self.list():
+                with self._locked():
+                    try:
+                        state, _, _ = self._state(key, verify=False)
+                    except (ObjectNotFound, StorageError):
+                        continue
+                    if not self._authentic(key, state):
+                        self._change(key, state)
+
+    def _mac(self, key: str, state: dict, key_id: str) -> str:
+        body = json.dumps({k: v for k, v in state.items() if k not in _MAC_FIELDS}, sort_keys=True,
+                          separators=(",", ":")).encode()
+        return hmac.new(self._lock_keys[key_id], _MAC_LABEL + key.encode() + b"\n" + body, hashlib.sha256).hexdigest()
+
+    def _sealed(self, key: str, state: dict) -> dict:
+        """``state`` with its MAC (as it is: without lock keys configured)."""
+        if self._lock_key_id is None:
+            return state
+        state = {k: v for k, v in state.items() if k not in _MAC_FIELDS}
+        return {**state, "mac_key": self._lock_key_id, "mac": self._mac(key, state, self._lock_key_id)}
+
+    def _authentic(self, key: str, state: dict) -> bool:
+        key_id, mac = state.get("mac_key"), state.get("mac")
+        return (isinstance(key_id, str) and key_id in self._lock_keys and isinstance(mac, str)
+                and hmac.compare_digest(mac, self._mac(key, state, key_id)))
+
+    def _verify(self, key: str, state: dict, where: str) -> None:
+        if self._lock_key_id is not None and not self._authentic(key, state):
+            raise LockStateTampered(
+                f"the lock state of {key!r} in its {where} (retain-until, mode, legal hold) fails its "
+                "authentication check: it was edited outside the archive; nothing is changed or deleted on "
+                "its strength", object_key=key, segment="lock-state")
 
     # --- paths and locking ---------------------------------------------------------------------------
 
@@ -280,8 +348,9 @@ class FilesystemStore:
         except ValueError as e:
             raise StorageError(f"{f.name}: object header is unreadable: {e}") from e
 
-    def _state(self, key: str) -> tuple[dict, int, int]:
-        """(lock state, data offset, data size) of ``key``: the creation state, or the latest change."""
+    def _state(self, key: str, *, verify: bool = True) -> tuple[dict, int, int]:
+        """(lock state, data offset, data size) of ``key``: the creation state, or the latest change.
+        Raises LockStateTampered when (``verify``, with lock keys) either fails its check."""
         try:
             with open(self._path(key, _DATA), "rb") as f:
                 state, offset = self._header(f)
@@ -294,14 +363,26 @@ class FilesystemStore:
         except FileNotFoundError:
             changed = None
         except ValueError as e:
+            if verify and self._lock_key_id is not None:
+                raise LockStateTampered(f"the lock state of {key!r} in its #meta is unreadable ({e}): it was "
+                                        "edited outside the archive", object_key=key, segment="lock-state") from e
             raise StorageError(f"lock state of {key!r} is unreadable: {e}", key=key) from e
-        if changed is not None and changed.get("object_id") == state["object_id"]:
-            state = changed
+        # The state in force must pass its check: the latest #meta, or the header when there is none. A
+        # #meta naming another object id was left by a deleted object (a crash between the two unlinks)
+        # and does not apply. (A header under a #meta is no longer in force: deleting the #meta to bring
+        # an edited header back fails the header's check.)
+        if changed is not None and changed.get("object_id") == state.get("object_id"):
+            state, where = changed, "#meta"
+        else:
+            where = "header"
+        if verify:
+            self._verify(key, state, where)
         return state, offset, size
 
     def _change(self, key: str, state: dict) -> None:
         final = self._path(key, _META)
         tmp = self.root / "tmp" / f"{uuid.uuid4().hex}.meta"
+        state = self._sealed(key, state)
         with open(tmp, "w") as f:
             json.dump(state, f)
             f.flush()
@@ -331,9 +412,9 @@ class FilesystemStore:
         now = now or self.clock.now()
         retain_until = check_new_retention(key, retain_until, now)
         object_id = f"{self._id_prefix}{next(self._ids):016x}"
-        state = {"object_id": object_id, "created": now.isoformat(), "legal_hold": bool(legal_hold),
-                 "retain_until": retain_until.isoformat() if retain_until else None,
-                 "mode": mode.value if retain_until else None}
+        state = self._sealed(key, {"object_id": object_id, "created": now.isoformat(), "legal_hold": bool(legal_hold),
+                                   "retain_until": retain_until.isoformat() if retain_until else None,
+                                   "mode": mode.value if retain_until else None})
         raw = json.dumps(state).encode()
         info = ObjectInfo(key, 0, retain_until, mode if retain_until else None, bool(legal_hold), now, object_id)
         return final, info, _MAGIC + _LEN.pack(len(raw)) + raw
