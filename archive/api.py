@@ -437,8 +437,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 prefix = scratch.rstrip("/") + "/"
                 outcomes = []
                 services.retention.refresh()
-                for found in discover_group(Path(scratch), names, Limits(settings.max_input_bytes)):
+                for found in discover_group(Path(scratch), names, Limits.of(settings)):
                     found.origin = "upload:" + found.origin.removeprefix(prefix)
+                    found.rename = (prefix, "upload:")  # reasons name the upload, not the scratch copy
                     if found.rejection is not None:
                         found.rejection = type(found.rejection)(found.rejection.code,
                                                                 str(found.rejection).replace(prefix, "upload:"))

@@ -214,7 +214,7 @@ def cmd_ingest(archive: Archive, args: argparse.Namespace) -> int:
         print(f"\r{done} inputs: {summary.archived} archived, {summary.duplicate} duplicate, "
               f"{summary.rejected} rejected", end="", file=sys.stderr, flush=True)
 
-    summary = ingestor.run([Path(p) for p in args.paths], limits=Limits(archive.settings.max_input_bytes),
+    summary = ingestor.run([Path(p) for p in args.paths], limits=Limits.of(archive.settings),
                            progress=progress if show_progress else None)
     args.audit_target.update({"records": sorted({r for o in summary.outcomes for r in o.record_ids}),
                               "inputs": len(summary.outcomes), "archived": summary.archived,

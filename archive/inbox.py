@@ -387,9 +387,7 @@ def take(inbox: Inbox, group: Group, ingestor, limits, scratch: Path) -> list:
     for found in discover_group(directory, names, limits):
         shown = found.origin[len(prefix):] if found.origin.startswith(prefix) else found.origin
         found.origin = inbox.origin(group, shown)
-        if found.rejection is not None:  # name it by where it is in the inbox, not the scratch copy
-            found.rejection = type(found.rejection)(found.rejection.code,
-                                                    str(found.rejection).replace(prefix, inbox.origin(group, "")))
+        found.rename = (prefix, inbox.origin(group, ""))  # reasons name it by where it is in the inbox
         outcome = ingestor.ingest(found)
         if outcome.status in ("archived", "duplicate"):
             archived.update(found.files)

@@ -104,7 +104,7 @@ class Work:
 
             def do() -> list:
                 with tempfile.TemporaryDirectory(prefix="archive-inbox-") as scratch:
-                    outcomes = take(inbox, group, self.ingestor, Limits(self.settings.max_input_bytes), Path(scratch))
+                    outcomes = take(inbox, group, self.ingestor, Limits.of(self.settings), Path(scratch))
                 # the audit event names what was archived (recorded when do() returns)
                 target["records"] = sorted({r for o in outcomes for r in o.record_ids})
                 target.update({s: sum(o.status == s for o in outcomes) for s in ("archived", "duplicate", "rejected")})

@@ -29,8 +29,14 @@ dual-recording findings are computed before anything is sealed, every object of 
 until the decided date in the decided mode, and both are kept in the manifest. An invalid policy set stops
 the run before the first input: nothing is archived under rules that could be wrong.
 
-Bad input is rejected with a reason and recorded in the quarantine log (``quarantine/`` in the store,
-sealed like everything else), which ``archive quarantine list`` shows.
+Every input is judged alone. Whatever goes wrong while one input is read or prepared — an
+:class:`ArchiveError`, or any other exception (a recursion limit, a number Python will not convert, an
+unknown text encoding, a date whose retention overflows the calendar, memory) — rejects that input with
+a reason naming it, records it in the quarantine log (``quarantine/`` in the store, sealed like
+everything else; ``archive quarantine list``), and the run goes on; the other inputs of the run are
+committed. Only transient errors of the archive's own services (the store or the KMS not answering)
+stop the run, as do failures of the store itself (an ``OSError`` that is not the input's: reads of an
+input raise ``RejectedInput`` naming it, :mod:`archive.ingest.files`).
 """
 
 from __future__ import annotations
@@ -39,16 +45,18 @@ import base64
 import hashlib
 import io
 import json
+import math
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from archive.crypto.stream import Binding
-from archive.errors import ArchiveError, ObjectExists, ObjectNotFound, SourceChanged
+from archive.errors import (ArchiveError, InvalidMetadata, ObjectExists, ObjectNotFound, RejectedInput,
+                            SourceChanged)
 from archive.ingest.discover import Found, discover
 from archive.ingest.record import validate
 from archive.retention.decide import decide, findings
@@ -147,6 +155,7 @@ class Ingestor:
         self.index = index
         self.retention = retention or Retention(archive, index, policies_dir=archive.settings.policies_dir,
                                                 min_lock=archive.settings.min_lock)
+        self.max_metadata_bytes = getattr(archive.settings, "max_metadata_bytes", 16 * 1024**2)
         self._lock = threading.Lock()
         self._record_locks: dict[str, threading.Lock] = {}
 
@@ -193,11 +202,28 @@ class Ingestor:
                     "retention": decision, "findings": found, **({"checks": checks} if checks else {}),
                     "metadata": metadata, "parts": sealed,
                 }
-                raw = json.dumps(manifest, ensure_ascii=False, sort_keys=True).encode()
+                raw = self._manifest_bytes(manifest)
                 return _Prepared(rid, manifest, raw, decision, retain_until, mode)
             finally:
                 with self._lock:
                     self._record_locks.pop(rid, None)
+
+    def _manifest_bytes(self, manifest: dict) -> bytes:
+        """The manifest as sealed: JSON that every reader can parse back (finite numbers, valid Unicode),
+        its metadata within ARCHIVE_MAX_METADATA_BYTES. Raises InvalidMetadata / RejectedInput."""
+        try:
+            raw = json.dumps(manifest, ensure_ascii=False, sort_keys=True, allow_nan=False).encode()
+        except ValueError as e:  # NaN or Infinity: not JSON, and a search page holding it could not be served
+            if isinstance(e, UnicodeEncodeError):
+                raise InvalidMetadata(_first(manifest["metadata"], _is_surrogate) or "(record)",
+                                      "holds an unpaired surrogate: not Unicode text") from None
+            raise InvalidMetadata(_first(manifest["metadata"], _is_not_finite) or "(record)",
+                                  "holds a number that is not finite (NaN or Infinity)") from None
+        inline = sum(len(p.get("inline", "")) for p in manifest["parts"])
+        if len(raw) - inline > self.max_metadata_bytes:
+            raise RejectedInput("too_large", f"the record's metadata is {len(raw) - inline:,} bytes as JSON, over the "
+                                             f"limit of {self.max_metadata_bytes:,} (ARCHIVE_MAX_METADATA_BYTES)")
+        return raw
 
     def _commit_many(self, prepared: list[_Prepared],
                      index: Callable[[list[dict]], None] | None = None) -> list[tuple[str, bool] | ArchiveError]:
@@ -392,15 +418,24 @@ class Ingestor:
         return self._commit_inputs([self._prepare_input(found)])[0]
 
     def _prepare_input(self, found: Found, policies: PolicySet | None = None) -> _Input:
+        """Prepare one input's records; any failure of the input itself becomes its outcome (rejected,
+        quarantined with the reason). Transient errors of the archive's services raise, and so does an
+        ``OSError`` that is not the input's (the store failing)."""
         if found.rejection is not None:
-            return _Input(found.origin, outcome=self._reject(found.origin, found.rejection))
+            return _Input(found.origin, outcome=self._reject(found.origin, found.rejection, rename=found.rename))
         try:
-            return _Input(found.origin, [self._prepare(metadata, parts, origin=found.origin, fmt=fmt, policies=policies)
-                                         for metadata, parts, fmt in found.load()])
+            records = []
+            for metadata, parts, fmt in found.load():
+                records.append(self._prepare(metadata, parts, origin=found.origin, fmt=fmt, policies=policies))
+            return _Input(found.origin, records)
         except ArchiveError as e:
             if e.transient:
                 raise
-            return _Input(found.origin, outcome=self._reject(found.origin, e))
+            return _Input(found.origin, outcome=self._reject(found.origin, e, rename=found.rename))
+        except OSError:
+            raise  # not the input's: every read of an input raises RejectedInput ("unreadable") instead
+        except Exception as e:  # recursion, huge numbers, unknown encodings, dates past the calendar, memory …
+            return _Input(found.origin, outcome=self._reject(found.origin, _refusal(found.origin, e)))
 
     def _commit_inputs(self, inputs: list[_Input], index: Callable[[list[dict]], None] | None = None) -> list[Outcome]:
         """Commit the records of prepared inputs as one group; one outcome per input, in order. An input
@@ -422,11 +457,16 @@ class Ingestor:
             outcomes.append(Outcome(item.origin, "archived" if new else "duplicate", [rid for rid, _ in done]))
         return outcomes
 
-    def _reject(self, origin: str, error: ArchiveError) -> Outcome:
-        outcome = Outcome(origin, "rejected", code=error.code, reason=str(error))
-        entry = {"origin": origin, "code": error.code, "reason": str(error),
-                 "at": datetime.now(UTC).isoformat(timespec="seconds")}
-        key = hashlib.sha256(f"{origin}\n{error.code}\n{error}".encode()).hexdigest()[:32]
+    def _reject(self, origin: str, error: ArchiveError, *, rename: tuple[str, str] | None = None,
+                **extra) -> Outcome:
+        reason = str(error) if rename is None else str(error).replace(*rename)
+        if origin not in reason:  # the reason names the input it is about, in full
+            name = PurePath(origin).name
+            reason = f"{origin}: {reason.removeprefix(name + ': ')}"
+        outcome = Outcome(origin, "rejected", code=error.code, reason=reason)
+        entry = {"origin": origin, "code": error.code, "reason": reason,
+                 "at": datetime.now(UTC).isoformat(timespec="seconds"), **extra}
+        key = hashlib.sha256(f"{origin}\n{error.code}\n{reason}".encode()).hexdigest()[:32]
         try:
             self.vault.seal(f"quarantine/{key}", io.BytesIO(json.dumps(entry).encode()),
                             Binding(f"quarantine-{key}", "entry"))
@@ -460,6 +500,47 @@ class _Input:
     origin: str
     records: list[_Prepared] = field(default_factory=list)
     outcome: Outcome | None = None
+
+
+def _refusal(origin: str, e: Exception) -> RejectedInput:
+    """A failure of one input that is not an ArchiveError, as the rejection naming the input and what is
+    wrong with it."""
+    detail = f"{type(e).__name__}: {e}"[:300]
+    if isinstance(e, RecursionError):
+        return RejectedInput("too_deep", f"{origin}: nested too deeply to be read ({detail})")
+    if isinstance(e, MemoryError):
+        return RejectedInput("too_large", f"{origin}: too large to be read into memory")
+    if isinstance(e, UnicodeError) or type(e) is LookupError:  # (codec lookups raise plain LookupError)
+        return RejectedInput("bad_encoding", f"{origin}: text in an unknown or unusable encoding ({detail})")
+    if isinstance(e, OverflowError | ValueError):
+        return RejectedInput("out_of_range", f"{origin}: holds a value out of range ({detail})")
+    return RejectedInput("unprocessable", f"{origin}: could not be prepared for archiving ({detail})")
+
+
+def _is_surrogate(value) -> bool:
+    return isinstance(value, str) and any("\ud800" <= c <= "\udfff" for c in value)
+
+
+def _is_not_finite(value) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _first(value, bad: Callable[[object], bool]) -> str | None:
+    """The path (``source_fields.a[2]``) of the first value in ``value`` for which ``bad`` holds, or None
+    (iteratively: the metadata may be deep)."""
+    stack = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if bad(item):
+            return path or None
+        if isinstance(item, Mapping):
+            for key, child in reversed(list(item.items())):
+                if bad(key):
+                    return f"{path}.{key}".lstrip(".") if isinstance(key, str) else path
+                stack.append((f"{path}.{key}".lstrip("."), child))
+        elif isinstance(item, list | tuple):
+            stack.extend((f"{path}[{i}]", child) for i, child in reversed(list(enumerate(item))))
+    return None
 
 
 def _done(result) -> Future:
