@@ -22,7 +22,10 @@ found on disk (:mod:`archive.ingest.discover`) and each becomes zero or more rec
   overwritten — WORM — so it is sealed again under a new name and the orphan is left to
   ``Vault.orphans()``;
 * the source is only ever read: never moved, renamed, modified or deleted. It is hashed before sealing
-  and the sealer hashes it again while sealing: a file that changed in between is refused.
+  and the sealer hashes it again while sealing: a file that changed in between is refused
+  (``source_changed``) — that input only: the run goes on, and the next run, once the file has stopped
+  changing, archives it. What the changing file left sealed is never reused: a name whose receipt
+  holds other bytes is passed over for the next (``part.audio.retry-2``), so it cannot block the input;
 
 Each record is locked as its retention policies decide (:mod:`archive.retention`): the decision and the
 dual-recording findings are computed before anything is sealed, every object of the record is locked
@@ -301,15 +304,19 @@ class Ingestor:
                 receipt = self.vault.receipt(candidate)
             except ObjectNotFound:
                 receipt = None
+            if receipt is not None and receipt.plaintext_sha256 != part.sha256:
+                continue  # what an earlier attempt sealed while its source was changing: never ours, a new name
             if receipt is None:
                 try:
                     with part.open() as f:
                         receipt = self.vault.seal(candidate, f, binding, retain_until=retain_until, mode=mode)
                 except ObjectExists:
                     continue  # sealed by a run that died before writing its receipt: WORM, so new name
-            if receipt.plaintext_sha256 != part.sha256:
-                raise SourceChanged(f"{part.filename or part.name} changed while it was being archived "
-                                    f"(SHA-256 {part.sha256[:12]}… before, {receipt.plaintext_sha256[:12]}… sealed)")
+                if receipt.plaintext_sha256 != part.sha256:
+                    # Left sealed under this name (WORM); the next attempt passes it over (above).
+                    raise SourceChanged(f"{part.filename or part.name} changed while it was being archived "
+                                        f"(SHA-256 {part.sha256[:12]}… before, {receipt.plaintext_sha256[:12]}… "
+                                        "sealed); it is archived once it stops changing (run ingest again)")
             # Read it all back: every segment authenticates and the plaintext SHA-256 matches the
             # receipt, which was just checked against the source's.
             for _ in self.vault.open(candidate, binding, verify_digest=True):
@@ -429,7 +436,7 @@ class Ingestor:
                 records.append(self._prepare(metadata, parts, origin=found.origin, fmt=fmt, policies=policies))
             return _Input(found.origin, records)
         except ArchiveError as e:
-            if e.transient:
+            if e.transient and not isinstance(e, SourceChanged):  # a changed input is that input's problem
                 raise
             return _Input(found.origin, outcome=self._reject(found.origin, e, rename=found.rename))
         except OSError:
