@@ -1,8 +1,9 @@
-"""Races of ingest (issue 25, item 3).
+"""Races of ingest (issue 25, item 3; issue 24's lock race).
 
 * A file that changes while it is being sealed is refused for that run only — the other inputs of the
   run are archived — and archived by a later run, under a fresh name when its first name is taken by
   what the changing file left sealed.
+* Two threads never prepare the same record at once, whatever a third does meanwhile.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 from archive.index.sqlite import SqliteIndex
@@ -98,3 +100,81 @@ def test_a_file_changing_while_sealed_is_refused_alone_then_archived_under_a_fre
     assert b"".join(ingestor.read_part(manifest, "audio")) == original
     stale = ingestor.vault.receipt(audio["object"].removesuffix(".retry-2"))
     assert stale.plaintext_sha256 == hashlib.sha256(changed).hexdigest()  # what the change left, kept, unused
+
+
+# --- the record lock race (issue 24) -----------------------------------------------------------------
+
+
+def test_a_third_thread_cannot_prepare_a_record_beside_one_that_waited(tmp_path):
+    """A holds the record; B waits for it; A finishes. Before the fix A's cleanup dropped the lock B
+    then held, so C made a new one and prepared the same record beside B."""
+    arch, _ = init_archive(Settings.from_env({"ARCHIVE_HOME": str(tmp_path / "home")}))
+    ingestor = Ingestor(arch, SqliteIndex(arch.settings.index_path))
+    from archive.ingest.pipeline import PartInput
+
+    doc = json.loads(_chat("race"))
+    inside, most = set(), [0]
+    guard = threading.Lock()
+    a_in, b_in, c_in = threading.Event(), threading.Event(), threading.Event()
+    b_registered, c_registered, done_a = threading.Event(), threading.Event(), threading.Event()
+
+    class Watched:  # the ingestor's guard lock, telling when a thread has taken (and let go of) it
+        def __init__(self, lock):
+            self.lock = lock
+
+        def __enter__(self):
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc):
+            self.lock.__exit__(*exc)
+            name = threading.current_thread().name
+            if name == "B" and a_in.is_set() and not done_a.is_set():
+                b_registered.set()
+            elif name == "C":
+                c_registered.set()
+
+    ingestor._lock = Watched(ingestor._lock)
+    if hasattr(ingestor._record_locks, "_guard"):
+        ingestor._record_locks._guard = ingestor._lock
+    real_committed = ingestor.committed
+
+    def committed(rid):
+        name = threading.current_thread().name
+        with guard:
+            inside.add(name)
+            most[0] = max(most[0], len(inside))
+        try:
+            if name == "A":
+                a_in.set()
+                assert b_registered.wait(10)  # B has the record's lock in hand and waits on it
+            elif name == "B":
+                b_in.set()
+                assert c_registered.wait(10)
+                c_in.wait(0.5)  # long enough for C to get in, if it can (it could, before the fix)
+            elif name == "C":
+                c_in.set()
+            return real_committed(rid)
+        finally:
+            with guard:
+                inside.discard(name)
+            if name == "A":
+                done_a.set()
+
+    ingestor.committed = committed
+
+    def prepare():
+        ingestor._prepare(dict(doc), [PartInput.of_bytes("transcript", "application/json", _chat("race"))],
+                          origin="race.json", fmt="archive")
+
+    a = threading.Thread(target=prepare, name="A")
+    b = threading.Thread(target=prepare, name="B")
+    c = threading.Thread(target=prepare, name="C")
+    a.start()
+    assert a_in.wait(10)
+    b.start()
+    assert b_in.wait(10)  # A finished, B is preparing the record
+    c.start()
+    for t in (a, b, c):
+        t.join(20)
+    assert most[0] == 1, "two threads prepared the same record at once"
+    assert len(ingestor._record_locks) == 0  # and nothing is left behind

@@ -53,6 +53,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePath
@@ -149,6 +150,33 @@ def _candidates(name: str, attempts: int = 9) -> Iterator[str]:
         yield f"{name}.retry-{attempt}"
 
 
+class _RecordLocks:
+    """One lock per record id, shared by every thread preparing that record, dropped when the last of
+    them is done. (Dropping it as soon as its holder finished, while another thread still waited on it,
+    let a third thread make a new lock and prepare the same record beside the waiter: issue 24.)"""
+
+    def __init__(self, guard: threading.Lock) -> None:
+        self._guard = guard
+        self._locks: dict[str, list] = {}  # record id -> [lock, threads holding or waiting for it]
+
+    @contextmanager
+    def hold(self, rid: str) -> Iterator[None]:
+        with self._guard:
+            entry = self._locks.setdefault(rid, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._locks[rid]
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
 class Ingestor:
     """Runs the pipeline against one archive and its index."""
 
@@ -160,7 +188,7 @@ class Ingestor:
                                                 min_lock=archive.settings.min_lock)
         self.max_metadata_bytes = getattr(archive.settings, "max_metadata_bytes", 16 * 1024**2)
         self._lock = threading.Lock()
-        self._record_locks: dict[str, threading.Lock] = {}
+        self._record_locks = _RecordLocks(self._lock)
 
     # --- one record ------------------------------------------------------------------------------------
 
@@ -183,33 +211,28 @@ class Ingestor:
             else:
                 part.sha256, part.size = _hash_stream(part.open)
         rid = record_id(metadata, parts)
-        with self._lock:  # one record id at a time in this process: a duplicate waits, then reuses its parts
-            lock = self._record_locks.setdefault(rid, threading.Lock())
-        with lock:
-            try:
-                existing = self.committed(rid)
-                if existing is not None:
-                    return _Prepared(rid, existing=existing)
-                policies = policies or self.retention.policy_set()
-                now = self.retention.clock.now()
-                decision = decide(rid, metadata, self.retention.events(), policies, now)
-                retain_until, mode = self.retention.lock_date(decision), decision["lock_mode"]
-                sealed = [self._inline_part(part) if part.size <= INLINE_LIMIT
-                          else self._seal_part(rid, part, retain_until, mode) for part in parts]
-                matched = [policies.get(p["id"]) for p in decision["policies"]]
-                found, checks = findings(metadata, sealed, matched, _transcript_text(metadata, parts))
-                manifest = {
-                    "format": MANIFEST_FORMAT, "record_id": rid,
-                    "ingested_at": now.isoformat(timespec="milliseconds"),
-                    "input": {"origin": origin, "format": fmt},
-                    "retention": decision, "findings": found, **({"checks": checks} if checks else {}),
-                    "metadata": metadata, "parts": sealed,
-                }
-                raw = self._manifest_bytes(manifest)
-                return _Prepared(rid, manifest, raw, decision, retain_until, mode)
-            finally:
-                with self._lock:
-                    self._record_locks.pop(rid, None)
+        # one record id at a time in this process: a duplicate waits, then reuses its parts
+        with self._record_locks.hold(rid):
+            existing = self.committed(rid)
+            if existing is not None:
+                return _Prepared(rid, existing=existing)
+            policies = policies or self.retention.policy_set()
+            now = self.retention.clock.now()
+            decision = decide(rid, metadata, self.retention.events(), policies, now)
+            retain_until, mode = self.retention.lock_date(decision), decision["lock_mode"]
+            sealed = [self._inline_part(part) if part.size <= INLINE_LIMIT
+                      else self._seal_part(rid, part, retain_until, mode) for part in parts]
+            matched = [policies.get(p["id"]) for p in decision["policies"]]
+            found, checks = findings(metadata, sealed, matched, _transcript_text(metadata, parts))
+            manifest = {
+                "format": MANIFEST_FORMAT, "record_id": rid,
+                "ingested_at": now.isoformat(timespec="milliseconds"),
+                "input": {"origin": origin, "format": fmt},
+                "retention": decision, "findings": found, **({"checks": checks} if checks else {}),
+                "metadata": metadata, "parts": sealed,
+            }
+            raw = self._manifest_bytes(manifest)
+            return _Prepared(rid, manifest, raw, decision, retain_until, mode)
 
     def _manifest_bytes(self, manifest: dict) -> bytes:
         """The manifest as sealed: JSON that every reader can parse back (finite numbers, valid Unicode),
