@@ -87,6 +87,13 @@ class Rejected(InputError):
     http_status = 422
 
 
+class Conflicting(InputError):
+    """The same content was archived before with other metadata; this delivery is kept as evidence."""
+
+    code = "metadata_conflict"
+    http_status = 409
+
+
 class NoInbox(InputError):
     code = "inbox_not_configured"
     http_status = 409
@@ -405,6 +412,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post(f"{API}/ingest", summary="Upload one input: a recording with its sidecar (.json or SIPREC .xml), "
                                        "a chat transcript, or an .eml", status_code=201,
               responses={200: {"description": "every input was archived before (duplicates)"},
+                         409: {"description": "the same content was archived with other metadata (both kept)"},
                          413: {"description": "larger than ARCHIVE_MAX_INPUT_BYTES"},
                          422: {"description": "rejected, with the reason (and quarantined)"}})
     def ingest(request: Request, files: list[UploadFile] = File(..., description="the files of one input "  # noqa: B008
@@ -454,10 +462,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for o in outcomes:
             result.add(o)
         body = as_json(result)
-        if result.rejected:
-            raise Rejected(f"{result.rejected} input(s) rejected: " +
-                           "; ".join(f"{o.origin}: [{o.code}] {o.reason}" for o in outcomes if o.status == "rejected"),
-                           **body)
+        if result.rejected or result.conflict:
+            raise (Rejected if result.rejected else Conflicting)(
+                f"{result.rejected + result.conflict} input(s) rejected or in conflict: " +
+                "; ".join(f"{o.origin}: [{o.code}] {o.reason}" for o in outcomes if o.status in ("rejected", "conflict")),
+                **body)
         return JSONResponse(body, status_code=201 if result.archived else 200)
 
     @app.post(f"{API}/ingest/register", status_code=202,

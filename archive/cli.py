@@ -210,28 +210,31 @@ def cmd_ingest(archive: Archive, args: argparse.Namespace) -> int:
     show_progress = sys.stderr.isatty() and not args.json
 
     def progress(summary) -> None:
-        done = summary.archived + summary.duplicate + summary.rejected
+        done = summary.archived + summary.duplicate + summary.conflict + summary.rejected
         print(f"\r{done} inputs: {summary.archived} archived, {summary.duplicate} duplicate, "
-              f"{summary.rejected} rejected", end="", file=sys.stderr, flush=True)
+              f"{summary.conflict} conflict, {summary.rejected} rejected", end="", file=sys.stderr, flush=True)
 
     summary = ingestor.run([Path(p) for p in args.paths], limits=Limits.of(archive.settings),
                            progress=progress if show_progress else None)
     args.audit_target.update({"records": sorted({r for o in summary.outcomes for r in o.record_ids}),
                               "inputs": len(summary.outcomes), "archived": summary.archived,
-                              "duplicate": summary.duplicate, "rejected": summary.rejected})
+                              "duplicate": summary.duplicate, "conflict": summary.conflict,
+                              "rejected": summary.rejected})
     if show_progress:
         print(file=sys.stderr)
     if args.json:
         _out(as_json(summary))
     else:
         for o in summary.outcomes:
-            if o.status == "rejected":
-                print(f"rejected   {o.origin}\n           [{o.code}] {o.reason}")
+            if o.status in ("rejected", "conflict"):
+                print(f"{o.status:<10} {o.origin}{' -> ' + ', '.join(o.record_ids) if o.record_ids else ''}\n"
+                      f"           [{o.code}] {o.reason}")
             elif args.verbose or o.status == "duplicate":
                 word = "archived " if o.status == "archived" else "duplicate"
                 print(f"{word}  {o.origin} -> {', '.join(o.record_ids)}")
-        print(f"archived {summary.archived}, duplicate {summary.duplicate}, rejected {summary.rejected}")
-    return 1 if summary.rejected else 0
+        print(f"archived {summary.archived}, duplicate {summary.duplicate}, conflict {summary.conflict}, "
+              f"rejected {summary.rejected}")
+    return 1 if summary.rejected or summary.conflict else 0
 
 
 def _record(retention, record_id: str) -> dict:
@@ -900,7 +903,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Archive every input under PATH… (files and directories, recursive): "
                                    "recordings with a .json or SIPREC .xml sidecar, chat transcripts (.json: "
                                    "archive, Amazon Connect, Twilio Conversations, Zendesk, Intercom) and .eml. "
-                                   "Sources are only read. Exits 1 when anything was rejected.")
+                                   "Sources are only read. Each input is judged alone: one that cannot be "
+                                   "archived is quarantined with its reason and the run goes on. The same "
+                                   "content delivered again with other metadata is a conflict (both kept). "
+                                   "Exits 1 when anything was rejected or conflicted.")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="list every archived input too")

@@ -107,13 +107,14 @@ class Work:
                     outcomes = take(inbox, group, self.ingestor, Limits.of(self.settings), Path(scratch))
                 # the audit event names what was archived (recorded when do() returns)
                 target["records"] = sorted({r for o in outcomes for r in o.record_ids})
-                target.update({s: sum(o.status == s for o in outcomes) for s in ("archived", "duplicate", "rejected")})
+                target.update({s: sum(o.status == s for o in outcomes)
+                               for s in ("archived", "duplicate", "conflict", "rejected")})
                 return outcomes
 
             outcomes = self.session().run("ingest", do, target=target)
             for o in outcomes:
                 self.coordinator.count(o.status)
-            if any(o.status == "rejected" for o in outcomes):
+            if any(o.status in ("rejected", "conflict") for o in outcomes):
                 self.coordinator.add_rejected(key, group.signature)
             self.coordinator.unqueue(key)
             return {"status": "done", "outcomes": [o.__dict__ for o in outcomes]}

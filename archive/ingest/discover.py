@@ -294,8 +294,10 @@ def _recording_loader(directory: Path, media: list[str], sidecars: list[Path], t
 
         metadata: dict = {}
         fmt = "recording"
+        evidence = []  # the sidecars' bytes, as delivered: kept if this delivery conflicts with an earlier one
         for sidecar in sidecars:
             raw = read_input(sidecar, *limits.for_file(sidecar.name))
+            evidence.append((sidecar.name, raw))
             if sidecar.suffix.lower() == ".xml":
                 from archive.ingest.siprec import parse_siprec
 
@@ -330,7 +332,7 @@ def _recording_loader(directory: Path, media: list[str], sidecars: list[Path], t
             media_type = TRANSCRIPTS[os.path.splitext(name)[1].lower()]
             parts.append(PartInput.of_bytes("transcript" if i == 1 else f"transcript-{i}", media_type, raw,
                                             filename=name))
-        yield metadata, parts, fmt
+        yield metadata, parts, fmt, evidence
 
     return load
 

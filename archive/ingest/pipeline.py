@@ -40,6 +40,10 @@ everything else; ``archive quarantine list``), and the run goes on; the other in
 committed. Only transient errors of the archive's own services (the store or the KMS not answering)
 stop the run, as do failures of the store itself (an ``OSError`` that is not the input's: reads of an
 input raise ``RejectedInput`` naming it, :mod:`archive.ingest.files`).
+
+The same content delivered again with other metadata is a **conflict**, not a duplicate: the record
+stays as it was, the new delivery is kept sealed as evidence and quarantined with both digests
+(:mod:`archive.ingest.conflicts`).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from pathlib import Path, PurePath
 from archive.crypto.stream import Binding
 from archive.errors import (ArchiveError, InvalidMetadata, ObjectExists, ObjectNotFound, RejectedInput,
                             SourceChanged)
+from archive.ingest import conflicts
 from archive.ingest.discover import Found, discover
 from archive.ingest.record import validate
 from archive.retention.decide import decide, findings
@@ -99,7 +104,7 @@ class Outcome:
     """What happened to one input (a file or a group of files)."""
 
     origin: str
-    status: str  # "archived" | "duplicate" | "rejected"
+    status: str  # "archived" | "duplicate" | "conflict" | "rejected"
     record_ids: list[str] = field(default_factory=list)
     code: str | None = None
     reason: str | None = None
@@ -111,6 +116,7 @@ class Summary:
 
     archived: int = 0
     duplicate: int = 0
+    conflict: int = 0  # the same content as a record, delivered with other metadata (kept as evidence)
     rejected: int = 0
     outcomes: list[Outcome] = field(default_factory=list)
 
@@ -193,17 +199,25 @@ class Ingestor:
     # --- one record ------------------------------------------------------------------------------------
 
     def commit(self, metadata: dict, parts: list[PartInput], *, origin: str, fmt: str) -> tuple[str, bool]:
-        """Archive one record; returns (record id, True if new / False if it already existed)."""
-        (result,) = self._commit_many([self._prepare(metadata, parts, origin=origin, fmt=fmt)])
+        """Archive one record; returns (record id, True if new / False if it already existed). The same
+        parts committed before with other metadata raise RejectedInput ``metadata_conflict`` (the new
+        metadata kept as evidence, see :mod:`archive.ingest.conflicts`)."""
+        evidence = [("metadata.json", json.dumps(metadata, sort_keys=True, ensure_ascii=False).encode())]
+        prepared = self._prepare(metadata, parts, origin=origin, fmt=fmt, evidence=evidence)
+        (result,) = self._commit_many([prepared])
         if isinstance(result, ArchiveError):
             raise result
+        if isinstance(result, _Conflict):
+            outcome = self._keep_conflict(prepared, result.archived)
+            raise RejectedInput(outcome.code, outcome.reason, record_id=prepared.rid)
         return result
 
     def _prepare(self, metadata: dict, parts: list[PartInput], *, origin: str, fmt: str,
-                 policies: PolicySet | None = None) -> _Prepared:
+                 policies: PolicySet | None = None, evidence: Iterable[tuple[str, bytes]] = ()) -> _Prepared:
         """Everything before a record's commit: validate, hash, name it, and — unless it is already
         committed — decide its retention, seal its large parts (each read back and verified) and build its
-        manifest. ``policies``: the run's policy set (default: the current one)."""
+        manifest. ``policies``: the run's policy set (default: the current one). ``evidence``: the bytes
+        the metadata came from when they are not among the parts (sidecars), kept if it conflicts."""
         metadata = validate(metadata)
         for part in parts:
             if part.data is not None:
@@ -211,11 +225,12 @@ class Ingestor:
             else:
                 part.sha256, part.size = _hash_stream(part.open)
         rid = record_id(metadata, parts)
+        known = {"metadata": metadata, "evidence": list(evidence), "origin": origin, "fmt": fmt}
         # one record id at a time in this process: a duplicate waits, then reuses its parts
         with self._record_locks.hold(rid):
             existing = self.committed(rid)
             if existing is not None:
-                return _Prepared(rid, existing=existing)
+                return _Prepared(rid, existing=existing, **known)
             policies = policies or self.retention.policy_set()
             now = self.retention.clock.now()
             decision = decide(rid, metadata, self.retention.events(), policies, now)
@@ -232,7 +247,7 @@ class Ingestor:
                 "metadata": metadata, "parts": sealed,
             }
             raw = self._manifest_bytes(manifest)
-            return _Prepared(rid, manifest, raw, decision, retain_until, mode)
+            return _Prepared(rid, manifest, raw, decision, retain_until, mode, **known)
 
     def _manifest_bytes(self, manifest: dict) -> bytes:
         """The manifest as sealed: JSON that every reader can parse back (finite numbers, valid Unicode),
@@ -251,20 +266,22 @@ class Ingestor:
                                              f"limit of {self.max_metadata_bytes:,} (ARCHIVE_MAX_METADATA_BYTES)")
         return raw
 
-    def _commit_many(self, prepared: list[_Prepared],
-                     index: Callable[[list[dict]], None] | None = None) -> list[tuple[str, bool] | ArchiveError]:
+    def _commit_many(self, prepared: list[_Prepared], index: Callable[[list[dict]], None] | None = None
+                     ) -> list[tuple[str, bool] | _Conflict | ArchiveError]:
         """Commit prepared records together: their manifests are sealed as one group (two group commits
         of the store for all of them), each read back and verified, then indexed. Returns, per record,
-        (record id, True if new / False if it already existed) or the error that refused it. A record
-        already committed — before, by another writer, or earlier in this group — comes back as existing.
-        ``index`` takes the group's index entries (default: upserted here, before returning)."""
+        (record id, True if new / False if it already existed), a :class:`_Conflict` when it existed with
+        other metadata, or the error that refused it. A record already committed — before, by another
+        writer, or earlier in this group — comes back as existing. ``index`` takes the group's index
+        entries (default: upserted here, before returning)."""
         views: list[dict] = []
-        results: list[tuple[str, bool] | ArchiveError | None] = [None] * len(prepared)
+        results: list[tuple[str, bool] | _Conflict | ArchiveError | None] = [None] * len(prepared)
+        archived: dict[int, dict] = {}  # the committed manifest, for the first of a record in the group
         todo, first, again = [], {}, []
         for i, p in enumerate(prepared):
             if p.existing is not None:
                 views.append(self.retention.view(p.existing))  # a run that died after the commit, before indexing
-                results[i] = (p.rid, False)
+                results[i] = _existing(p, p.existing)
             elif p.rid in first:
                 again.append(i)  # the same record twice in one group: the first one commits it
             else:
@@ -287,7 +304,7 @@ class Ingestor:
                     existing = self.committed(p.rid)
                     if existing is not None:  # a concurrent run committed it first
                         views.append(self.retention.view(existing))
-                        results[i] = (p.rid, False)
+                        results[i], archived[i] = _existing(p, existing), existing
                     else:  # a dead run sealed this name but never wrote its receipt: WORM, so a new name
                         retry.append(next(t for t in todo if t[0] == i))
                     continue
@@ -301,11 +318,13 @@ class Ingestor:
                     results[i] = e
                     continue
                 views.append(self.retention.view(p.manifest, p.decision, cases=[], new=True))
-                results[i] = (p.rid, True)
+                results[i], archived[i] = (p.rid, True), p.manifest
             todo = retry
         for i in again:
-            done = results[first[prepared[i].rid]]
-            results[i] = done if isinstance(done, ArchiveError) else (prepared[i].rid, False)
+            j = first[prepared[i].rid]
+            done = results[j]
+            # compared with the record as committed (by the group's first delivery of it, or before)
+            results[i] = done if isinstance(done, ArchiveError) else _existing(prepared[i], archived[j])
         if index is not None:
             index(views)
         else:
@@ -455,8 +474,9 @@ class Ingestor:
             return _Input(found.origin, outcome=self._reject(found.origin, found.rejection, rename=found.rename))
         try:
             records = []
-            for metadata, parts, fmt in found.load():
-                records.append(self._prepare(metadata, parts, origin=found.origin, fmt=fmt, policies=policies))
+            for metadata, parts, fmt, *evidence in found.load():
+                records.append(self._prepare(metadata, parts, origin=found.origin, fmt=fmt, policies=policies,
+                                             evidence=evidence[0] if evidence else ()))
             return _Input(found.origin, records)
         except ArchiveError as e:
             if e.transient and not isinstance(e, SourceChanged):  # a changed input is that input's problem
@@ -469,7 +489,8 @@ class Ingestor:
 
     def _commit_inputs(self, inputs: list[_Input], index: Callable[[list[dict]], None] | None = None) -> list[Outcome]:
         """Commit the records of prepared inputs as one group; one outcome per input, in order. An input
-        any of whose records was refused is quarantined with that reason. Transient errors raise."""
+        any of whose records was refused is quarantined with that reason; one whose record was committed
+        before with other metadata is a conflict (kept as evidence). Transient errors raise."""
         results = iter(self._commit_many([p for i in inputs for p in i.records], index))
         outcomes = []
         for item in inputs:
@@ -483,9 +504,50 @@ class Ingestor:
                     raise error
                 outcomes.append(self._reject(item.origin, error))
                 continue
+            conflict = next(((p, r) for p, r in zip(item.records, done) if isinstance(r, _Conflict)), None)
+            if conflict is not None:
+                outcomes.append(self._keep_conflict(conflict[0], conflict[1].archived))
+                continue
             new = any(created for _, created in done)
             outcomes.append(Outcome(item.origin, "archived" if new else "duplicate", [rid for rid, _ in done]))
         return outcomes
+
+    def _keep_conflict(self, p: _Prepared, archived: dict) -> Outcome:
+        """Keep a conflicting delivery as sealed evidence beside its record, and quarantine it."""
+        rid = p.rid
+        now = self.retention.clock.now()
+        current = self.retention.decision(rid, archived)
+        until, mode = self.retention.lock_date(current), current["lock_mode"]
+        try:
+            delivered = decide(rid, p.metadata, self.retention.events(), self.retention.policy_set(), now)
+            until = max(until, self.retention.lock_date(delivered))
+            mode = "compliance" if "compliance" in (mode, delivered["lock_mode"]) else mode
+            delivered_until = delivered["retain_until"]
+        except (ArchiveError, ValueError, OverflowError):
+            delivered_until = None
+        doc = conflicts.evidence_doc(record_id=rid, origin=p.origin, fmt=p.fmt, received_at=now, metadata=p.metadata,
+                                     archived=archived["metadata"], evidence=p.evidence,
+                                     archived_until=current["retain_until"], delivered_until=delivered_until)
+        raw = json.dumps(doc, ensure_ascii=False, sort_keys=True).encode()
+        base = conflicts.evidence_name(rid, p.evidence)
+        for name in _candidates(base):
+            try:
+                self.vault.receipt(name)
+                break  # kept by an earlier attempt of the same delivery
+            except ObjectNotFound:
+                pass
+            try:
+                self.vault.seal(name, io.BytesIO(raw), Binding(rid, name.rpartition("/")[2]), retain_until=until,
+                                mode=mode)
+                break
+            except ObjectExists:
+                continue  # sealed by an attempt that died before its receipt: a new name
+        else:
+            raise ArchiveError(f"{base}: too many interrupted attempts")
+        reason = conflicts.reason(doc, name)
+        self._reject(p.origin, RejectedInput("metadata_conflict", reason), record_id=rid, evidence=name,
+                     metadata_sha256=doc["metadata_sha256"])
+        return Outcome(p.origin, "conflict", [rid], code="metadata_conflict", reason=reason)
 
     def _reject(self, origin: str, error: ArchiveError, *, rename: tuple[str, str] | None = None,
                 **extra) -> Outcome:
@@ -505,7 +567,8 @@ class Ingestor:
         return outcome
 
     def quarantine(self) -> Iterator[dict]:
-        """Every rejected input: origin, code, reason, when."""
+        """Every rejected input: origin, code, reason, when (a conflict also names its record, the
+        evidence object and both metadata digests)."""
         entries = [json.loads(self.vault.read(name)) for name in self.vault.names("quarantine/")]
         yield from sorted(entries, key=lambda e: (e["at"], e["origin"]))
 
@@ -521,6 +584,25 @@ class _Prepared:
     retain_until: datetime | None = None
     mode: str | None = None
     existing: dict | None = None
+    metadata: dict | None = None  # as validated
+    evidence: list[tuple[str, bytes]] = field(default_factory=list)  # what the metadata came from, beside the parts
+    origin: str = ""
+    fmt: str = ""
+
+
+@dataclass
+class _Conflict:
+    """The record was committed before with other metadata: ``archived`` is its manifest."""
+
+    archived: dict
+
+
+def _existing(p: _Prepared, archived: dict) -> tuple[str, bool] | _Conflict:
+    """A record found committed: a duplicate of this delivery, or — when this delivery's metadata came
+    from outside its parts and differs — a conflict."""
+    if p.evidence and conflicts.metadata_digest(p.metadata) != conflicts.metadata_digest(archived["metadata"]):
+        return _Conflict(archived)
+    return p.rid, False
 
 
 @dataclass
@@ -591,5 +673,6 @@ def _transcript_text(metadata: dict, parts: list[PartInput]) -> str | None:
 
 
 def as_json(summary: Summary) -> dict:
-    return {"archived": summary.archived, "duplicate": summary.duplicate, "rejected": summary.rejected,
+    return {"archived": summary.archived, "duplicate": summary.duplicate, "conflict": summary.conflict,
+            "rejected": summary.rejected,
             "outcomes": [asdict(o) for o in summary.outcomes]}
