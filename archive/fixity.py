@@ -63,7 +63,9 @@ def check_record(retention, rid: str) -> Check:
         result.problems.append({"object": f"records/{rid}/manifest", "problem": f"{e.code}: {e}"})
         return result
     parts = {p["object"]: p for p in manifest["parts"] if "object" in p}
-    for name in sorted(set(retention.objects(rid)) | set(parts)):
+    # objects with a seal receipt, and every part the manifest names: an object left without its receipt
+    # by a killed writer (Vault.orphans()) was never part of the record, and is not read as one
+    for name in sorted(set(vault.names(f"records/{rid}/", with_receipt=True)) | set(parts)):
         part = parts.get(name)
         read(name, Binding(rid, part["name"]) if part else None, part)
     return result
