@@ -204,6 +204,7 @@ def _ingestor(archive: Archive):
 
 def cmd_ingest(archive: Archive, args: argparse.Namespace) -> int:
     from archive.ingest.discover import Limits
+    from archive.ingest.journal import Journals
     from archive.ingest.pipeline import as_json
 
     ingestor = _ingestor(archive)
@@ -214,16 +215,26 @@ def cmd_ingest(archive: Archive, args: argparse.Namespace) -> int:
         print(f"\r{done} inputs: {summary.archived} archived, {summary.duplicate} duplicate, "
               f"{summary.conflict} conflict, {summary.rejected} rejected", end="", file=sys.stderr, flush=True)
 
+    # Runs that died before recording what they committed: index it, and name it in this run's event.
+    journals = Journals(archive.settings.home / "ingest-journal")
+    dead = journals.dead()
+    recovered = ingestor.recover(dead.records)
+    journal = journals.start()
     summary = ingestor.run([Path(p) for p in args.paths], limits=Limits.of(archive.settings),
-                           progress=progress if show_progress else None)
-    args.audit_target.update({"records": sorted({r for o in summary.outcomes for r in o.record_ids}),
+                           progress=progress if show_progress else None, journal=journal)
+    args.audit_target.update({"records": sorted({r for o in summary.outcomes for r in o.record_ids} | set(recovered)),
                               "inputs": len(summary.outcomes), "archived": summary.archived,
                               "duplicate": summary.duplicate, "conflict": summary.conflict,
-                              "rejected": summary.rejected})
+                              "rejected": summary.rejected,
+                              **({"recovered": recovered, "recovered_runs": dead.runs} if recovered else {})})
+    args.after_audit = [journal.close, dead.close]  # once the event naming the records is recorded
     if show_progress:
         print(file=sys.stderr)
+    if recovered:
+        print(f"recovered {len(recovered)} record(s) committed by an interrupted run: indexed, audited now",
+              file=sys.stderr)
     if args.json:
-        _out(as_json(summary))
+        _out({**as_json(summary), **({"recovered": recovered} if recovered else {})})
     else:
         for o in summary.outcomes:
             if o.status in ("rejected", "conflict"):
@@ -906,6 +917,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Sources are only read. Each input is judged alone: one that cannot be "
                                    "archived is quarantined with its reason and the run goes on. The same "
                                    "content delivered again with other metadata is a conflict (both kept). "
+                                   "Records a killed run committed are indexed and audited by the next run. "
                                    "Exits 1 when anything was rejected or conflicted.")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -1208,8 +1220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         operation = OPERATION_OF[run]
         if callable(operation):  # the operation depends on the arguments (hold on/off, what is approved)
             operation = operation(archive, args)
-        return session.run(operation, lambda: run(archive, args), target=target, reason=args.reason,
-                           case=getattr(args, "case_id", None) or args.case)
+        status = session.run(operation, lambda: run(archive, args), target=target, reason=args.reason,
+                             case=getattr(args, "case_id", None) or args.case)
+        for after in getattr(args, "after_audit", ()):  # what a command leaves until its event is recorded
+            after()
+        return status
     except ArchiveError as e:
         if os.environ.get("ARCHIVE_DEBUG"):
             raise

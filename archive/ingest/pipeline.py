@@ -26,6 +26,9 @@ found on disk (:mod:`archive.ingest.discover`) and each becomes zero or more rec
   (``source_changed``) — that input only: the run goes on, and the next run, once the file has stopped
   changing, archives it. What the changing file left sealed is never reused: a name whose receipt
   holds other bytes is passed over for the next (``part.audio.retry-2``), so it cannot block the input;
+* a run that passes a ``journal`` (:mod:`archive.ingest.journal`; ``archive ingest`` does) lists each
+  group's record ids there before committing them, so that a run killed before it indexed and audited
+  what it committed is finished by the next (:meth:`Ingestor.recover`).
 
 Each record is locked as its retention policies decide (:mod:`archive.retention`): the decision and the
 dual-recording findings are computed before anything is sealed, every object of the record is locked
@@ -400,24 +403,25 @@ class Ingestor:
     # --- many inputs -----------------------------------------------------------------------------------
 
     def run(self, paths: Iterable[Path], *, limits, progress: Callable[[Summary], None] | None = None,
-            workers: int = 8) -> Summary:
+            workers: int = 8, journal=None) -> Summary:
         """Ingest every input under ``paths``; outcomes come back in input order. ``workers`` threads
         prepare recordings (probe, hash, seal their media); chats and emails, Python work that threads
         would only hand the GIL back and forth for, are prepared by the calling thread. Records are
         committed in groups of up to ``BATCH`` (:meth:`_commit_many`), each group with a few flushes of
         the store instead of a few per record; one more thread writes their index entries. The policy set
-        is read once, at the start of the run."""
+        is read once, at the start of the run. ``journal`` (:class:`archive.ingest.journal.Journal`)
+        gets each group's record ids before the group is committed."""
         summary = Summary()
         policies = self.retention.policy_set()  # an invalid policy set stops the run before the first input
         try:
-            self._run(paths, limits, progress, workers, summary, policies)
+            self._run(paths, limits, progress, workers, summary, policies, journal)
         finally:
             self.index.flush()
         return summary
 
     BATCH = 128  # records per group commit
 
-    def _run(self, paths, limits, progress, workers: int, summary: Summary, policies: PolicySet) -> None:
+    def _run(self, paths, limits, progress, workers: int, summary: Summary, policies: PolicySet, journal) -> None:
         batch: list[_Input] = []
         indexing: deque[Future] = deque()
 
@@ -430,6 +434,8 @@ class Ingestor:
             indexing.append(indexer.submit(lambda: [self.index.upsert(v) for v in views]))
 
         def commit_batch() -> None:
+            if journal is not None:  # write-ahead: the group's record ids, before any of them is committed
+                journal.add([p.rid for item in batch for p in item.records if p.existing is None])
             for outcome in self._commit_inputs(batch, index):
                 summary.add(outcome)
                 if progress:
@@ -571,6 +577,25 @@ class Ingestor:
         evidence object and both metadata digests)."""
         entries = [json.loads(self.vault.read(name)) for name in self.vault.names("quarantine/")]
         yield from sorted(entries, key=lambda e: (e["at"], e["origin"]))
+
+    # --- crash recovery --------------------------------------------------------------------------------
+
+    def recover(self, record_ids: Iterable[str]) -> list[str]:
+        """Index again every committed record among ``record_ids`` (the journals of dead runs,
+        :mod:`archive.ingest.journal`); returns those committed, for the caller's audit event to name as
+        recovered. Records the dead run never committed are not records, and are skipped."""
+        recovered = []
+        held = None
+        for rid in record_ids:
+            manifest = self.committed(rid)
+            if manifest is None:
+                continue
+            if held is None:
+                held = self.retention.held_records()
+            self.index.upsert(self.retention.view(manifest, cases=held.get(rid, [])))
+            recovered.append(rid)
+        self.index.flush()
+        return recovered
 
 
 @dataclass
