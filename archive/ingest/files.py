@@ -98,7 +98,13 @@ def read_input(path: Path | str, limit: int, setting: str) -> bytes:
     (``too_large`` naming ``setting``, or as :func:`open_input`)."""
     with open_input(path) as f:
         size = os.fstat(f.fileno()).st_size
-        data = f.read(limit + 1) if size <= limit else b""
+        data = b""
+        if size <= limit:
+            # read(n) allocates n bytes up front: ask for the size the file has (and one byte more, to see
+            # whether it grew since), not for the limit — 16 MiB per chat file cost more than the chat
+            data = f.read(size + 1)
+            if len(data) > size:
+                data += f.read(limit + 1 - len(data))
         if size > limit or len(data) > limit:
             raise RejectedInput("too_large", f"{show(path)}: {max(size, len(data)):,} bytes is over the limit of "
                                              f"{limit:,} for this kind of file ({setting})")
