@@ -96,6 +96,13 @@ class Rejected(InputError):
     http_status = 422
 
 
+class Conflicting(InputError):
+    """The same content was archived before with other metadata; this delivery is kept as evidence."""
+
+    code = "metadata_conflict"
+    http_status = 409
+
+
 class NoInbox(InputError):
     code = "inbox_not_configured"
     http_status = 409
@@ -509,6 +516,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                        "a chat transcript, or an .eml", status_code=201,
               responses={200: {"description": "every input was archived before (duplicates)"},
                          401: {"description": "no valid token: refused before the body is read"},
+                         409: {"description": "the same content was archived with other metadata (both kept)"},
                          413: {"description": "larger than ARCHIVE_MAX_INPUT_BYTES (nothing is kept)"},
                          422: {"description": "rejected, with the reason (and quarantined)"}},
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -541,8 +549,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 outcomes = []
                 services.retention.refresh()
                 try:
-                    for found in discover_group(Path(scratch), names, Limits(settings.max_input_bytes)):
+                    for found in discover_group(Path(scratch), names, Limits.of(settings)):
                         found.origin = "upload:" + found.origin.removeprefix(prefix)
+                        found.rename = (prefix, "upload:")  # reasons name the upload, not the scratch copy
                         if found.rejection is not None:
                             found.rejection = type(found.rejection)(found.rejection.code,
                                                                     str(found.rejection).replace(prefix, "upload:"))
@@ -550,15 +559,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 finally:
                     services.index.flush()  # what was committed is indexed, whatever happened next
             target["records"] = sorted({r for o in outcomes for r in o.record_ids})
-            target.update({s: sum(o.status == s for o in outcomes) for s in ("archived", "duplicate", "rejected")})
+            target.update({s: sum(o.status == s for o in outcomes)
+                           for s in ("archived", "duplicate", "conflict", "rejected")})
             result = Summary()
             for o in outcomes:
                 result.add(o)
             body = as_json(result)
-            if result.rejected:  # the attempt's outcome is the client's: error input_rejected, with the counts
-                raise Rejected(f"{result.rejected} input(s) rejected: " +
-                               "; ".join(f"{o.origin}: [{o.code}] {o.reason}" for o in outcomes
-                                         if o.status == "rejected"), **body)
+            if result.rejected or result.conflict:  # the attempt's outcome is the client's, with the counts
+                raise (Rejected if result.rejected else Conflicting)(
+                    f"{result.rejected + result.conflict} input(s) rejected or in conflict: " +
+                    "; ".join(f"{o.origin}: [{o.code}] {o.reason}" for o in outcomes
+                              if o.status in ("rejected", "conflict")), **body)
             return JSONResponse(body, status_code=201 if result.archived else 200)
 
         return run(request, "ingest", do, target)

@@ -228,34 +228,48 @@ def _ingestor(archive: Archive):
 
 def cmd_ingest(archive: Archive, args: argparse.Namespace) -> int:
     from archive.ingest.discover import Limits
+    from archive.ingest.journal import Journals
     from archive.ingest.pipeline import as_json
 
     ingestor = _ingestor(archive)
     show_progress = sys.stderr.isatty() and not args.json
 
     def progress(summary) -> None:
-        done = summary.archived + summary.duplicate + summary.rejected
+        done = summary.archived + summary.duplicate + summary.conflict + summary.rejected
         print(f"\r{done} inputs: {summary.archived} archived, {summary.duplicate} duplicate, "
-              f"{summary.rejected} rejected", end="", file=sys.stderr, flush=True)
+              f"{summary.conflict} conflict, {summary.rejected} rejected", end="", file=sys.stderr, flush=True)
 
-    summary = ingestor.run([Path(p) for p in args.paths], limits=Limits(archive.settings.max_input_bytes),
-                           progress=progress if show_progress else None)
-    args.audit_target.update({"records": sorted({r for o in summary.outcomes for r in o.record_ids}),
+    # Runs that died before recording what they committed: index it, and name it in this run's event.
+    journals = Journals(archive.settings.home / "ingest-journal")
+    dead = journals.dead()
+    recovered = ingestor.recover(dead.records)
+    journal = journals.start()
+    summary = ingestor.run([Path(p) for p in args.paths], limits=Limits.of(archive.settings),
+                           progress=progress if show_progress else None, journal=journal)
+    args.audit_target.update({"records": sorted({r for o in summary.outcomes for r in o.record_ids} | set(recovered)),
                               "inputs": len(summary.outcomes), "archived": summary.archived,
-                              "duplicate": summary.duplicate, "rejected": summary.rejected})
+                              "duplicate": summary.duplicate, "conflict": summary.conflict,
+                              "rejected": summary.rejected,
+                              **({"recovered": recovered, "recovered_runs": dead.runs} if recovered else {})})
+    args.after_audit = [journal.close, dead.close]  # once the event naming the records is recorded
     if show_progress:
         print(file=sys.stderr)
+    if recovered:
+        print(f"recovered {len(recovered)} record(s) committed by an interrupted run: indexed, audited now",
+              file=sys.stderr)
     if args.json:
-        _out(as_json(summary))
+        _out({**as_json(summary), **({"recovered": recovered} if recovered else {})})
     else:
         for o in summary.outcomes:
-            if o.status == "rejected":
-                print(f"rejected   {o.origin}\n           [{o.code}] {o.reason}")
+            if o.status in ("rejected", "conflict"):
+                print(f"{o.status:<10} {o.origin}{' -> ' + ', '.join(o.record_ids) if o.record_ids else ''}\n"
+                      f"           [{o.code}] {o.reason}")
             elif args.verbose or o.status == "duplicate":
                 word = "archived " if o.status == "archived" else "duplicate"
                 print(f"{word}  {o.origin} -> {', '.join(o.record_ids)}")
-        print(f"archived {summary.archived}, duplicate {summary.duplicate}, rejected {summary.rejected}")
-    return 1 if summary.rejected else 0
+        print(f"archived {summary.archived}, duplicate {summary.duplicate}, conflict {summary.conflict}, "
+              f"rejected {summary.rejected}")
+    return 1 if summary.rejected or summary.conflict else 0
 
 
 def _record(retention, record_id: str) -> dict:
@@ -1018,7 +1032,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Archive every input under PATH… (files and directories, recursive): "
                                    "recordings with a .json or SIPREC .xml sidecar, chat transcripts (.json: "
                                    "archive, Amazon Connect, Twilio Conversations, Zendesk, Intercom) and .eml. "
-                                   "Sources are only read. Exits 1 when anything was rejected.")
+                                   "Sources are only read. Each input is judged alone: one that cannot be "
+                                   "archived is quarantined with its reason and the run goes on. The same "
+                                   "content delivered again with other metadata is a conflict (both kept). "
+                                   "Records a killed run committed are indexed and audited by the next run. "
+                                   "Exits 1 when anything was rejected or conflicted.")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="list every archived input too")
@@ -1364,8 +1382,11 @@ def _main(argv: Sequence[str] | None) -> int:
         operation = OPERATION_OF[run]
         if callable(operation):  # the operation depends on the arguments (hold on/off, what is approved)
             operation = operation(archive, args)
-        return session.run(operation, lambda: run(archive, args), target=target, reason=args.reason,
-                           case=getattr(args, "case_id", None) or args.case)
+        status = session.run(operation, lambda: run(archive, args), target=target, reason=args.reason,
+                             case=getattr(args, "case_id", None) or args.case)
+        for after in getattr(args, "after_audit", ()):  # what a command leaves until its event is recorded
+            after()
+        return status
     except ArchiveError as e:
         if debug:
             raise

@@ -6,10 +6,12 @@ An inbox is read as **groups**: the files of one directory sharing a stem (``cal
 directory. A group is taken only once its newest file is ``ARCHIVE_INBOX_SETTLE`` old, so a recording is
 not taken before its sidecar has arrived. Names starting with ``.`` are skipped (uploads in progress).
 
-Inputs are never changed at the source. After verified archival a group's files move to the ``done``
-area beside the inbox (``s3://bucket/processed/…`` for ``s3://bucket/inbox``; ``…/processed`` beside a
-directory) or are deleted (``ARCHIVE_INBOX_DONE=delete``) — never before. Rejected inputs stay where
-they are; ``archive quarantine list`` says why.
+Inputs are never changed at the source. After verified archival — and once the ingest audit event naming
+their records is recorded — a group's files move to the ``done`` area beside the inbox
+(``s3://bucket/processed/…`` for ``s3://bucket/inbox``; ``…/processed`` beside a directory) or are deleted
+(``ARCHIVE_INBOX_DONE=delete``) — never before, so the inbox is the workers' write-ahead journal: a worker
+killed at any point leaves the files to be taken again. Rejected inputs, and conflicting deliveries, stay
+where they are; ``archive quarantine list`` says why.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
@@ -363,10 +365,20 @@ def open_inbox(url: str, settings) -> Inbox:
 
 
 def take(inbox: Inbox, group: Group, ingestor, limits, scratch: Path) -> list:
-    """Archive one group: fetch its files, ingest each input in it through the pipeline (archived,
-    duplicate, or quarantined with its reason), and only then move (or delete) the files of the inputs
-    now safely archived. Rejected inputs stay in the inbox. Returns the outcomes; transient errors raise,
-    leaving the inbox as it was, so a retry takes the group again."""
+    """Archive one group and finish it at once (:func:`archive_group`, then its finishing step)."""
+    outcomes, finish = archive_group(inbox, group, ingestor, limits, scratch)
+    finish()
+    return outcomes
+
+
+def archive_group(inbox: Inbox, group: Group, ingestor, limits, scratch: Path) -> tuple[list, Callable[[], None]]:
+    """Archive one group: fetch its files and ingest each input in it through the pipeline (archived,
+    duplicate, conflict, or quarantined with its reason). Returns the outcomes and the finishing step,
+    which moves (or deletes) the files of the inputs now safely archived — to be called only once the
+    ingest audit event naming their records is recorded: a worker that dies before leaves the files in
+    the inbox, and the next worker to take them records the event (as a duplicate) and moves them.
+    Rejected and conflicting inputs stay in the inbox. Transient errors raise, leaving the inbox as it
+    was, so a retry takes the group again."""
     from archive.ingest.discover import _hostile
     from archive.ingest.discover import group as discover_group
 
@@ -379,7 +391,7 @@ def take(inbox: Inbox, group: Group, ingestor, limits, scratch: Path) -> list:
         inbox.drop_marker(group.id)
         group = Group(group.inbox, group.id, tuple(i for i in group.items if i.name not in finishing))
         if not group.items:
-            return []
+            return [], lambda: None
     directory = inbox.fetch(group, scratch)
     names = [i.name for i in group.items if _hostile(i.name) or os.path.lexists(directory / i.name)]
     outcomes, archived = [], set()
@@ -387,19 +399,21 @@ def take(inbox: Inbox, group: Group, ingestor, limits, scratch: Path) -> list:
     for found in discover_group(directory, names, limits):
         shown = found.origin[len(prefix):] if found.origin.startswith(prefix) else found.origin
         found.origin = inbox.origin(group, shown)
-        if found.rejection is not None:  # name it by where it is in the inbox, not the scratch copy
-            found.rejection = type(found.rejection)(found.rejection.code,
-                                                    str(found.rejection).replace(prefix, inbox.origin(group, "")))
+        found.rename = (prefix, inbox.origin(group, ""))  # reasons name it by where it is in the inbox
         outcome = ingestor.ingest(found)
         if outcome.status in ("archived", "duplicate"):
             archived.update(found.files)
         outcomes.append(outcome)
     ingestor.index.flush()
-    if archived:
+
+    def finish() -> None:
+        if not archived:
+            return
         if several:
             inbox.write_marker(group.id, {"group": group.id,
                                           "files": {i.name: i.etag for i in group.items if i.name in archived}})
         inbox.finish(group, archived)
         if several:
             inbox.drop_marker(group.id)
-    return outcomes
+
+    return outcomes, finish

@@ -21,6 +21,8 @@ a URL (``http://user:password@host``) are redacted from ``repr`` and every error
 | ARCHIVE_KMS_ENDPOINT_URL     | (AWS)                         | KMS endpoint (for a KMS-compatible service)   |
 | ARCHIVE_KMS_REGION           | ARCHIVE_S3_REGION             | KMS region                                    |
 | ARCHIVE_MAX_INPUT_BYTES      | 10737418240 (10 GiB)          | larger input files are rejected at ingest     |
+| ARCHIVE_MAX_METADATA_BYTES   | 16777216 (16 MiB)             | largest sidecar, chat, SIPREC or text transcript file, and record metadata as JSON |
+| ARCHIVE_MAX_EMAIL_BYTES      | 157286400 (150 MiB)           | largest .eml (parsed in memory with its attachments) |
 | ARCHIVE_POLICIES             | (the shipped ``policies/``)   | directory of retention policy files (*.yaml)   |
 | ARCHIVE_MIN_LOCK             | P1D                           | shortest lock ever written: a record that arrives already due is still kept this long |
 | ARCHIVE_INDEX_URL            | (none: SQLite in the home)    | Elasticsearch 8/9 or OpenSearch 2.15+/3, e.g. ``http://localhost:9200`` |
@@ -88,6 +90,8 @@ class Settings:
     kms_endpoint_url: str | None = None
     kms_region: str | None = None
     max_input_bytes: int = 10 * 1024**3
+    max_metadata_bytes: int = 16 * 1024**2
+    max_email_bytes: int = 150 * 1024**2
     index_url: str | None = None
     index_engine: str = "auto"
     es_index: str = "archive-records"
@@ -283,6 +287,8 @@ class Settings:
             kms_endpoint_url=kms_endpoint,
             kms_region=env.get("ARCHIVE_KMS_REGION") or region,
             max_input_bytes=_int(env, "ARCHIVE_MAX_INPUT_BYTES", 10 * 1024**3, 1, 2**50),
+            max_metadata_bytes=_int(env, "ARCHIVE_MAX_METADATA_BYTES", 16 * 1024**2, 4096, 2**31),
+            max_email_bytes=_int(env, "ARCHIVE_MAX_EMAIL_BYTES", 150 * 1024**2, 4096, 2**33),
             index_url=index_url,
             index_engine=index_engine,
             es_index=es_index,

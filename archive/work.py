@@ -8,8 +8,9 @@ from the store's current state (:meth:`Retention.refresh`), since other workers 
 Inbox flow: :meth:`scan` lists each inbox and hands back the groups to queue (settled, not queued
 recently, not already rejected as they are); :meth:`ingest` claims one group (a lease in Redis, renewed
 while it works), archives it through the pipeline and moves its files to the done area only after
-verified archival. A worker that dies leaves its claim to lapse and its group in the inbox; the next scan
-queues it again and another worker takes it. The pipeline's content addressing makes a second run a
+verified archival and after the audit event naming its records is recorded. A worker that dies leaves
+its claim to lapse and its group in the inbox; the next scan queues it again and another worker takes it
+(and records the event, for a duplicate). The pipeline's content addressing makes a second run a
 duplicate, so no input is archived twice and none is lost.
 """
 
@@ -18,13 +19,14 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from archive.access import Session
 from archive.coordination import Coordinator
 from archive.dates import parse_duration
 from archive.errors import ConfigError
-from archive.inbox import Inbox, open_inbox, take
+from archive.inbox import Inbox, archive_group, open_inbox
 from archive.ingest.discover import Limits
 from archive.settings import Settings
 
@@ -102,18 +104,21 @@ class Work:
             self.retention.refresh()
             target = {"inbox": url, "input": gid, "worker": self.worker}
 
-            def do() -> list:
+            def do() -> tuple[list, Callable[[], None]]:
                 with tempfile.TemporaryDirectory(prefix="archive-inbox-") as scratch:
-                    outcomes = take(inbox, group, self.ingestor, Limits(self.settings.max_input_bytes), Path(scratch))
+                    outcomes, finish = archive_group(inbox, group, self.ingestor, Limits.of(self.settings),
+                                                     Path(scratch))
                 # the audit event names what was archived (recorded when do() returns)
                 target["records"] = sorted({r for o in outcomes for r in o.record_ids})
-                target.update({s: sum(o.status == s for o in outcomes) for s in ("archived", "duplicate", "rejected")})
-                return outcomes
+                target.update({s: sum(o.status == s for o in outcomes)
+                               for s in ("archived", "duplicate", "conflict", "rejected")})
+                return outcomes, finish
 
-            outcomes = self.session().run("ingest", do, target=target)
+            outcomes, finish = self.session().run("ingest", do, target=target)
+            finish()  # only now: killed before this, the worker leaves the files for the next to take
             for o in outcomes:
                 self.coordinator.count(o.status)
-            if any(o.status == "rejected" for o in outcomes):
+            if any(o.status in ("rejected", "conflict") for o in outcomes):
                 self.coordinator.add_rejected(key, group.signature)
             self.coordinator.unqueue(key)
             return {"status": "done", "outcomes": [o.__dict__ for o in outcomes]}

@@ -72,9 +72,19 @@ def _logs(tmp_path) -> str:
 
 
 def _check(result, left, inputs, env, client, inbox_bucket):
+    from archive.services import open_archive
+    from archive.settings import Settings
+    from tests.workerkit import records_by_interaction
+
     assert result["lost"] == 0, result
     assert result["duplicated"] == 0, result
     assert result["unexpected"] == 0, result
+    # every record committed is named by an ingest audit event, the killed worker's included: a worker
+    # moves an input's files only after the event is recorded, so one killed before takes it again
+    committed = {r for rids in records_by_interaction(env).values() for r in rids}
+    audited = {r for e in open_archive(Settings.from_env(env)).audit.events() if e.event["action"] == "ingest"
+               and e.event["outcome"] == "ok" for r in e.event["target"].get("records", [])}
+    assert committed <= audited, sorted(committed - audited)[:5]
     assert left == inputs.bad  # rejected inputs stay where they were; everything else moved on
     processed = inbox_keys(client, inbox_bucket, "processed")
     assert processed == {k.replace("drop/", "processed/", 1) for keys in inputs.valid.values() for k in keys}

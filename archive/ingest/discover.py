@@ -12,13 +12,23 @@ Rules, per directory (walked recursively, in name order, never following symboli
 * ``.eml`` is an email (RFC 5322);
 * anything else is rejected as an unsupported format; hidden files (``.name``) are skipped.
 
+Only regular files are inputs: a FIFO, a socket, a device or a symbolic link is refused from ``lstat``
+alone, never opened (``open()`` on a FIFO waits forever), and every later open goes through
+:func:`archive.ingest.files.open_input`, which refuses whatever may have been swapped in meanwhile. Sizes
+are checked from the same ``lstat`` against :class:`Limits` — recordings against
+``ARCHIVE_MAX_INPUT_BYTES``, files read whole to be parsed against the smaller
+``ARCHIVE_MAX_METADATA_BYTES`` / ``ARCHIVE_MAX_EMAIL_BYTES`` — and again while they are read. JSON is
+parsed strictly (:func:`parse_json`: finite numbers, bounded integers and nesting).
+
 Each input becomes a :class:`Found`: either a rejection (a reason, nothing read beyond what it took to
 decide) or a ``load()`` that yields ``(metadata, parts, format)`` for the pipeline.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import re
 import stat
@@ -28,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from archive.errors import ArchiveError, RejectedInput
+from archive.ingest.files import not_regular, open_input, read_input
+from archive.ingest.files import show as _show
 from archive.ingest.record import InvalidMetadata
 
 MEDIA_TYPES = {
@@ -40,9 +52,35 @@ TRANSCRIPTS = {".txt": "text/plain; charset=utf-8", ".vtt": "text/vtt; charset=u
 
 @dataclass(frozen=True)
 class Limits:
-    """What the archive accepts."""
+    """What the archive accepts; each limit names the setting that changes it.
+
+    * ``max_input_bytes`` (``ARCHIVE_MAX_INPUT_BYTES``): any one file;
+    * ``max_metadata_bytes`` (``ARCHIVE_MAX_METADATA_BYTES``): a file read whole to be parsed — a
+      sidecar (``.json``, SIPREC ``.xml``), a chat transcript, a text transcript — and a record's metadata
+      as JSON once converted (so an e-mail body or a chat cannot make a manifest of gigabytes);
+    * ``max_email_bytes`` (``ARCHIVE_MAX_EMAIL_BYTES``): an ``.eml``, which is parsed in memory with its
+      attachments (the default, 150 MiB, is the largest message Exchange Online accepts).
+    """
 
     max_input_bytes: int = 10 * 1024**3
+    max_metadata_bytes: int = 16 * 1024**2
+    max_email_bytes: int = 150 * 1024**2
+
+    @classmethod
+    def of(cls, settings) -> Limits:
+        """The limits the settings give."""
+        return cls(settings.max_input_bytes, settings.max_metadata_bytes, settings.max_email_bytes)
+
+    def for_file(self, name: str) -> tuple[int, str]:
+        """(limit in bytes, setting) for the file ``name``: the kind's limit, never above the input limit."""
+        ext = os.path.splitext(name)[1].lower()
+        if ext in (".json", ".xml", *TRANSCRIPTS):
+            limit, setting = self.max_metadata_bytes, "ARCHIVE_MAX_METADATA_BYTES"
+        elif ext == ".eml":
+            limit, setting = self.max_email_bytes, "ARCHIVE_MAX_EMAIL_BYTES"
+        else:
+            return self.max_input_bytes, "ARCHIVE_MAX_INPUT_BYTES"
+        return (limit, setting) if limit <= self.max_input_bytes else (self.max_input_bytes, "ARCHIVE_MAX_INPUT_BYTES")
 
 
 @dataclass
@@ -54,6 +92,7 @@ class Found:
     rejection: ArchiveError | None = None
     files: tuple[str, ...] = ()  # the file names it is made of (for an inbox to move once archived)
     kind: str = ""  # "recording" (media to probe, hash and seal: heavy), "chat" or "email"; "" when rejected
+    rename: tuple[str, str] | None = None  # (prefix, shown as): a scratch copy's path, named as its source
 
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9._ -]+")  # (most names: nothing hostile to look for)
@@ -71,10 +110,6 @@ def _hostile(name: str) -> str | None:
     if name in (".", "..") or "/" in name or "\\" in name:
         return "could escape its directory"
     return None
-
-
-def _show(path: Path) -> str:
-    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def discover(paths: Iterable[Path], *, limits: Limits) -> Iterator[Found]:
@@ -113,6 +148,7 @@ def group(directory: Path, names: list[str], limits: Limits) -> Iterator[Found]:
 
 def _group(directory: Path, names: list[str], limits: Limits) -> Iterator[Found]:
     stems: dict[str, list[str]] = {}
+    refused: dict[str, RejectedInput] = {}  # files refused from lstat alone: never opened
     for name in names:
         if name.startswith("."):
             continue
@@ -121,15 +157,9 @@ def _group(directory: Path, names: list[str], limits: Limits) -> Iterator[Found]
         if problem:
             yield Found(_show(path), rejection=RejectedInput("hostile_name", f"{_show(path)}: file name {problem}"))
             continue
-        if os.path.islink(path):
-            yield Found(_show(path), rejection=RejectedInput("symlink", f"{_show(path)}: symbolic link (not followed)"))
-            continue
-        size = os.stat(path).st_size
-        if size > limits.max_input_bytes:
-            yield Found(_show(path), rejection=RejectedInput(
-                "too_large", f"{_show(path)}: {size} bytes is over the limit of {limits.max_input_bytes} "
-                             "(ARCHIVE_MAX_INPUT_BYTES)"))
-            continue
+        refused_as = _refused(path, name, limits)
+        if refused_as is not None:
+            refused[name] = refused_as
         stem, ext = os.path.splitext(name)
         stems.setdefault(stem, []).append(name)
     for stem, group in stems.items():
@@ -138,29 +168,54 @@ def _group(directory: Path, names: list[str], limits: Limits) -> Iterator[Found]
         if media:
             sidecars = [directory / exts[e] for e in SIDECARS if e in exts]
             origin = _show(directory / media[0]) if len(media) == 1 else _show(directory / stem) + ".*"
-            if not sidecars:
+            transcripts = [exts[e] for e in TRANSCRIPTS if e in exts]
+            members = [*media, *(p.name for p in sidecars), *transcripts]
+            bad = next((refused[n] for n in members if n in refused), None)
+            if bad is not None:  # one file of a recording refused: the recording is refused whole, never half
+                yield Found(origin, rejection=bad)
+            elif not sidecars:
                 yield Found(origin, rejection=RejectedInput(
                     "metadata_missing", f"{origin}: no metadata — put {stem}.json (record schema) or {stem}.xml "
                                         "(SIPREC) beside the recording"))
                 continue
-            transcripts = [exts[e] for e in TRANSCRIPTS if e in exts]
-            yield Found(origin, load=_recording_loader(directory, media, sidecars, transcripts),
-                        files=(*media, *(p.name for p in sidecars), *transcripts), kind="recording")
-            for other in sorted(set(group) - set(media) - {p.name for p in sidecars} - set(transcripts)):
-                yield Found(_show(directory / other), rejection=_unsupported(directory / other))
+            else:
+                yield Found(origin, load=_recording_loader(directory, media, sidecars, transcripts, limits),
+                            files=tuple(members), kind="recording")
+            for other in sorted(set(group) - set(members)):
+                yield Found(_show(directory / other), rejection=refused.get(other) or _unsupported(directory / other))
             continue
         for name in group:
             path = directory / name
             ext = os.path.splitext(name)[1].lower()
-            if ext == ".json":
-                yield Found(_show(path), load=_chat_loader(path), files=(name,), kind="chat")
+            if name in refused:
+                yield Found(_show(path), rejection=refused[name])
+            elif ext == ".json":
+                yield Found(_show(path), load=_chat_loader(path, limits), files=(name,), kind="chat")
             elif ext == ".eml":
-                yield Found(_show(path), load=_email_loader(path), files=(name,), kind="email")
+                yield Found(_show(path), load=_email_loader(path, limits), files=(name,), kind="email")
             elif ext == ".xml":
                 yield Found(_show(path), rejection=RejectedInput(
                     "metadata_without_recording", f"{_show(path)}: SIPREC metadata with no recording of the same name"))
             else:
                 yield Found(_show(path), rejection=_unsupported(path))
+
+
+def _refused(path: Path, name: str, limits: Limits) -> RejectedInput | None:
+    """Why ``path`` is refused from its ``lstat`` alone (nothing is opened), or None."""
+    try:
+        st = os.lstat(path)  # never stat() or open() first: a FIFO would block the run for good
+    except OSError as e:
+        return RejectedInput("unreadable", f"{_show(path)}: {e.strerror}")
+    if stat.S_ISLNK(st.st_mode):
+        return RejectedInput("symlink", f"{_show(path)}: symbolic link (not followed)")
+    what = not_regular(st.st_mode)
+    if what is not None:
+        return RejectedInput("not_regular_file", f"{_show(path)}: is {what}, not a regular file; not opened")
+    limit, setting = limits.for_file(name)
+    if st.st_size > limit:
+        return RejectedInput("too_large", f"{_show(path)}: {st.st_size:,} bytes is over the limit of {limit:,} "
+                                          f"({setting})")
+    return None
 
 
 def _unsupported(path: Path) -> RejectedInput:
@@ -169,39 +224,91 @@ def _unsupported(path: Path) -> RejectedInput:
                          f"{' '.join(MEDIA_TYPES)}, chats: .json, email: .eml")
 
 
-def _parse_json(raw: bytes, name: str):
-    """``raw`` (the bytes of file ``name``) as JSON; raises InvalidMetadata naming the file and the place."""
+MAX_JSON_DEPTH = 64  # objects and arrays inside one another; platform exports nest a handful deep
+MAX_JSON_INT_DIGITS = 64  # far beyond any id or count (a 64-bit integer has 20 digits)
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def _json_depth(raw: bytes) -> int:
+    """How deeply ``raw``'s arrays and objects nest, without parsing (no recursion; strings skipped).
+    Cheap when there are few brackets, linear in the brackets otherwise."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return 0
+    structure = _STRING.sub(b"", raw).translate(None, _NOT_BRACKET)
+    return max(itertools.accumulate(_STEP[c] for c in structure), default=0)
+
+
+def _constant(name: str):
+    def refuse(literal: str):
+        raise InvalidMetadata(name, f"holds {literal}, which is not a JSON number (RFC 8259 §6)")
+    return refuse
+
+
+def _number(name: str):
+    def parse_float(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise InvalidMetadata(name, f"holds the number {text[:40]}, too large to be finite")
+        return value
+    return parse_float
+
+
+def _integer(name: str):
+    def parse_int(text: str) -> int:
+        if len(text.lstrip("-")) > MAX_JSON_INT_DIGITS:
+            raise InvalidMetadata(name, f"holds an integer of {len(text.lstrip('-')):,} digits "
+                                        f"(more than {MAX_JSON_INT_DIGITS} is not a value any source sends)")
+        return int(text)
+    return parse_int
+
+
+def parse_json(raw: bytes, name: str):
+    """``raw`` (the bytes of file ``name``) as JSON, strictly: UTF-8, no NaN or Infinity, finite numbers,
+    integers of at most MAX_JSON_INT_DIGITS digits, at most MAX_JSON_DEPTH levels of nesting (checked
+    before parsing, so nothing recurses that deep). Raises InvalidMetadata naming the file and the place."""
+    depth = _json_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidMetadata(name, f"nests arrays and objects {depth:,} deep; at most {MAX_JSON_DEPTH} is accepted")
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_constant(name), parse_float=_number(name), parse_int=_integer(name))
     except UnicodeDecodeError as e:
         raise InvalidMetadata(name, f"is not UTF-8 JSON ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise InvalidMetadata(name, f"is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:  # (the depth check above makes this unreachable; kept as the last guard)
+        raise InvalidMetadata(name, "nests arrays and objects too deeply") from None
+
 
 
 def _opener(path: Path) -> Callable:
-    return lambda: open(path, "rb")
+    return lambda: open_input(path)
 
 
-def _recording_loader(directory: Path, media: list[str], sidecars: list[Path], transcripts: list[str] = ()):
+def _recording_loader(directory: Path, media: list[str], sidecars: list[Path], transcripts: list[str] = (),
+                      limits: Limits = Limits()):
     def load():
         from archive.ingest.media import probe
         from archive.ingest.pipeline import PartInput
 
         metadata: dict = {}
         fmt = "recording"
+        evidence = []  # the sidecars' bytes, as delivered: kept if this delivery conflicts with an earlier one
         for sidecar in sidecars:
+            raw = read_input(sidecar, *limits.for_file(sidecar.name))
+            evidence.append((sidecar.name, raw))
             if sidecar.suffix.lower() == ".xml":
                 from archive.ingest.siprec import parse_siprec
 
                 try:
-                    siprec = parse_siprec(sidecar.read_bytes())
+                    siprec = parse_siprec(raw)
                 except InvalidMetadata as e:
                     raise InvalidMetadata(f"{sidecar.name}: {e.field}", str(e).split(": ", 1)[-1]) from None
                 metadata = {**siprec, **metadata}
                 fmt = "recording+siprec"
             else:
-                doc = _parse_json(sidecar.read_bytes(), sidecar.name)
+                doc = parse_json(raw, sidecar.name)
                 if not isinstance(doc, dict):
                     raise InvalidMetadata(sidecar.name, "must hold one JSON object (the record metadata)")
                 metadata = {**metadata, **doc}
@@ -217,25 +324,26 @@ def _recording_loader(directory: Path, media: list[str], sidecars: list[Path], t
                 metadata["duration_s"] = round(info.duration_s, 3)
         for i, name in enumerate(transcripts, 1):
             path = directory / name
+            raw = read_input(path, *limits.for_file(name))
             try:
-                path.read_bytes().decode("utf-8")
+                raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise InvalidMetadata(name, f"transcript is not UTF-8 text ({e.reason} at byte {e.start})") from None
             media_type = TRANSCRIPTS[os.path.splitext(name)[1].lower()]
-            parts.append(PartInput("transcript" if i == 1 else f"transcript-{i}", media_type, _opener(path),
-                                   filename=name))
-        yield metadata, parts, fmt
+            parts.append(PartInput.of_bytes("transcript" if i == 1 else f"transcript-{i}", media_type, raw,
+                                            filename=name))
+        yield metadata, parts, fmt, evidence
 
     return load
 
 
-def _chat_loader(path: Path):
+def _chat_loader(path: Path, limits: Limits = Limits()):
     def load():
         from archive.ingest.chats import convert, detect
         from archive.ingest.pipeline import PartInput
 
-        raw = path.read_bytes()  # read once: the metadata and the archived bytes are one snapshot
-        doc = _parse_json(raw, path.name)
+        raw = read_input(path, *limits.for_file(path.name))  # read once: the metadata and the archived bytes are one snapshot
+        doc = parse_json(raw, path.name)
         fmt = detect(doc)
         for metadata in convert(doc, fmt, origin=path.name):
             yield metadata, [PartInput.of_bytes("transcript", "application/json", raw, filename=path.name)], fmt
@@ -243,12 +351,12 @@ def _chat_loader(path: Path):
     return load
 
 
-def _email_loader(path: Path):
+def _email_loader(path: Path, limits: Limits = Limits()):
     def load():
         from archive.ingest.email_import import parse_eml
         from archive.ingest.pipeline import PartInput
 
-        parsed = parse_eml(path.read_bytes(), origin=path.name)
+        parsed = parse_eml(read_input(path, *limits.for_file(path.name)), origin=path.name)
         parts = [PartInput.of_bytes(p.name, p.media_type, p.data, filename=p.filename) for p in parsed.parts]
         yield parsed.metadata, parts, "email"
 

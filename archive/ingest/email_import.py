@@ -27,6 +27,11 @@ Standards relied on:
   mailers wrongly put inside quoted strings are decoded too. Charset labels are decoded with the WHATWG
   Encoding Standard's supersets (``gb2312``/``gbk`` → ``gb18030``, ``iso-8859-1`` → ``windows-1252``)
   because mailers label GBK text as gb2312.
+* Bounds: at most ``MAX_HEADER_FIELDS`` fields in a header block and ``MAX_HEADER_FIELD_BYTES`` in one
+  field (Postfix's ``header_size_limit``): the standard library's structured-header parser is slow on
+  huge address lists, so a hostile header could stall a run; MIME nesting beyond the parser's recursion
+  and more than ``max_parts`` entities are refused; the message size is bounded by the caller
+  (``ARCHIVE_MAX_EMAIL_BYTES``).
 * RFC 2183 §2.3 and RFC 2231 §3-4 — attachment file names (continuations and charsets are decoded by
   ``get_filename``); only the terminal component is kept, never a directory path or control characters.
 
@@ -64,6 +69,8 @@ _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*")
 _TOP_HEADER_DEFECTS = (errors.MissingHeaderBodySeparatorDefect, errors.FirstHeaderLineIsContinuationDefect)
 _STRUCTURE_DEFECTS = (errors.NoBoundaryInMultipartDefect, errors.StartBoundaryNotFoundDefect)
 _MAX_DEPTH = 50
+MAX_HEADER_FIELDS = 1000  # in one header block; RFC 5321 §6.3 takes over 100 Received fields for a mail loop
+MAX_HEADER_FIELD_BYTES = 100 * 1024  # one field with its continuation lines: Postfix's header_size_limit
 
 
 @dataclass(frozen=True)
@@ -93,10 +100,10 @@ def _decode_bytes(data: bytes, charset: str | None) -> str:
     label = _CHARSET_SUPERSETS.get(label, label)
     try:
         return data.decode(label)
-    except LookupError:
-        label = "utf-8"
     except UnicodeDecodeError:
         pass
+    except (LookupError, ValueError):  # an unknown label, or one no codec can be named by (NUL, surrogates)
+        label = "utf-8"
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -212,13 +219,26 @@ def html_to_text(html: str) -> str:
 # --- MIME structure --------------------------------------------------------------------------------
 
 
+def _check_headers(part: EmailMessage, where: str) -> None:
+    """Bound a header block before anything parses its fields: the standard library's structured-header
+    parser takes seconds for a few thousand addresses or fields, and a hostile message has millions."""
+    if len(part) > MAX_HEADER_FIELDS:
+        raise InvalidMetadata(where, f"has {len(part):,} header fields; at most {MAX_HEADER_FIELDS:,} are accepted")
+    for name, value in part.raw_items():
+        if len(name) + len(value) > MAX_HEADER_FIELD_BYTES:
+            raise InvalidMetadata(where, f"header field {_clean(name, 60)!r} is {len(value):,} characters; at most "
+                                         f"{MAX_HEADER_FIELD_BYTES:,} are accepted")
+
+
 def _count_entities(msg: EmailMessage, max_parts: int) -> int:
     count = 0
     try:
-        for _ in msg.walk():
+        for part in msg.walk():
             count += 1
             if count > max_parts:
                 raise InvalidMetadata("parts", f"the message has more than {max_parts} MIME parts")
+            if part is not msg:
+                _check_headers(part, f"parts[{count - 1}]")
     except RecursionError:
         raise InvalidMetadata("parts", "MIME parts are nested too deeply") from None
     return count
@@ -307,11 +327,28 @@ def _participants(found, agent_domains: set[str] | None) -> list[dict]:
 
 def parse_eml(raw: bytes, *, origin: str = "", agent_domains: set[str] | None = None,
               max_parts: int = 100) -> EmailRecord:
-    """Parse one .eml file. Raises InvalidMetadata naming the field (``Date``, ``From``, ``parts`` …)."""
+    """Parse one .eml file. Raises InvalidMetadata naming the field (``Date``, ``From``, ``parts`` …), or
+    ``(email)`` when the standard library's parser itself fails on a malformed message (it raises
+    AttributeError, IndexError, ValueError … from inside its header parsers for some)."""
     if not isinstance(raw, bytes | bytearray):
         raise TypeError("parse_eml needs the raw bytes of the message")
-    raw = bytes(raw)
-    msg: EmailMessage = BytesParser(policy=policy.default).parsebytes(raw)
+    try:
+        return _parse_eml(bytes(raw), origin=origin, agent_domains=agent_domains, max_parts=max_parts)
+    except InvalidMetadata:
+        raise
+    except RecursionError:
+        raise InvalidMetadata("parts", "MIME parts are nested too deeply") from None
+    except (errors.MessageError, ValueError, TypeError, AttributeError, IndexError, KeyError, LookupError) as e:
+        raise InvalidMetadata("(email)", f"malformed beyond what the e-mail parser can read "
+                                         f"({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _parse_eml(raw: bytes, *, origin: str, agent_domains: set[str] | None, max_parts: int) -> EmailRecord:
+    try:
+        msg: EmailMessage = BytesParser(policy=policy.default).parsebytes(raw)
+    except RecursionError:  # the parser descends into nested multiparts one Python frame per level
+        raise InvalidMetadata("parts", "MIME parts are nested too deeply") from None
+    _check_headers(msg, "(headers)")
     if msg.get("From") is None and msg.get("Date") is None:
         raise InvalidMetadata("(email)", "not an email: it has neither a From nor a Date header (RFC 5322 §3.6)")
     for defect in msg.defects:
@@ -370,8 +407,8 @@ def parse_eml(raw: bytes, *, origin: str = "", agent_domains: set[str] | None = 
         "message_id": message_ids[0] if message_ids else None,
         "in_reply_to": _msg_ids(str(msg["In-Reply-To"])) if msg.get("In-Reply-To") is not None else [],
         "references": _msg_ids(str(msg["References"])) if msg.get("References") is not None else [],
-        "to": [_clean(str(v)) for v in msg.get_all("To") or [] if _clean(str(v))],
-        "cc": [_clean(str(v)) for v in msg.get_all("Cc") or [] if _clean(str(v))],
+        "to": [v for v in map(_clean, map(str, msg.get_all("To") or [])) if v],
+        "cc": [v for v in map(_clean, map(str, msg.get_all("Cc") or [])) if v],
         "headers": headers,
         "sha256": digest,
     }

@@ -32,6 +32,7 @@ FFmpeg's log is captured per thread; while a probe runs PyAV's log level is rais
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 from collections import deque
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from archive.errors import CorruptMedia, MediaLibraryMissing, UnsupportedMedia
+from archive.ingest.files import open_input
 
 INSTALL_HINT = 'pip install "av>=15"'
 
@@ -108,22 +110,24 @@ def probe(path: Path, *, claimed_extension: str | None = None) -> MediaInfo:
     if ext and expected is None:
         raise UnsupportedMedia(f"{name}: '{ext}' is not a recording format the archive takes "
                                f"({' '.join(sorted(_EXTENSIONS))})", file=name, extension=ext)
-    size = path.stat().st_size
-    if size == 0:
-        raise CorruptMedia(f"{name}: empty file (0 bytes), expected {expected or 'media'}",
-                           file=name, expected=expected, found="empty")
-    av = _load_av()
-    # Two handles: FFmpeg reads one as a stream; the struct checks seek about in the other.
-    with path.open("rb") as stream, path.open("rb") as fh, _ffmpeg_errors(av) as logs:
-        try:
-            container = av.open(stream, "r")
-        except av.FFmpegError as e:
-            raise CorruptMedia(f"{name}: not a readable {expected or 'media'} file ({_reason(e)})",
-                               file=name, expected=expected, found="unrecognised") from None
-        try:
-            return _probe_open(av, container, fh, size, name, ext, expected, video_ok, logs)
-        finally:
-            container.close()
+    # Two handles, each a regular file (not a FIFO or a link swapped in since discovery): FFmpeg reads one
+    # as a stream; the struct checks seek about in the other.
+    with open_input(path) as stream, open_input(path) as fh:
+        size = os.fstat(stream.fileno()).st_size
+        if size == 0:
+            raise CorruptMedia(f"{name}: empty file (0 bytes), expected {expected or 'media'}",
+                               file=name, expected=expected, found="empty")
+        av = _load_av()
+        with _ffmpeg_errors(av) as logs:
+            try:
+                container = av.open(stream, "r")
+            except av.FFmpegError as e:
+                raise CorruptMedia(f"{name}: not a readable {expected or 'media'} file ({_reason(e)})",
+                                   file=name, expected=expected, found="unrecognised") from None
+            try:
+                return _probe_open(av, container, fh, size, name, ext, expected, video_ok, logs)
+            finally:
+                container.close()
 
 
 def _probe_open(av, container, fh: BinaryIO, size: int, name: str, ext: str, expected: str | None,

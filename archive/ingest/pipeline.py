@@ -22,15 +22,31 @@ found on disk (:mod:`archive.ingest.discover`) and each becomes zero or more rec
   overwritten — WORM — so it is sealed again under a new name and the orphan is left to
   ``Vault.orphans()``;
 * the source is only ever read: never moved, renamed, modified or deleted. It is hashed before sealing
-  and the sealer hashes it again while sealing: a file that changed in between is refused.
+  and the sealer hashes it again while sealing: a file that changed in between is refused
+  (``source_changed``) — that input only: the run goes on, and the next run, once the file has stopped
+  changing, archives it. What the changing file left sealed is never reused: a name whose receipt
+  holds other bytes is passed over for the next (``part.audio.retry-2``), so it cannot block the input;
+* a run that passes a ``journal`` (:mod:`archive.ingest.journal`; ``archive ingest`` does) lists each
+  group's record ids there before committing them, so that a run killed before it indexed and audited
+  what it committed is finished by the next (:meth:`Ingestor.recover`).
 
 Each record is locked as its retention policies decide (:mod:`archive.retention`): the decision and the
 dual-recording findings are computed before anything is sealed, every object of the record is locked
 until the decided date in the decided mode, and both are kept in the manifest. An invalid policy set stops
 the run before the first input: nothing is archived under rules that could be wrong.
 
-Bad input is rejected with a reason and recorded in the quarantine log (``quarantine/`` in the store,
-sealed like everything else), which ``archive quarantine list`` shows.
+Every input is judged alone. Whatever goes wrong while one input is read or prepared — an
+:class:`ArchiveError`, or any other exception (a recursion limit, a number Python will not convert, an
+unknown text encoding, a date whose retention overflows the calendar, memory) — rejects that input with
+a reason naming it, records it in the quarantine log (``quarantine/`` in the store, sealed like
+everything else; ``archive quarantine list``), and the run goes on; the other inputs of the run are
+committed. Only transient errors of the archive's own services (the store or the KMS not answering)
+stop the run, as do failures of the store itself (an ``OSError`` that is not the input's: reads of an
+input raise ``RejectedInput`` naming it, :mod:`archive.ingest.files`).
+
+The same content delivered again with other metadata is a **conflict**, not a duplicate: the record
+stays as it was, the new delivery is kept sealed as evidence and quarantined with both digests
+(:mod:`archive.ingest.conflicts`).
 """
 
 from __future__ import annotations
@@ -39,16 +55,20 @@ import base64
 import hashlib
 import io
 import json
+import math
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from archive.crypto.stream import Binding
-from archive.errors import ArchiveError, ObjectExists, ObjectNotFound, SourceChanged
+from archive.errors import (ArchiveError, InvalidMetadata, ObjectExists, ObjectNotFound, RejectedInput,
+                            SourceChanged)
+from archive.ingest import conflicts
 from archive.ingest.discover import Found, discover
 from archive.ingest.record import validate
 from archive.retention.decide import decide, findings
@@ -87,7 +107,7 @@ class Outcome:
     """What happened to one input (a file or a group of files)."""
 
     origin: str
-    status: str  # "archived" | "duplicate" | "rejected"
+    status: str  # "archived" | "duplicate" | "conflict" | "rejected"
     record_ids: list[str] = field(default_factory=list)
     code: str | None = None
     reason: str | None = None
@@ -99,6 +119,7 @@ class Summary:
 
     archived: int = 0
     duplicate: int = 0
+    conflict: int = 0  # the same content as a record, delivered with other metadata (kept as evidence)
     rejected: int = 0
     outcomes: list[Outcome] = field(default_factory=list)
 
@@ -138,6 +159,33 @@ def _candidates(name: str, attempts: int = 9) -> Iterator[str]:
         yield f"{name}.retry-{attempt}"
 
 
+class _RecordLocks:
+    """One lock per record id, shared by every thread preparing that record, dropped when the last of
+    them is done. (Dropping it as soon as its holder finished, while another thread still waited on it,
+    let a third thread make a new lock and prepare the same record beside the waiter: issue 24.)"""
+
+    def __init__(self, guard: threading.Lock) -> None:
+        self._guard = guard
+        self._locks: dict[str, list] = {}  # record id -> [lock, threads holding or waiting for it]
+
+    @contextmanager
+    def hold(self, rid: str) -> Iterator[None]:
+        with self._guard:
+            entry = self._locks.setdefault(rid, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._locks[rid]
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
 class Ingestor:
     """Runs the pipeline against one archive and its index."""
 
@@ -147,23 +195,32 @@ class Ingestor:
         self.index = index
         self.retention = retention or Retention(archive, index, policies_dir=archive.settings.policies_dir,
                                                 min_lock=archive.settings.min_lock)
+        self.max_metadata_bytes = getattr(archive.settings, "max_metadata_bytes", 16 * 1024**2)
         self._lock = threading.Lock()
-        self._record_locks: dict[str, threading.Lock] = {}
+        self._record_locks = _RecordLocks(self._lock)
 
     # --- one record ------------------------------------------------------------------------------------
 
     def commit(self, metadata: dict, parts: list[PartInput], *, origin: str, fmt: str) -> tuple[str, bool]:
-        """Archive one record; returns (record id, True if new / False if it already existed)."""
-        (result,) = self._commit_many([self._prepare(metadata, parts, origin=origin, fmt=fmt)])
+        """Archive one record; returns (record id, True if new / False if it already existed). The same
+        parts committed before with other metadata raise RejectedInput ``metadata_conflict`` (the new
+        metadata kept as evidence, see :mod:`archive.ingest.conflicts`)."""
+        evidence = [("metadata.json", json.dumps(metadata, sort_keys=True, ensure_ascii=False).encode())]
+        prepared = self._prepare(metadata, parts, origin=origin, fmt=fmt, evidence=evidence)
+        (result,) = self._commit_many([prepared])
         if isinstance(result, ArchiveError):
             raise result
+        if isinstance(result, _Conflict):
+            outcome = self._keep_conflict(prepared, result.archived)
+            raise RejectedInput(outcome.code, outcome.reason, record_id=prepared.rid)
         return result
 
     def _prepare(self, metadata: dict, parts: list[PartInput], *, origin: str, fmt: str,
-                 policies: PolicySet | None = None) -> _Prepared:
+                 policies: PolicySet | None = None, evidence: Iterable[tuple[str, bytes]] = ()) -> _Prepared:
         """Everything before a record's commit: validate, hash, name it, and — unless it is already
         committed — decide its retention, seal its large parts (each read back and verified) and build its
-        manifest. ``policies``: the run's policy set (default: the current one)."""
+        manifest. ``policies``: the run's policy set (default: the current one). ``evidence``: the bytes
+        the metadata came from when they are not among the parts (sidecars), kept if it conflicts."""
         metadata = validate(metadata)
         for part in parts:
             if part.data is not None:
@@ -171,48 +228,63 @@ class Ingestor:
             else:
                 part.sha256, part.size = _hash_stream(part.open)
         rid = record_id(metadata, parts)
-        with self._lock:  # one record id at a time in this process: a duplicate waits, then reuses its parts
-            lock = self._record_locks.setdefault(rid, threading.Lock())
-        with lock:
-            try:
-                existing = self.committed(rid)
-                if existing is not None:
-                    return _Prepared(rid, existing=existing)
-                policies = policies or self.retention.policy_set()
-                now = self.retention.clock.now()
-                decision = decide(rid, metadata, self.retention.events(), policies, now)
-                retain_until, mode = self.retention.lock_date(decision), decision["lock_mode"]
-                sealed = [self._inline_part(part) if part.size <= INLINE_LIMIT
-                          else self._seal_part(rid, part, retain_until, mode) for part in parts]
-                matched = [policies.get(p["id"]) for p in decision["policies"]]
-                found, checks = findings(metadata, sealed, matched, _transcript_text(metadata, parts))
-                manifest = {
-                    "format": MANIFEST_FORMAT, "record_id": rid,
-                    "ingested_at": now.isoformat(timespec="milliseconds"),
-                    "input": {"origin": origin, "format": fmt},
-                    "retention": decision, "findings": found, **({"checks": checks} if checks else {}),
-                    "metadata": metadata, "parts": sealed,
-                }
-                raw = json.dumps(manifest, ensure_ascii=False, sort_keys=True).encode()
-                return _Prepared(rid, manifest, raw, decision, retain_until, mode)
-            finally:
-                with self._lock:
-                    self._record_locks.pop(rid, None)
+        known = {"metadata": metadata, "evidence": list(evidence), "origin": origin, "fmt": fmt}
+        # one record id at a time in this process: a duplicate waits, then reuses its parts
+        with self._record_locks.hold(rid):
+            existing = self.committed(rid)
+            if existing is not None:
+                return _Prepared(rid, existing=existing, **known)
+            policies = policies or self.retention.policy_set()
+            now = self.retention.clock.now()
+            decision = decide(rid, metadata, self.retention.events(), policies, now)
+            retain_until, mode = self.retention.lock_date(decision), decision["lock_mode"]
+            sealed = [self._inline_part(part) if part.size <= INLINE_LIMIT
+                      else self._seal_part(rid, part, retain_until, mode) for part in parts]
+            matched = [policies.get(p["id"]) for p in decision["policies"]]
+            found, checks = findings(metadata, sealed, matched, _transcript_text(metadata, parts))
+            manifest = {
+                "format": MANIFEST_FORMAT, "record_id": rid,
+                "ingested_at": now.isoformat(timespec="milliseconds"),
+                "input": {"origin": origin, "format": fmt},
+                "retention": decision, "findings": found, **({"checks": checks} if checks else {}),
+                "metadata": metadata, "parts": sealed,
+            }
+            raw = self._manifest_bytes(manifest)
+            return _Prepared(rid, manifest, raw, decision, retain_until, mode, **known)
 
-    def _commit_many(self, prepared: list[_Prepared],
-                     index: Callable[[list[dict]], None] | None = None) -> list[tuple[str, bool] | ArchiveError]:
+    def _manifest_bytes(self, manifest: dict) -> bytes:
+        """The manifest as sealed: JSON that every reader can parse back (finite numbers, valid Unicode),
+        its metadata within ARCHIVE_MAX_METADATA_BYTES. Raises InvalidMetadata / RejectedInput."""
+        try:
+            raw = json.dumps(manifest, ensure_ascii=False, sort_keys=True, allow_nan=False).encode()
+        except ValueError as e:  # NaN or Infinity: not JSON, and a search page holding it could not be served
+            if isinstance(e, UnicodeEncodeError):
+                raise InvalidMetadata(_first(manifest["metadata"], _is_surrogate) or "(record)",
+                                      "holds an unpaired surrogate: not Unicode text") from None
+            raise InvalidMetadata(_first(manifest["metadata"], _is_not_finite) or "(record)",
+                                  "holds a number that is not finite (NaN or Infinity)") from None
+        inline = sum(len(p.get("inline", "")) for p in manifest["parts"])
+        if len(raw) - inline > self.max_metadata_bytes:
+            raise RejectedInput("too_large", f"the record's metadata is {len(raw) - inline:,} bytes as JSON, over the "
+                                             f"limit of {self.max_metadata_bytes:,} (ARCHIVE_MAX_METADATA_BYTES)")
+        return raw
+
+    def _commit_many(self, prepared: list[_Prepared], index: Callable[[list[dict]], None] | None = None
+                     ) -> list[tuple[str, bool] | _Conflict | ArchiveError]:
         """Commit prepared records together: their manifests are sealed as one group (two group commits
         of the store for all of them), each read back and verified, then indexed. Returns, per record,
-        (record id, True if new / False if it already existed) or the error that refused it. A record
-        already committed — before, by another writer, or earlier in this group — comes back as existing.
-        ``index`` takes the group's index entries (default: upserted here, before returning)."""
+        (record id, True if new / False if it already existed), a :class:`_Conflict` when it existed with
+        other metadata, or the error that refused it. A record already committed — before, by another
+        writer, or earlier in this group — comes back as existing. ``index`` takes the group's index
+        entries (default: upserted here, before returning)."""
         views: list[dict] = []
-        results: list[tuple[str, bool] | ArchiveError | None] = [None] * len(prepared)
+        results: list[tuple[str, bool] | _Conflict | ArchiveError | None] = [None] * len(prepared)
+        archived: dict[int, dict] = {}  # the committed manifest, for the first of a record in the group
         todo, first, again = [], {}, []
         for i, p in enumerate(prepared):
             if p.existing is not None:
                 views.append(self.retention.view(p.existing))  # a run that died after the commit, before indexing
-                results[i] = (p.rid, False)
+                results[i] = _existing(p, p.existing)
             elif p.rid in first:
                 again.append(i)  # the same record twice in one group: the first one commits it
             else:
@@ -235,7 +307,7 @@ class Ingestor:
                     existing = self.committed(p.rid)
                     if existing is not None:  # a concurrent run committed it first
                         views.append(self.retention.view(existing))
-                        results[i] = (p.rid, False)
+                        results[i], archived[i] = _existing(p, existing), existing
                     else:  # a dead run sealed this name but never wrote its receipt: WORM, so a new name
                         retry.append(next(t for t in todo if t[0] == i))
                     continue
@@ -249,11 +321,13 @@ class Ingestor:
                     results[i] = e
                     continue
                 views.append(self.retention.view(p.manifest, p.decision, cases=[], new=True))
-                results[i] = (p.rid, True)
+                results[i], archived[i] = (p.rid, True), p.manifest
             todo = retry
         for i in again:
-            done = results[first[prepared[i].rid]]
-            results[i] = done if isinstance(done, ArchiveError) else (prepared[i].rid, False)
+            j = first[prepared[i].rid]
+            done = results[j]
+            # compared with the record as committed (by the group's first delivery of it, or before)
+            results[i] = done if isinstance(done, ArchiveError) else _existing(prepared[i], archived[j])
         if index is not None:
             index(views)
         else:
@@ -275,15 +349,19 @@ class Ingestor:
                 receipt = self.vault.receipt(candidate)
             except ObjectNotFound:
                 receipt = None
+            if receipt is not None and receipt.plaintext_sha256 != part.sha256:
+                continue  # what an earlier attempt sealed while its source was changing: never ours, a new name
             if receipt is None:
                 try:
                     with part.open() as f:
                         receipt = self.vault.seal(candidate, f, binding, retain_until=retain_until, mode=mode)
                 except ObjectExists:
                     continue  # sealed by a run that died before writing its receipt: WORM, so new name
-            if receipt.plaintext_sha256 != part.sha256:
-                raise SourceChanged(f"{part.filename or part.name} changed while it was being archived "
-                                    f"(SHA-256 {part.sha256[:12]}… before, {receipt.plaintext_sha256[:12]}… sealed)")
+                if receipt.plaintext_sha256 != part.sha256:
+                    # Left sealed under this name (WORM); the next attempt passes it over (above).
+                    raise SourceChanged(f"{part.filename or part.name} changed while it was being archived "
+                                        f"(SHA-256 {part.sha256[:12]}… before, {receipt.plaintext_sha256[:12]}… "
+                                        "sealed); it is archived once it stops changing (run ingest again)")
             # Read it all back: every segment authenticates and the plaintext SHA-256 matches the
             # receipt, which was just checked against the source's.
             for _ in self.vault.open(candidate, binding, verify_digest=True):
@@ -325,24 +403,25 @@ class Ingestor:
     # --- many inputs -----------------------------------------------------------------------------------
 
     def run(self, paths: Iterable[Path], *, limits, progress: Callable[[Summary], None] | None = None,
-            workers: int = 8) -> Summary:
+            workers: int = 8, journal=None) -> Summary:
         """Ingest every input under ``paths``; outcomes come back in input order. ``workers`` threads
         prepare recordings (probe, hash, seal their media); chats and emails, Python work that threads
         would only hand the GIL back and forth for, are prepared by the calling thread. Records are
         committed in groups of up to ``BATCH`` (:meth:`_commit_many`), each group with a few flushes of
         the store instead of a few per record; one more thread writes their index entries. The policy set
-        is read once, at the start of the run."""
+        is read once, at the start of the run. ``journal`` (:class:`archive.ingest.journal.Journal`)
+        gets each group's record ids before the group is committed."""
         summary = Summary()
         policies = self.retention.policy_set()  # an invalid policy set stops the run before the first input
         try:
-            self._run(paths, limits, progress, workers, summary, policies)
+            self._run(paths, limits, progress, workers, summary, policies, journal)
         finally:
             self.index.flush()
         return summary
 
     BATCH = 128  # records per group commit
 
-    def _run(self, paths, limits, progress, workers: int, summary: Summary, policies: PolicySet) -> None:
+    def _run(self, paths, limits, progress, workers: int, summary: Summary, policies: PolicySet, journal) -> None:
         batch: list[_Input] = []
         indexing: deque[Future] = deque()
 
@@ -355,6 +434,8 @@ class Ingestor:
             indexing.append(indexer.submit(lambda: [self.index.upsert(v) for v in views]))
 
         def commit_batch() -> None:
+            if journal is not None:  # write-ahead: the group's record ids, before any of them is committed
+                journal.add([p.rid for item in batch for p in item.records if p.existing is None])
             for outcome in self._commit_inputs(batch, index):
                 summary.add(outcome)
                 if progress:
@@ -392,19 +473,30 @@ class Ingestor:
         return self._commit_inputs([self._prepare_input(found)])[0]
 
     def _prepare_input(self, found: Found, policies: PolicySet | None = None) -> _Input:
+        """Prepare one input's records; any failure of the input itself becomes its outcome (rejected,
+        quarantined with the reason). Transient errors of the archive's services raise, and so does an
+        ``OSError`` that is not the input's (the store failing)."""
         if found.rejection is not None:
-            return _Input(found.origin, outcome=self._reject(found.origin, found.rejection))
+            return _Input(found.origin, outcome=self._reject(found.origin, found.rejection, rename=found.rename))
         try:
-            return _Input(found.origin, [self._prepare(metadata, parts, origin=found.origin, fmt=fmt, policies=policies)
-                                         for metadata, parts, fmt in found.load()])
+            records = []
+            for metadata, parts, fmt, *evidence in found.load():
+                records.append(self._prepare(metadata, parts, origin=found.origin, fmt=fmt, policies=policies,
+                                             evidence=evidence[0] if evidence else ()))
+            return _Input(found.origin, records)
         except ArchiveError as e:
-            if e.transient:
+            if e.transient and not isinstance(e, SourceChanged):  # a changed input is that input's problem
                 raise
-            return _Input(found.origin, outcome=self._reject(found.origin, e))
+            return _Input(found.origin, outcome=self._reject(found.origin, e, rename=found.rename))
+        except OSError:
+            raise  # not the input's: every read of an input raises RejectedInput ("unreadable") instead
+        except Exception as e:  # recursion, huge numbers, unknown encodings, dates past the calendar, memory …
+            return _Input(found.origin, outcome=self._reject(found.origin, _refusal(found.origin, e)))
 
     def _commit_inputs(self, inputs: list[_Input], index: Callable[[list[dict]], None] | None = None) -> list[Outcome]:
         """Commit the records of prepared inputs as one group; one outcome per input, in order. An input
-        any of whose records was refused is quarantined with that reason. Transient errors raise."""
+        any of whose records was refused is quarantined with that reason; one whose record was committed
+        before with other metadata is a conflict (kept as evidence). Transient errors raise."""
         results = iter(self._commit_many([p for i in inputs for p in i.records], index))
         outcomes = []
         for item in inputs:
@@ -418,15 +510,61 @@ class Ingestor:
                     raise error
                 outcomes.append(self._reject(item.origin, error))
                 continue
+            conflict = next(((p, r) for p, r in zip(item.records, done) if isinstance(r, _Conflict)), None)
+            if conflict is not None:
+                outcomes.append(self._keep_conflict(conflict[0], conflict[1].archived))
+                continue
             new = any(created for _, created in done)
             outcomes.append(Outcome(item.origin, "archived" if new else "duplicate", [rid for rid, _ in done]))
         return outcomes
 
-    def _reject(self, origin: str, error: ArchiveError) -> Outcome:
-        outcome = Outcome(origin, "rejected", code=error.code, reason=str(error))
-        entry = {"origin": origin, "code": error.code, "reason": str(error),
-                 "at": datetime.now(UTC).isoformat(timespec="seconds")}
-        key = hashlib.sha256(f"{origin}\n{error.code}\n{error}".encode()).hexdigest()[:32]
+    def _keep_conflict(self, p: _Prepared, archived: dict) -> Outcome:
+        """Keep a conflicting delivery as sealed evidence beside its record, and quarantine it."""
+        rid = p.rid
+        now = self.retention.clock.now()
+        current = self.retention.decision(rid, archived)
+        until, mode = self.retention.lock_date(current), current["lock_mode"]
+        try:
+            delivered = decide(rid, p.metadata, self.retention.events(), self.retention.policy_set(), now)
+            until = max(until, self.retention.lock_date(delivered))
+            mode = "compliance" if "compliance" in (mode, delivered["lock_mode"]) else mode
+            delivered_until = delivered["retain_until"]
+        except (ArchiveError, ValueError, OverflowError):
+            delivered_until = None
+        doc = conflicts.evidence_doc(record_id=rid, origin=p.origin, fmt=p.fmt, received_at=now, metadata=p.metadata,
+                                     archived=archived["metadata"], evidence=p.evidence,
+                                     archived_until=current["retain_until"], delivered_until=delivered_until)
+        raw = json.dumps(doc, ensure_ascii=False, sort_keys=True).encode()
+        base = conflicts.evidence_name(rid, p.evidence)
+        for name in _candidates(base):
+            try:
+                self.vault.receipt(name)
+                break  # kept by an earlier attempt of the same delivery
+            except ObjectNotFound:
+                pass
+            try:
+                self.vault.seal(name, io.BytesIO(raw), Binding(rid, name.rpartition("/")[2]), retain_until=until,
+                                mode=mode)
+                break
+            except ObjectExists:
+                continue  # sealed by an attempt that died before its receipt: a new name
+        else:
+            raise ArchiveError(f"{base}: too many interrupted attempts")
+        reason = conflicts.reason(doc, name)
+        self._reject(p.origin, RejectedInput("metadata_conflict", reason), record_id=rid, evidence=name,
+                     metadata_sha256=doc["metadata_sha256"])
+        return Outcome(p.origin, "conflict", [rid], code="metadata_conflict", reason=reason)
+
+    def _reject(self, origin: str, error: ArchiveError, *, rename: tuple[str, str] | None = None,
+                **extra) -> Outcome:
+        reason = str(error) if rename is None else str(error).replace(*rename)
+        if origin not in reason:  # the reason names the input it is about, in full
+            name = PurePath(origin).name
+            reason = f"{origin}: {reason.removeprefix(name + ': ')}"
+        outcome = Outcome(origin, "rejected", code=error.code, reason=reason)
+        entry = {"origin": origin, "code": error.code, "reason": reason,
+                 "at": datetime.now(UTC).isoformat(timespec="seconds"), **extra}
+        key = hashlib.sha256(f"{origin}\n{error.code}\n{reason}".encode()).hexdigest()[:32]
         try:
             self.vault.seal(f"quarantine/{key}", io.BytesIO(json.dumps(entry).encode()),
                             Binding(f"quarantine-{key}", "entry"))
@@ -435,9 +573,29 @@ class Ingestor:
         return outcome
 
     def quarantine(self) -> Iterator[dict]:
-        """Every rejected input: origin, code, reason, when."""
+        """Every rejected input: origin, code, reason, when (a conflict also names its record, the
+        evidence object and both metadata digests)."""
         entries = [json.loads(self.vault.read(name)) for name in self.vault.names("quarantine/")]
         yield from sorted(entries, key=lambda e: (e["at"], e["origin"]))
+
+    # --- crash recovery --------------------------------------------------------------------------------
+
+    def recover(self, record_ids: Iterable[str]) -> list[str]:
+        """Index again every committed record among ``record_ids`` (the journals of dead runs,
+        :mod:`archive.ingest.journal`); returns those committed, for the caller's audit event to name as
+        recovered. Records the dead run never committed are not records, and are skipped."""
+        recovered = []
+        held = None
+        for rid in record_ids:
+            manifest = self.committed(rid)
+            if manifest is None:
+                continue
+            if held is None:
+                held = self.retention.held_records()
+            self.index.upsert(self.retention.view(manifest, cases=held.get(rid, [])))
+            recovered.append(rid)
+        self.index.flush()
+        return recovered
 
 
 @dataclass
@@ -451,6 +609,25 @@ class _Prepared:
     retain_until: datetime | None = None
     mode: str | None = None
     existing: dict | None = None
+    metadata: dict | None = None  # as validated
+    evidence: list[tuple[str, bytes]] = field(default_factory=list)  # what the metadata came from, beside the parts
+    origin: str = ""
+    fmt: str = ""
+
+
+@dataclass
+class _Conflict:
+    """The record was committed before with other metadata: ``archived`` is its manifest."""
+
+    archived: dict
+
+
+def _existing(p: _Prepared, archived: dict) -> tuple[str, bool] | _Conflict:
+    """A record found committed: a duplicate of this delivery, or — when this delivery's metadata came
+    from outside its parts and differs — a conflict."""
+    if p.evidence and conflicts.metadata_digest(p.metadata) != conflicts.metadata_digest(archived["metadata"]):
+        return _Conflict(archived)
+    return p.rid, False
 
 
 @dataclass
@@ -460,6 +637,47 @@ class _Input:
     origin: str
     records: list[_Prepared] = field(default_factory=list)
     outcome: Outcome | None = None
+
+
+def _refusal(origin: str, e: Exception) -> RejectedInput:
+    """A failure of one input that is not an ArchiveError, as the rejection naming the input and what is
+    wrong with it."""
+    detail = f"{type(e).__name__}: {e}"[:300]
+    if isinstance(e, RecursionError):
+        return RejectedInput("too_deep", f"{origin}: nested too deeply to be read ({detail})")
+    if isinstance(e, MemoryError):
+        return RejectedInput("too_large", f"{origin}: too large to be read into memory")
+    if isinstance(e, UnicodeError) or type(e) is LookupError:  # (codec lookups raise plain LookupError)
+        return RejectedInput("bad_encoding", f"{origin}: text in an unknown or unusable encoding ({detail})")
+    if isinstance(e, OverflowError | ValueError):
+        return RejectedInput("out_of_range", f"{origin}: holds a value out of range ({detail})")
+    return RejectedInput("unprocessable", f"{origin}: could not be prepared for archiving ({detail})")
+
+
+def _is_surrogate(value) -> bool:
+    return isinstance(value, str) and any("\ud800" <= c <= "\udfff" for c in value)
+
+
+def _is_not_finite(value) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _first(value, bad: Callable[[object], bool]) -> str | None:
+    """The path (``source_fields.a[2]``) of the first value in ``value`` for which ``bad`` holds, or None
+    (iteratively: the metadata may be deep)."""
+    stack = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if bad(item):
+            return path or None
+        if isinstance(item, Mapping):
+            for key, child in reversed(list(item.items())):
+                if bad(key):
+                    return f"{path}.{key}".lstrip(".") if isinstance(key, str) else path
+                stack.append((f"{path}.{key}".lstrip("."), child))
+        elif isinstance(item, list | tuple):
+            stack.extend((f"{path}[{i}]", child) for i, child in reversed(list(enumerate(item))))
+    return None
 
 
 def _done(result) -> Future:
@@ -480,5 +698,6 @@ def _transcript_text(metadata: dict, parts: list[PartInput]) -> str | None:
 
 
 def as_json(summary: Summary) -> dict:
-    return {"archived": summary.archived, "duplicate": summary.duplicate, "rejected": summary.rejected,
+    return {"archived": summary.archived, "duplicate": summary.duplicate, "conflict": summary.conflict,
+            "rejected": summary.rejected,
             "outcomes": [asdict(o) for o in summary.outcomes]}

@@ -32,7 +32,10 @@ Choices:
   guessed at. Roles are unknown here (``other``): the sidecar says who the agent is.
 
 Hostile XML: a DOCTYPE, entity or notation declaration is refused before the tree is built (no entity
-expansion, no external fetches), as is malformed XML, reported with the parser's line and column.
+expansion, no external fetches — so no "billion laughs"), as is malformed XML, reported with the parser's
+line and column, and a declared encoding other than UTF-8, UTF-16, US-ASCII or ISO-8859-1 (``UTF-7``
+and unknown names would otherwise fail inside Python's codecs). Times are bounded by the record schema
+(:mod:`archive.ingest.record`), ids and names by its string limits.
 """
 
 from __future__ import annotations
@@ -58,8 +61,25 @@ def _refuse(what: str):
     return handler
 
 
+_DECLARED = re.compile(rb"(?:\xef\xbb\xbf)?<\?xml\s[^>]*?encoding\s*=\s*[\"']([^\"']{0,64})[\"']")
+_ENCODINGS = {"utf-8", "utf8", "utf-16", "utf-16le", "utf-16be", "us-ascii", "ascii", "iso-8859-1", "latin-1",
+              "latin1"}
+
+
+def _check_encoding(xml: bytes) -> None:
+    """Refuse an XML declaration naming an encoding other than those expat reads itself (UTF-8, UTF-16,
+    US-ASCII, ISO-8859-1): Python would hand others to codecs that fail outright (UTF-7, any multi-byte
+    one: ``ValueError``) or do not exist (``LookupError``), and a guessed encoding is a guessed value."""
+    m = _DECLARED.match(xml.lstrip(b" \t\r\n")[:512])
+    if m and m.group(1).decode("ascii", "replace").strip().lower() not in _ENCODINGS:
+        shown = m.group(1).decode("ascii", "backslashreplace")[:40]
+        raise InvalidMetadata("(xml)", f"declares encoding {shown!r}; SIPREC metadata is read as UTF-8, UTF-16, "
+                                       "US-ASCII or ISO-8859-1 only")
+
+
 def _check_xml(xml: bytes) -> None:
     """One expat pass that refuses DTDs and entities and reports malformed XML with line and column."""
+    _check_encoding(xml)
     parser = expat.ParserCreate()
     parser.StartDoctypeDeclHandler = _refuse("DOCTYPE")
     parser.EntityDeclHandler = _refuse("ENTITY")
@@ -71,6 +91,8 @@ def _check_xml(xml: bytes) -> None:
     except expat.ExpatError as e:
         raise InvalidMetadata("(xml)", f"malformed XML at line {e.lineno}, column {e.offset + 1}: "
                                        f"{expat.ErrorString(e.code)}", line=e.lineno, column=e.offset + 1) from None
+    except (ValueError, LookupError) as e:  # an encoding expat hands to Python's codecs, which fail
+        raise InvalidMetadata("(xml)", f"cannot be read in the encoding it declares ({e})") from None
 
 
 class _Doc:

@@ -87,7 +87,7 @@ def _participants(items: list, path: str) -> dict[str, dict]:
         check(raw, where, (dict,))
         sid = req(raw, "sid", where, str)
         binding = opt(raw, "messaging_binding", where, dict) or {}
-        address = binding.get("address")
+        address = opt(binding, "address", join(where, "messaging_binding"), str)
         kind = str(binding.get("type") or "").lower() or _address_channel(address)
         out[sid] = {"id": sid, "name": _identity(opt(raw, "identity", where, str)), "phone": _phone(address),
                     "channel": kind or None, "role": _attr_role(raw.get("attributes")),
