@@ -208,6 +208,7 @@ def detail(manifest: dict, ingestor) -> dict:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    from archive.ingest.journal import Journals
     from archive.jobs import ExportJobs
     from archive.services import open_archive, services_for
 
@@ -216,6 +217,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     tokens = Tokens(settings.tokens_path, services.identities)
     sessions = ConsoleSessions(settings.home / "sessions.sqlite", tokens)
     jobs = ExportJobs(settings.home / "exports", services)
+    journals = Journals(settings.home / "ingest-journal")
     app = FastAPI(title="Compliance archive API", version="1", openapi_url=f"{API}/openapi.json",
                   docs_url=f"{API}/docs", redoc_url=None,
                   description="Search, review and retrieve archived interactions. Every call needs a bearer token "
@@ -548,6 +550,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 prefix = scratch.rstrip("/") + "/"
                 outcomes = []
                 services.retention.refresh()
+                # as archive ingest: what dead runs committed is indexed and named in this event, and this
+                # upload's records are journaled before their commit, until this event is recorded
+                dead = journals.dead()
+                recovered = services.ingestor.recover(dead.records)
+                journal = journals.start()
+                done_with.extend((journal, dead))
                 try:
                     for found in discover_group(Path(scratch), names, Limits.of(settings)):
                         found.origin = "upload:" + found.origin.removeprefix(prefix)
@@ -555,10 +563,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         if found.rejection is not None:
                             found.rejection = type(found.rejection)(found.rejection.code,
                                                                     str(found.rejection).replace(prefix, "upload:"))
-                        outcomes.append(services.ingestor.ingest(found))
+                        outcomes.append(services.ingestor.ingest(found, journal=journal))
                 finally:
                     services.index.flush()  # what was committed is indexed, whatever happened next
-            target["records"] = sorted({r for o in outcomes for r in o.record_ids})
+            target["records"] = sorted({r for o in outcomes for r in o.record_ids} | set(recovered))
+            if recovered:
+                target.update(recovered=recovered, recovered_runs=dead.runs)
             target.update({s: sum(o.status == s for o in outcomes)
                            for s in ("archived", "duplicate", "conflict", "rejected")})
             result = Summary()
@@ -572,7 +582,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               if o.status in ("rejected", "conflict")), **body)
             return JSONResponse(body, status_code=201 if result.archived else 200)
 
-        return run(request, "ingest", do, target)
+        done_with: list = []  # journals to close once the event naming their records is recorded
+        try:
+            response = run(request, "ingest", do, target)
+        except ArchiveError as e:
+            if not e.transient:  # do() failed and its event is recorded; else the journals stay for recovery
+                for j in done_with:
+                    j.close()
+            raise
+        for j in done_with:
+            j.close()
+        return response
 
     @app.post(f"{API}/ingest/register", status_code=202,
               summary="Queue the ingest of a file already in an inbox (ARCHIVE_INBOX) for the workers")

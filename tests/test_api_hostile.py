@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.apikit import free_port, served
+from tests.apikit import free_port, served, upload
 from tests.test_cli import cli_env, run
 from tests.workerkit import wav_bytes
 
@@ -299,25 +299,6 @@ def test_an_upload_larger_than_the_limit_is_refused_and_nothing_is_kept(api):
     assert len(refused) == 2
 
 
-def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
-    out = b""
-    for name, data in files:
-        out += (f"--xyz\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
-                f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
-    return out + b"--xyz--\r\n", "multipart/form-data; boundary=xyz"
-
-
-def upload(base: str, token: str, files: list[tuple[str, bytes]]) -> tuple[int, dict]:
-    body, kind = multipart(files)
-    req = urllib.request.Request(base + "/api/v1/ingest", data=body, method="POST",
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": kind})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 def test_a_rejected_upload_is_audited_with_its_true_outcome(api):
     status, doc = upload(api["base"], api["tokens"]["rec"], [("bad-1.wav", b"RIFF not really"),
                                                              ("bad-1.json", sidecar("bad-1").encode())])
@@ -422,7 +403,7 @@ def in_process(env: dict, log: Path, patch):
 
 def test_an_exception_the_library_did_not_mean_is_audited_and_answered_as_json(api):
     def patch(app):
-        def ingest(found):
+        def ingest(found, journal=None):
             raise RecursionError("maximum recursion depth exceeded (injected)")
         app.state.services.ingestor.ingest = ingest
 

@@ -399,3 +399,51 @@ def _check_consistent_so_far(home: Path, expected: set[str]) -> None:
             if "object" in part:  # every part a visible record names is whole
                 assert ingestor.vault.receipt(part["object"]).plaintext_sha256 == part["sha256"]
     ingestor.index.close()
+
+
+# --- an upload whose server was killed after the commit: the next upload finishes it ---------------------
+
+_SERVE_AND_DIE_AFTER_A_MANIFEST = r"""
+import os, signal, sys
+from archive.store.filesystem import FilesystemStore
+from archive import cli
+
+put_many = FilesystemStore.put_many
+
+def put_many_then_die(self, requests):
+    done = put_many(self, requests)
+    if any(r.key.endswith("/manifest.receipt-000001") for r in requests):  # the upload's record is committed
+        os.kill(os.getpid(), signal.SIGKILL)
+    return done
+
+FilesystemStore.put_many = put_many_then_die
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_an_upload_committed_by_a_killed_server_is_indexed_and_audited_by_the_next_upload(tmp_path):
+    from tests.apikit import served, upload
+
+    env = cli_env(tmp_path / "home", "admin")
+    run(env, "init")
+    run(env, "identity", "add", "rec", "--role", "ingest")
+    token = run(env, "token", "create", "rec", "--role", "ingest").stdout.decode().strip()
+    with served(env, tmp_path / "dying.log", launcher=("-c", _SERVE_AND_DIE_AFTER_A_MANIFEST)) as base:
+        with pytest.raises(OSError):  # the server died while answering
+            upload(base, token, [("chat-killed.json", _chat("killed"))], timeout=30)
+    ingestor = _ingestor(tmp_path / "home")
+    [committed] = ingestor.retention.record_ids()
+    assert committed not in set(ingestor.index.record_ids())  # the kill left a record the index lacks ...
+    assert not [e for e in ingestor.archive.audit.events() if e.event["action"] == "ingest"]  # ... and unaudited
+    assert list((tmp_path / "home" / "ingest-journal").glob("*.journal"))
+
+    with served(env, tmp_path / "server.log") as base:
+        status, doc = upload(base, token, [("chat-next.json", _chat("next"))])
+    assert status == 201, doc
+    ingestor = _ingestor(tmp_path / "home")
+    records = set(ingestor.retention.record_ids())
+    assert committed in records and set(ingestor.index.record_ids()) == records
+    [event] = [e.event for e in ingestor.archive.audit.events() if e.event["action"] == "ingest"]
+    assert event["outcome"] == "ok" and event["target"]["recovered"] == [committed]
+    assert set(event["target"]["records"]) == records
+    assert not list((tmp_path / "home" / "ingest-journal").glob("*.journal"))  # done with, once audited

@@ -468,9 +468,13 @@ class Ingestor:
             while indexing:
                 indexing.popleft().result()
 
-    def ingest(self, found: Found) -> Outcome:
-        """Archive one discovered input (or quarantine it, with its reason). Transient errors raise."""
-        return self._commit_inputs([self._prepare_input(found)])[0]
+    def ingest(self, found: Found, journal=None) -> Outcome:
+        """Archive one discovered input (or quarantine it, with its reason). Transient errors raise.
+        ``journal``: as for :meth:`run`, the input's record ids are written to it before their commit."""
+        prepared = self._prepare_input(found)
+        if journal is not None:
+            journal.add([p.rid for p in prepared.records if p.existing is None])
+        return self._commit_inputs([prepared])[0]
 
     def _prepare_input(self, found: Found, policies: PolicySet | None = None) -> _Input:
         """Prepare one input's records; any failure of the input itself becomes its outcome (rejected,
