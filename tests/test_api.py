@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import apikit
 from tests.apikit import served
 from tests.test_cli import cli_env, run
 from tests.workerkit import wav_bytes
@@ -181,24 +182,8 @@ def test_holds_events_and_a_records_audit_history_over_http(api):
     assert ("lee", "hold") in actions and ("ann", "retrieve") in actions
 
 
-def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
-    boundary = "archive-test-boundary-7d1e"
-    out = b""
-    for name, data in files:
-        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
-                f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
-    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
 def upload(api, token: str, files: list[tuple[str, bytes]]) -> tuple[int, dict]:
-    body, kind = multipart(files)
-    req = urllib.request.Request(api["base"] + "/ingest", data=body, method="POST",
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": kind})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return apikit.upload(api["base"].removesuffix("/api/v1"), token, files)
 
 
 def test_an_upload_is_ingested_once_and_bad_uploads_are_refused_with_their_reason(api):

@@ -130,11 +130,8 @@ def test_an_email_delivered_again_under_another_name_is_a_duplicate(tmp_path):
 
 
 def test_a_conflicting_upload_is_answered_409_and_kept(tmp_path):
-    import urllib.error
-    import urllib.request
-
+    from tests import apikit
     from tests.apikit import served
-    from tests.test_api import multipart
 
     env = cli_env(tmp_path / "home", "tester")
     run(env, "init")
@@ -143,14 +140,7 @@ def test_a_conflicting_upload_is_answered_409_and_kept(tmp_path):
     audio = wav_bytes(0.5, 4)
 
     def upload(base: str, sidecar: bytes) -> tuple[int, dict]:
-        body, kind = multipart([("call-77.wav", audio), ("call-77.json", sidecar)])
-        req = urllib.request.Request(base + "/api/v1/ingest", data=body, method="POST",
-                                     headers={"Authorization": f"Bearer {token}", "Content-Type": kind})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
+        return apikit.upload(base, token, [("call-77.wav", audio), ("call-77.json", sidecar)], timeout=60)
 
     with served(env, tmp_path / "server.log") as base:
         status, doc = upload(base, _sidecar())

@@ -260,8 +260,8 @@ def redis():
 
 
 def test_hostile_uploads_get_4xx_with_their_reason_and_are_quarantined(tmp_path):
+    from tests import apikit
     from tests.apikit import served
-    from tests.test_api import multipart
 
     env = _env(tmp_path / "home")
     run(env, "init")
@@ -270,17 +270,7 @@ def test_hostile_uploads_get_4xx_with_their_reason_and_are_quarantined(tmp_path)
     chosen = hk.cases(with_special=False)
 
     def upload(base: str, files: dict[str, bytes]) -> tuple[int, dict]:
-        import urllib.error
-        import urllib.request
-
-        body, kind = multipart(sorted(files.items()))
-        req = urllib.request.Request(base + "/api/v1/ingest", data=body, method="POST",
-                                     headers={"Authorization": f"Bearer {token}", "Content-Type": kind})
-        try:
-            with urllib.request.urlopen(req, timeout=120) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
+        return apikit.upload(base, token, sorted(files.items()))
 
     with served(env, tmp_path / "server.log") as base:
         for case in chosen:
