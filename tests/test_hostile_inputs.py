@@ -135,6 +135,27 @@ def test_a_device_file_is_refused_without_being_opened(tmp_path):
     assert outcome["chat.json"]["status"] == "archived" and proc.returncode == 1
 
 
+def test_a_hostile_file_name_cannot_forge_or_reorder_a_line_of_the_output(tmp_path):
+    """A name holding a newline or a right-to-left override is refused, and every place that names it —
+    the run's lines, its JSON, the quarantine — shows the character escaped, never raw."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    forged, reordered = "evil\n[ok] archived.json", "invoice\u202enosj.exe"
+    for name in (forged, reordered):
+        (inbox / name).write_bytes(json.dumps(hk.chat(f"name-{len(name)}")).encode())
+    env = _env(tmp_path / "home")
+    run(env, "init")
+    for args in (["ingest", str(inbox)], ["quarantine", "list"]):
+        out = subprocess.run([sys.executable, "-m", "archive", *args], env=env, capture_output=True,
+                             timeout=60).stdout.decode()
+        assert "evil\\x0a[ok] archived.json" in out and "invoice\\u202enosj.exe" in out, out
+        assert not any(line.startswith("[ok]") for line in out.splitlines()) and "\u202e" not in out, out
+    summary = json.loads(subprocess.run([sys.executable, "-m", "archive", "ingest", "--json", str(inbox)], env=env,
+                                        capture_output=True, timeout=60).stdout)
+    assert {o["code"] for o in summary["outcomes"]} == {"hostile_name"}
+    assert all("\n" not in o["origin"] and "\u202e" not in o["origin"] for o in summary["outcomes"])
+
+
 def test_a_fifo_swapped_in_after_discovery_is_refused_not_waited_on(tmp_path):
     """The race lstat alone cannot close: the file becomes a FIFO between discovery and the open."""
     from archive.errors import RejectedInput

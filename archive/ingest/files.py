@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from archive.errors import RejectedInput
+from archive.text import printable
 
 _FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) \
     | getattr(os, "O_CLOEXEC", 0)
@@ -40,8 +41,10 @@ def not_regular(mode: int) -> str | None:
 
 
 def show(path: Path | str) -> str:
-    """A path as text that can always be printed and encoded (undecodable bytes escaped)."""
-    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    """A path as the archive names it in outcomes and the quarantine: text that can always be printed and
+    encoded (undecodable bytes escaped), with every control, bidi and invisible character escaped, so a
+    hostile name cannot start a line of its own or reorder one."""
+    return printable(str(path).encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 def open_input(path: Path | str) -> BinaryIO:
