@@ -232,8 +232,9 @@ def test_hostile_inputs_through_workers_on_a_seaweedfs_inbox(seaweed, redis, tmp
         workers.start_beat()
         wait_until(lambda: inbox_keys(client, inbox_bucket, "drop") <= rejected_keys, 300, 1.0,
                    what="the inbox holding only the hostile inputs")
-        wait_until(lambda: len(_quarantined(env)) >= sum(1 for c in chosen if c.code), 120, 1.0,
-                   what="every hostile input quarantined")
+        # a worker quarantines an input, then records the attempt's audit event: wait for the events
+        wait_until(lambda: _audited_refusals(env) >= {f"h/{c.stem}" for c in chosen if c.code}, 120, 1.0,
+                   what="every hostile input quarantined and its attempt audited")
         assert workers.alive() == ["w1", "beat"], "a worker died"
     except BaseException:
         print("\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(tmp_path.glob("*.log"))),
@@ -260,8 +261,16 @@ def test_hostile_inputs_through_workers_on_a_seaweedfs_inbox(seaweed, redis, tmp
     stored = {r for rids in records.values() for r in rids}
     audited = {r for e in events if e["outcome"] == "ok" for r in e["target"].get("records", [])}
     assert stored <= audited  # every archived record named by an ingest event of the worker
-    refused = {e["target"]["input"] for e in events if e["outcome"] == "ok" and e["target"].get("rejected")}
-    assert refused >= {f"h/{c.stem}" for c in chosen if c.code}  # and every refusal is an audited attempt
+    assert _audited_refusals(env) >= {f"h/{c.stem}" for c in chosen if c.code}  # every refusal an audited attempt
+
+
+def _audited_refusals(env: dict) -> set[str]:
+    """The inbox inputs that ingest events record as refused."""
+    from archive.services import open_archive
+    from archive.settings import Settings
+
+    return {e.event["target"]["input"] for e in open_archive(Settings.from_env(env)).audit.events()
+            if e.event["action"] == "ingest" and e.event["outcome"] == "ok" and e.event["target"].get("rejected")}
 
 
 def _quarantined(env: dict) -> list[dict]:

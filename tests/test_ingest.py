@@ -176,7 +176,7 @@ def test_bad_inputs_get_reasons_and_are_left_untouched(ingestor, inbox, tmp_path
     assert reasons["notes.txt"][0] == "unsupported_format"
     assert reasons["broken.json"][0] == "invalid_metadata" and "line 1" in reasons["broken.json"][1]
     assert "participants[1].phone" in reasons["badphone.json"][1]
-    assert reasons["evil\x07name.json"][0] == "hostile_name"
+    assert reasons["evil\\x07name.json"][0] == "hostile_name"  # named with the bell escaped, never raw
     assert reasons["big.json"][0] == "too_large"
     assert tree_hashes(bad) == before
     listed = list(ingestor.quarantine())
