@@ -200,11 +200,11 @@ class SeaweedS3:
         return name
 
 
+class _ListeningProcess:
+    """A server process of the tests' own on a free loopback port: started by ``_start`` until the port
+    accepts connections (its log in the error when it exits first), stopped on exit."""
 
-class Osmem:
-    """An ``osmem-server`` (PyPI wheel): an in-memory server speaking the OpenSearch/Elasticsearch REST API,
-    the stand-in for the search engines here — always behind an :class:`EngineShim`, which answers as the
-    real engine of a profile does. Started on a free loopback port; stopped and gone on exit."""
+    name = "server"
 
     def __init__(self) -> None:
         self.port = _free_ports(1)[0]
@@ -212,65 +212,18 @@ class Osmem:
         self.proc: subprocess.Popen | None = None
         self._log = tempfile.TemporaryFile()
 
-    def __enter__(self) -> "Osmem":
-        import osmem_server  # a missing wheel is a failure: pip install -e '.[test]'
-
-        binary = osmem_server.resolve_binary()
-        self.proc = subprocess.Popen([binary, "-addr", f"127.0.0.1:{self.port}", "-no-stdin-watch"],
-                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + _STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self._log.seek(0)
-                raise RuntimeError(f"osmem-server exited {self.proc.returncode}: {self._log.read()[-2000:]!r}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return self
-            time.sleep(0.05)
-        self.__exit__()
-        raise RuntimeError("osmem-server did not start listening")
-
-    def __exit__(self, *exc_info) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(_STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-
-class EngineShim:
-    """The strict shim of tests/engine_shim.py in front of an osmem-server, answering as one engine
-    profile (``elasticsearch-8``, ``elasticsearch-9``, ``opensearch-3``; ``version`` overrides the version
-    it reports). A process of its own, so the test process stays a plain client; stopped on exit."""
-
-    def __init__(self, upstream: str, profile: str, version: str | None = None) -> None:
-        from tests.engine_shim import PROFILES
-
-        self.profile = profile
-        self.engine, self.version = PROFILES[profile][0], version or PROFILES[profile][1]
-        self.upstream = upstream
-        self.port = _free_ports(1)[0]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-        self._log = tempfile.TemporaryFile()
-
-    def __enter__(self) -> "EngineShim":
-        script = Path(__file__).with_name("engine_shim.py")
-        cmd = [sys.executable, str(script), "--upstream", self.upstream, "--profile", self.profile,
-               "--version", self.version, "--port", str(self.port)]
+    def _start(self, cmd: list[str]):
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + _STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self._log.seek(0)
-                raise RuntimeError(f"engine shim exited {self.proc.returncode}: {self._log.read()[-2000:]!r}")
+                raise RuntimeError(f"{self.name} exited {self.proc.returncode}: {self._log.read()[-2000:]!r}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                 return self
             time.sleep(0.02)
         self.__exit__()
-        raise RuntimeError("engine shim did not start listening")
+        raise RuntimeError(f"{self.name} did not start listening")
 
     def __exit__(self, *exc_info) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -281,6 +234,40 @@ class EngineShim:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+class Osmem(_ListeningProcess):
+    """An ``osmem-server`` (PyPI wheel): an in-memory server speaking the OpenSearch/Elasticsearch REST API,
+    the stand-in for the search engines here — always behind an :class:`EngineShim`, which answers as the
+    real engine of a profile does. Started on a free loopback port; stopped and gone on exit."""
+
+    name = "osmem-server"
+
+    def __enter__(self) -> "Osmem":
+        import osmem_server  # a missing wheel is a failure: pip install -e '.[test]'
+
+        return self._start([osmem_server.resolve_binary(), "-addr", f"127.0.0.1:{self.port}", "-no-stdin-watch"])
+
+
+class EngineShim(_ListeningProcess):
+    """The strict shim of tests/engine_shim.py in front of an osmem-server, answering as one engine
+    profile (``elasticsearch-8``, ``elasticsearch-9``, ``opensearch-3``; ``version`` overrides the version
+    it reports). A process of its own, so the test process stays a plain client; stopped on exit."""
+
+    name = "engine shim"
+
+    def __init__(self, upstream: str, profile: str, version: str | None = None) -> None:
+        from tests.engine_shim import PROFILES
+
+        super().__init__()
+        self.profile = profile
+        self.engine, self.version = PROFILES[profile][0], version or PROFILES[profile][1]
+        self.upstream = upstream
+
+    def __enter__(self) -> "EngineShim":
+        script = Path(__file__).with_name("engine_shim.py")
+        return self._start([sys.executable, str(script), "--upstream", self.upstream, "--profile", self.profile,
+                            "--version", self.version, "--port", str(self.port)])
 
     # -- controls (tests/engine_shim.py) -----------------------------------------------------------------
 
