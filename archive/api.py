@@ -128,12 +128,6 @@ class ContentRefused(AccessDenied):
     code = "content_use_refused"
 
 
-class InternalError(ArchiveError):
-    """Raised in place of an exception that is not an ArchiveError, so the attempt is audited as failed."""
-
-    code = "internal_error"
-
-
 # --- request bodies -----------------------------------------------------------------------------------
 
 
@@ -277,29 +271,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         header = request.headers.get("x-archive-reason")
         return unquote(header) if header else reason
 
-    def guarded(request: Request, do):
-        """``do``, with any exception that is not an ArchiveError logged (with its traceback, for the
-        operator) and raised as an InternalError: the attempt is audited as failed, and the client gets
-        a JSON 500 that says only that."""
-        def call():
-            try:
-                return do()
-            except ArchiveError:
-                raise
-            except Exception as e:
-                log.exception("unexpected error on %s %s", request.method, request.url.path)
-                raise InternalError("the server failed; the error is in its log") from e
-        return call
-
     def run(request: Request, operation: str, do, target: dict, reason: str | None = None, case: str | None = None):
         s = session(request, operation, target, reason, case)
         target["via"] = "api"  # the same dict: what do() adds (record ids, counts) is recorded with it
-        return s.run(operation, guarded(request, do), target=target, reason=reason_of(request, reason),
+        return s.run(operation, do, target=target, reason=reason_of(request, reason),
                      case=request.headers.get("x-archive-case") or case)
 
     def begin(request: Request, operation: str, target: dict, reason: str | None = None) -> Attempt:
         """An attempt recorded when it ends (a streamed response), authorised now."""
-        s = session(request, operation, target)
+        s = session(request, operation, target, reason)
         target["via"] = "api"
         return Attempt(s, operation, target=target, reason=reason_of(request, reason),
                        case=request.headers.get("x-archive-case"))
@@ -308,7 +288,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The response ``prepare()`` makes for ``attempt``: a body already read in full is recorded ok at
         once, a stream when it ends; a failure before the first byte is recorded and raised."""
         try:
-            response = guarded(request, prepare)()
+            response = prepare()
         except BaseException as e:
             attempt.failed(e)
             raise
@@ -346,7 +326,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             session_id, info = sessions.start(token)
             target["session"] = info["ref"]  # a reference (a prefix of the stored hash), never the id
             return session_id, info
-        session_id, info = Session(services.archive.audit, token, token.actor).run("session-start", guarded(request, do),
+        session_id, info = Session(services.archive.audit, token, token.actor).run("session-start", do,
                                                                                    target=target)
         response = JSONResponse({"actor": token.actor, "role": token.role, "token": token.token_id,
                                  "expires_at": token.expires_at, "session_ends_at": info["ends_at"],
