@@ -60,15 +60,51 @@ def _run(env, client, inbox_bucket, tmp_path, disrupt) -> tuple[dict, set[str], 
         wait_until(lambda: remaining() <= inputs.bad, 600, 1.0, what="the inbox holding only rejected inputs")
         assert len(workers.alive()) == 3, f"a worker died: {workers.alive()}\n{_logs(tmp_path)}"
     except BaseException:
+        workers.dump_stacks()
         print(_logs(tmp_path), file=sys.stderr)
+        print(_stuck(env, client, inbox_bucket, inputs), file=sys.stderr)
         raise
     finally:
         workers.stop()
     return account(inputs, env), remaining(), inputs
 
 
+def _stuck(env, client, inbox_bucket, inputs) -> str:
+    """What a run that did not drain left: the valid inputs still in the inbox, what the quarantine and
+    Redis say of them, and the queue."""
+    import redis as redis_client
+
+    try:
+        stuck = sorted(inbox_keys(client, inbox_bucket, "drop") - inputs.bad)
+        r = redis_client.Redis.from_url(env["ARCHIVE_BROKER_URL"])
+        quarantine = json.loads(subprocess.run(
+            [sys.executable, "-m", "archive.cli", "quarantine", "list", "--json"], env={**env, "PATH": ""},
+            capture_output=True, check=True).stdout)
+        names = {f"s3://{inbox_bucket}/{k}" for k in stuck}
+        return json.dumps({
+            "stuck": stuck[:20], "stuck_count": len(stuck),
+            "quarantined": [e for e in quarantine if e["origin"] in names][:10],
+            "rejected": sorted(m.decode() for m in r.smembers("archive:rejected")
+                               if any(k.rsplit(".", 1)[0].split("/", 1)[1] in m.decode() for k in stuck))[:10],
+            "queued": len(list(r.scan_iter("archive:queued:*"))), "claims": len(list(r.scan_iter("archive:claim:*"))),
+            "queue": r.llen("archive"), "unacked": r.hlen("unacked"),
+            "counters": {k.decode(): v.decode() for k, v in r.hgetall("archive:counters").items()},
+        }, indent=1)
+    except Exception as e:  # (the diagnosis must not hide the failure)
+        return f"(could not diagnose: {e!r})"
+
+
 def _logs(tmp_path) -> str:
-    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(tmp_path.glob("*.log")))
+    """Each process's log: its warnings and errors whole (why a worker stopped is at the start of its
+    trouble, not in its shutdown's traceback), the banners left out."""
+    out = []
+    for path in sorted(tmp_path.glob("*.log")):
+        lines = path.read_text(errors="replace").splitlines()
+        first = next((i for i, line in enumerate(lines) if any(m in line for m in (": WARNING/", ": ERROR/",
+                                                                                 ": CRITICAL/", "Traceback", "most recent call first"))), None)
+        shown = "\n".join(lines[first:])[:20000] if first is not None else "\n".join(lines[-15:])
+        out.append(f"--- {path.name}\n{shown}")
+    return "\n".join(out)
 
 
 def _check(result, left, inputs, env, client, inbox_bucket):
@@ -329,7 +365,9 @@ def test_a_file_registered_through_the_api_is_archived_by_a_worker(setup):
         assert len(records_by_interaction(env)["reg-1"]) == 1
         assert inbox_keys(client, inbox_bucket, "processed") == {"processed/api/chat-r1.json"}
     except BaseException:
+        workers.dump_stacks()
         print(_logs(tmp_path), file=sys.stderr)
+        print(_stuck(env, client, inbox_bucket, inputs), file=sys.stderr)
         raise
     finally:
         workers.stop()

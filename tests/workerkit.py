@@ -166,6 +166,19 @@ class Workers:
             cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
 
+    def dump_stacks(self) -> None:
+        """Every pool process writes its threads' stacks to its worker's log (SIGUSR2, workers/app.py):
+        where a worker that stopped making progress is waiting."""
+        for name, proc in self.procs.items():
+            if name == "beat" or proc.poll() is not None:
+                continue
+            for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+                try:
+                    os.kill(int(child), signal.SIGUSR2)
+                except ProcessLookupError:
+                    pass
+        time.sleep(1)
+
     def kill(self, name: str) -> None:
         """SIGKILL the worker and its pool processes: no shutdown, no acknowledgements."""
         proc = self.procs.pop(name)

@@ -3,11 +3,20 @@
 Tasks are acknowledged after they finish (``acks_late``) and given back when a worker dies
 (``reject_on_worker_lost``), one at a time per process (prefetch 1), JSON only. The beat schedules the
 inbox scan, the fixity sweep and the disposition sweep at the intervals the settings give.
+
+A worker that seems stuck can say where: ``kill -USR1 <worker pid>`` logs the main process's threads
+(Celery's own handler), ``kill -USR2 <pool process pid>`` writes every thread's stack of that pool
+process to the worker's log.
 """
 
 from __future__ import annotations
 
+import faulthandler
+import signal
+import sys
+
 from celery import Celery
+from celery.signals import worker_process_init
 
 from archive.settings import Settings
 from archive.work import seconds
@@ -40,3 +49,10 @@ def make_app(settings: Settings | None = None) -> Celery:
 
 
 app = make_app()
+
+
+@worker_process_init.connect
+def _stacks_on_request(**_) -> None:
+    """SIGUSR2 in a pool process: every thread's stack to the worker's log (the process's own stderr)."""
+    if sys.__stderr__ is not None:
+        faulthandler.register(signal.SIGUSR2, file=sys.__stderr__, all_threads=True, chain=False)
