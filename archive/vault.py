@@ -49,6 +49,15 @@ RECEIPT_FORMAT = "archive-receipt/1"
 _RECEIPT_KEY = re.compile(r"objects/(.+)\.receipt-(\d{6})")
 
 
+def candidates(name: str, attempts: int = 9) -> Iterator[str]:
+    """Names to try for one sealed object: ``name``, then ``name.retry-2`` … A writer that died between
+    its object and its receipt leaves a receipt-less object under the name, and WORM keeps it there: the
+    next attempt takes the next name instead of failing on it for ever."""
+    yield name
+    for attempt in range(2, attempts + 1):
+        yield f"{name}.retry-{attempt}"
+
+
 def _receipt_key(name: str, seq: int) -> str:
     return f"objects/{name}.receipt-{seq:06d}"
 

@@ -429,3 +429,21 @@ def test_on_seaweedfs_locks_events_holds_and_disposition(seaweed, tmp_path):
         retention.manifest(a)
     assert retention.certificate(a)["record_id"] == a
     assert retention.manifest(b)["record_id"] == b
+
+
+def test_a_policy_version_whose_writer_died_before_its_receipt_is_recorded_under_the_next_name(world, tmp_path):
+    """Two workers starting together both record the policy set: one had sealed ``v000002`` and not yet
+    its receipt when the other listed it (a valid call was quarantined "no sealed object
+    'policies/…/v000001' (no seal receipt)" in the workers' kill test); a writer killed there leaves the
+    name without a receipt for good."""
+    import io
+    import os
+
+    arch, ingestor, retention, clock = world
+    retention.policies_dir = policy_dir(tmp_path, p1=GOOD)
+    arch.store.put("objects/policies/p1/v000002", io.BytesIO(os.urandom(200)), retain_until=t("2031-01-01"))
+    summary = ingestor.run([sale(tmp_path / "in", "x-1")], limits=Limits())
+    assert [o.status for o in summary.outcomes] == ["archived"], summary.outcomes
+    assert "policies/p1/v000002.retry-2" in set(arch.vault.names("policies/", with_receipt=True))
+    known = Retention(arch, ingestor.index, policies_dir=retention.policies_dir, clock=clock).known_versions()
+    assert known["p1"] == {2: next(p.text_sha256 for p in load_policies(retention.policies_dir).policies if p.id == "p1")}

@@ -75,7 +75,7 @@ from archive.retention.decide import decide, findings
 from archive.retention.policy import PolicySet
 from archive.retention.service import Retention
 from archive.services import Archive
-from archive.vault import SealRequest
+from archive.vault import SealRequest, candidates
 
 MANIFEST_FORMAT = "archive-manifest/1"
 # Parts up to this size (chat transcripts, email bodies) are sealed inside the manifest instead of as
@@ -150,13 +150,6 @@ def record_id(metadata: dict, parts: Iterable[PartInput]) -> str:
     for part in sorted(parts, key=lambda p: p.name):
         h.update(f"\n{part.name}={part.sha256}".encode())
     return "r" + base64.b32encode(h.digest()[:20]).decode().lower()
-
-
-def _candidates(name: str, attempts: int = 9) -> Iterator[str]:
-    """Object names to try for one sealed object: its name, then retries after crashed attempts."""
-    yield name
-    for attempt in range(2, attempts + 1):
-        yield f"{name}.retry-{attempt}"
 
 
 class _RecordLocks:
@@ -289,7 +282,7 @@ class Ingestor:
                 again.append(i)  # the same record twice in one group: the first one commits it
             else:
                 first[p.rid] = i
-                todo.append((i, _candidates(f"records/{p.rid}/manifest")))
+                todo.append((i, candidates(f"records/{p.rid}/manifest")))
         while todo:
             requests, retry = [], []
             for i, names in todo:
@@ -344,7 +337,7 @@ class Ingestor:
 
     def _seal_part(self, rid: str, part: PartInput, retain_until: datetime, mode: str) -> dict:
         binding = Binding(rid, part.name)
-        for candidate in _candidates(f"records/{rid}/part.{part.name}"):
+        for candidate in candidates(f"records/{rid}/part.{part.name}"):
             try:
                 receipt = self.vault.receipt(candidate)
             except ObjectNotFound:
@@ -540,7 +533,7 @@ class Ingestor:
                                      archived_until=current["retain_until"], delivered_until=delivered_until)
         raw = json.dumps(doc, ensure_ascii=False, sort_keys=True).encode()
         base = conflicts.evidence_name(rid, p.evidence)
-        for name in _candidates(base):
+        for name in candidates(base):
             try:
                 self.vault.receipt(name)
                 break  # kept by an earlier attempt of the same delivery

@@ -2,7 +2,8 @@
 
 Everything here lives in the object store, sealed like records, so the index can be rebuilt from it::
 
-    policies/<id>/v<version:06d>         the text of every policy version the archive has applied
+    policies/<id>/v<version:06d>         the text of every policy version the archive has applied (or
+                                         ``….retry-N`` when a writer died before that name's receipt)
     events/<event id>                    trigger events (contract terminated, dispute resolved …)
     records/<rid>/retention-<seq:06d>    a record's decision after an event changed it (the manifest
                                          holds the first); the highest seq is current
@@ -25,6 +26,7 @@ import json
 import re
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,13 +36,14 @@ from archive.access import require_reason
 from archive.clock import SYSTEM, Clock
 from archive.crypto.stream import Binding
 from archive.dates import Duration, parse_datetime, parse_duration
-from archive.errors import ApprovalError, InvalidMetadata, ObjectExists, ObjectLocked, ObjectNotFound
+from archive.errors import ApprovalError, ArchiveError, InvalidMetadata, ObjectExists, ObjectLocked, ObjectNotFound
 from archive.retention.decide import decide
-from archive.retention.policy import PolicySet, load_policies
+from archive.retention.policy import PolicyError, PolicySet, load_policies
+from archive.vault import candidates
 
 EVENT_KINDS = ("contract-terminated", "account-closed", "dispute-opened", "dispute-resolved", "retention-extended")
 CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_POLICY_NAME = re.compile(r"policies/([a-z0-9-]+)/v(\d{6})")
+_POLICY_NAME = re.compile(r"policies/([a-z0-9-]+)/v(\d{6})(?:\.retry-\d+)?")
 _MANIFEST = re.compile(r"records/(r[a-z2-7]{32})/manifest(\.retry-\d+)?")
 CERTIFICATE_FORMAT = "archive-disposition/1"
 
@@ -123,13 +126,48 @@ class Retention:
     # --- policies ----------------------------------------------------------------------------------------
 
     def known_versions(self) -> dict[str, dict[int, str]]:
-        """Policy id → version → text SHA-256 of every version this archive has applied."""
+        """Policy id → version → text SHA-256 of every version this archive has applied. A version whose
+        object has no receipt yet (another process is recording it, or died doing so) is not known."""
         known: dict[str, dict[int, str]] = {}
-        for name in self.vault.names("policies/"):
+        for name in sorted(self.vault.names("policies/", with_receipt=True)):
             m = _POLICY_NAME.fullmatch(name)
             if m:  # the seal receipt holds the text's SHA-256: no need to decrypt it
-                known.setdefault(m.group(1), {})[int(m.group(2))] = self.vault.receipt(name).plaintext_sha256
+                known.setdefault(m.group(1), {}).setdefault(int(m.group(2)), self.vault.receipt(name).plaintext_sha256)
         return known
+
+    def _record_version(self, policy) -> None:
+        """Seal a policy version's text, once: a name another process holds is that process's record of
+        it when its receipt appears (and its text must be this one); a name left without a receipt by a
+        writer that died is passed over for the next."""
+        text = policy.text.encode()
+        digest = hashlib.sha256(text).hexdigest()
+        for name in candidates(f"policies/{policy.id}/v{policy.version:06d}"):
+            try:
+                self.vault.seal(name, io.BytesIO(text), Binding(policy.id, f"v{policy.version}"))
+                return
+            except ObjectExists:
+                receipt = self._receipt_soon(name)
+            if receipt is None:
+                continue
+            if receipt.plaintext_sha256 != digest:
+                raise PolicyError(f"{policy.file}: policy {policy.id} version {policy.version} was recorded with "
+                                  "another text by another process; a changed policy needs a new version",
+                                  file=str(policy.file))
+            return
+        raise ArchiveError(f"policies/{policy.id}/v{policy.version:06d}: too many interrupted attempts")
+
+    def _receipt_soon(self, name: str, wait: float = 5.0):
+        """The receipt of ``name``, waiting up to ``wait`` seconds for a writer that is sealing it now (it
+        writes the object, then the receipt); None if none comes."""
+        deadline, delay = time.monotonic() + wait, 0.02
+        while True:
+            try:
+                return self.vault.receipt(name)
+            except ObjectNotFound:
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(delay)
+                delay = min(0.5, delay * 2)
 
     def policy_set(self) -> PolicySet:
         """The validated policy set, loaded once; new versions are recorded in the store before first use.
@@ -140,13 +178,8 @@ class Retention:
                 known = self.known_versions()
                 policies = load_policies(self.policies_dir, known_versions=known)
                 for p in policies.policies:
-                    if p.version in known.get(p.id, {}):
-                        continue  # recorded before, with this text (load_policies checked)
-                    try:
-                        self.vault.seal(f"policies/{p.id}/v{p.version:06d}", io.BytesIO(p.text.encode()),
-                                        Binding(p.id, f"v{p.version}"))
-                    except ObjectExists:
-                        pass  # another process recorded it first
+                    if p.version not in known.get(p.id, {}):  # (a known one has this text: load_policies checked)
+                        self._record_version(p)
                 self._policies, self._policies_stamp = policies, stamp
             return self._policies
 
