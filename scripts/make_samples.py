@@ -12,6 +12,9 @@
 * email: one .eml from tests/fixtures/email;
 * broken: a truncated WAV with a valid sidecar, which ingest must reject with its reason.
 
+The same bytes every time (sox runs with ``-R``: its dither is seeded, not random), so a second demo run
+finds every input archived already instead of new recordings of the same calls.
+
 Needs Debian's espeak-ng, sox and ffmpeg.
 """
 
@@ -62,9 +65,9 @@ def speak_dialogue(lines: list[tuple[str, str]], language: str, out: Path, work:
         run("espeak-ng", "-v", voices[who], "-s", "150", "-w", str(mono), text)
         stereo = work / f"{i}-st.wav"
         remix = "1 0" if who == "agent" else "0 1"  # agent left, customer right
-        run("sox", str(mono), "-r", "8000", "-b", "16", str(stereo), "remix", *remix.split(), "pad", "0", "0.4")
+        run("sox", "-R", str(mono), "-r", "8000", "-b", "16", str(stereo), "remix", *remix.split(), "pad", "0", "0.4")
         pieces.append(str(stereo))
-    run("sox", *pieces, str(out))
+    run("sox", "-R", *pieces, str(out))
 
 
 def sidecar(interaction: str, started: str, agent: tuple[str, str], customer: dict, **extra) -> dict:
@@ -126,7 +129,7 @@ def main(out: Path) -> None:
             business_line="cards", jurisdiction="US-NY", language="en-US"), indent=1))
 
         speak_dialogue(DIALOGUES[2][2], "zh", work / "c3.wav", work)
-        run("sox", str(work / "c3.wav"), "-e", "u-law", str(calls / "call-0003.wav"))
+        run("sox", "-R", str(work / "c3.wav"), "-e", "u-law", str(calls / "call-0003.wav"))
         (calls / "call-0003.xml").write_text(SIPREC)
 
         run("ffmpeg", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=15", "-i", str(calls / "call-0001.wav"),
