@@ -38,7 +38,7 @@ from archive.crypto.stream import Binding
 from archive.dates import Duration, parse_datetime, parse_duration
 from archive.errors import ApprovalError, ArchiveError, InvalidMetadata, ObjectExists, ObjectLocked, ObjectNotFound
 from archive.retention.decide import decide
-from archive.retention.policy import PolicyError, PolicySet, load_policies
+from archive.retention.policy import Policy, PolicyError, PolicySet, load_policies
 from archive.vault import candidates
 
 EVENT_KINDS = ("contract-terminated", "account-closed", "dispute-opened", "dispute-resolved", "retention-extended")
@@ -135,12 +135,11 @@ class Retention:
                 known.setdefault(m.group(1), {}).setdefault(int(m.group(2)), self.vault.receipt(name).plaintext_sha256)
         return known
 
-    def _record_version(self, policy) -> None:
+    def _record_version(self, policy: Policy) -> None:
         """Seal a policy version's text, once: a name another process holds is that process's record of
         it when its receipt appears (and its text must be this one); a name left without a receipt by a
         writer that died is passed over for the next."""
         text = policy.text.encode()
-        digest = hashlib.sha256(text).hexdigest()
         for name in candidates(f"policies/{policy.id}/v{policy.version:06d}"):
             try:
                 self.vault.seal(name, io.BytesIO(text), Binding(policy.id, f"v{policy.version}"))
@@ -149,7 +148,7 @@ class Retention:
                 receipt = self._receipt_soon(name)
             if receipt is None:
                 continue
-            if receipt.plaintext_sha256 != digest:
+            if receipt.plaintext_sha256 != policy.text_sha256:
                 raise PolicyError(f"{policy.file}: policy {policy.id} version {policy.version} was recorded with "
                                   "another text by another process; a changed policy needs a new version",
                                   file=str(policy.file))
