@@ -81,11 +81,12 @@ def _stuck(env, client, inbox_bucket, inputs) -> str:
             [sys.executable, "-m", "archive.cli", "quarantine", "list", "--json"], env={**env, "PATH": ""},
             capture_output=True, check=True).stdout)
         names = {f"s3://{inbox_bucket}/{k}" for k in stuck}
+        groups = {k.split("/", 1)[1].rsplit(".", 1)[0] for k in stuck}  # "day1/call-7" (members: inbox|group|files)
         return json.dumps({
             "stuck": stuck[:20], "stuck_count": len(stuck),
             "quarantined": [e for e in quarantine if e["origin"] in names][:10],
-            "rejected": sorted(m.decode() for m in r.smembers("archive:rejected")
-                               if any(k.rsplit(".", 1)[0].split("/", 1)[1] in m.decode() for k in stuck))[:10],
+            "rejected": sorted(m for m in map(bytes.decode, r.smembers("archive:rejected"))
+                               if m.split("|")[1] in groups)[:10],
             "queued": len(list(r.scan_iter("archive:queued:*"))), "claims": len(list(r.scan_iter("archive:claim:*"))),
             "queue": r.llen("archive"), "unacked": r.hlen("unacked"),
             "counters": {k.decode(): v.decode() for k, v in r.hgetall("archive:counters").items()},

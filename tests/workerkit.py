@@ -172,11 +172,11 @@ class Workers:
         for name, proc in self.procs.items():
             if name == "beat" or proc.poll() is not None:
                 continue
-            for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
-                try:
+            try:  # (called while a test is failing: must not raise in its place)
+                for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
                     os.kill(int(child), signal.SIGUSR2)
-                except ProcessLookupError:
-                    pass
+            except (OSError, ValueError):
+                continue
         time.sleep(1)
 
     def kill(self, name: str) -> None:
