@@ -224,7 +224,12 @@ class Ingestor:
         known = {"metadata": metadata, "evidence": list(evidence), "origin": origin, "fmt": fmt}
         # one record id at a time in this process: a duplicate waits, then reuses its parts
         with self._record_locks.hold(rid):
-            existing = self.committed(rid)
+            # Already committed? Asked first where asking is cheap (a local store) or where the answer
+            # saves sealing large parts. A small record on a remote store is sealed straight away: its
+            # write-once manifest is refused if the record exists, and the commit then reads the record
+            # as committed (a duplicate or a conflict) — one request saved per new record.
+            ask = not getattr(self.vault.store, "remote", False) or any(p.size > INLINE_LIMIT for p in parts)
+            existing = self.committed(rid) if ask else None
             if existing is not None:
                 return _Prepared(rid, existing=existing, **known)
             policies = policies or self.retention.policy_set()
@@ -294,7 +299,9 @@ class Ingestor:
                 requests.append((i, SealRequest(name, io.BytesIO(p.raw), Binding(p.rid, "manifest"),
                                                 retain_until=p.retain_until, mode=p.mode)))
             sealed = self.vault.seal_many([r for _, r in requests])
-            for (i, request), receipt in zip(requests, sealed):
+            checked = self._read_back([(prepared[i], request, receipt) for (i, request), receipt
+                                       in zip(requests, sealed)])
+            for (i, request), receipt, error in zip(requests, sealed, checked):
                 p = prepared[i]
                 if isinstance(receipt, ObjectExists):
                     existing = self.committed(p.rid)
@@ -307,11 +314,8 @@ class Ingestor:
                 if isinstance(receipt, ArchiveError):
                     results[i] = receipt
                     continue
-                try:  # read back: the stored receipt, every segment authenticated, the very bytes sealed
-                    if self.vault.read(request.name, Binding(p.rid, "manifest"), receipt=receipt) != p.raw:
-                        raise ArchiveError(f"{request.name}: manifest read back differs from what was sealed")
-                except ArchiveError as e:
-                    results[i] = e
+                if error is not None:
+                    results[i] = error
                     continue
                 views.append(self.retention.view(p.manifest, p.decision, cases=[], new=True))
                 results[i], archived[i] = (p.rid, True), p.manifest
@@ -327,6 +331,26 @@ class Ingestor:
             for view in views:
                 self.index.upsert(view)
         return results
+
+    def _read_back(self, sealed: list[tuple[_Prepared, SealRequest, object]]) -> list[ArchiveError | None]:
+        """Read each sealed manifest back — the stored receipt, every segment authenticated, the very
+        bytes sealed — and return, per manifest, the error that failed it or None. On a remote store the
+        reads of a group go out together (a group costs about two round trips, not two per record)."""
+        def check(item) -> ArchiveError | None:
+            p, request, receipt = item
+            if isinstance(receipt, ArchiveError):
+                return None
+            try:
+                if self.vault.read(request.name, Binding(p.rid, "manifest"), receipt=receipt) != p.raw:
+                    raise ArchiveError(f"{request.name}: manifest read back differs from what was sealed")
+            except ArchiveError as e:
+                return e
+            return None
+
+        if len(sealed) > 1 and getattr(self.vault.store, "remote", False):
+            with ThreadPoolExecutor(min(len(sealed), 16), thread_name_prefix="read-back") as pool:
+                return list(pool.map(check, sealed))
+        return [check(item) for item in sealed]
 
     def committed(self, rid: str) -> dict | None:
         """The manifest of record ``rid`` if it was committed (sealed with its receipt), else None."""
@@ -404,17 +428,23 @@ class Ingestor:
         the store instead of a few per record; one more thread writes their index entries. The policy set
         is read once, at the start of the run. ``journal`` (:class:`archive.ingest.journal.Journal`)
         gets each group's record ids before the group is committed."""
+        return self.run_found(discover(paths, limits=limits), progress=progress, workers=workers, journal=journal)
+
+    def run_found(self, found: Iterable[Found], *, progress: Callable[[Summary], None] | None = None,
+                  workers: int = 8, journal=None) -> Summary:
+        """:meth:`run` for inputs already found (the workers find them in an inbox batch)."""
         summary = Summary()
         policies = self.retention.policy_set()  # an invalid policy set stops the run before the first input
         try:
-            self._run(paths, limits, progress, workers, summary, policies, journal)
+            self._run(found, progress, workers, summary, policies, journal)
         finally:
             self.index.flush()
         return summary
 
     BATCH = 128  # records per group commit
 
-    def _run(self, paths, limits, progress, workers: int, summary: Summary, policies: PolicySet, journal) -> None:
+    def _run(self, inputs: Iterable[Found], progress, workers: int, summary: Summary, policies: PolicySet,
+             journal) -> None:
         batch: list[_Input] = []
         indexing: deque[Future] = deque()
 
@@ -448,7 +478,7 @@ class Ingestor:
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix="ingest") as pool, \
                 ThreadPoolExecutor(1, thread_name_prefix="index") as indexer:
             pending: deque[Future] = deque()
-            for found in discover(paths, limits=limits):
+            for found in inputs:
                 if found.kind == "recording":  # probing, hashing and sealing media: threads overlap the I/O
                     pending.append(pool.submit(self._prepare_input, found, policies))
                 else:  # a chat or an email is Python work: a thread would only add hand-offs of the GIL
