@@ -236,6 +236,22 @@ class Session:
         attempt.succeeded()
         return result
 
+    def run_each(self, operation: str, do, *, targets: list[dict], reason: str | None = None):
+        """One operation over many inputs (a worker's batch): each target authorised as by :meth:`run`,
+        ``do()`` called once, then one event per target — ``ok``, or the failure of ``do`` for all — every
+        one of them appended in one batch of the log. ``do`` may extend the targets before they are
+        recorded."""
+        attempts = [Attempt(self, operation, target=t, reason=reason) for t in targets]
+        try:
+            result = do()
+        except BaseException as e:
+            self.audit.append_many([a.event("denied" if isinstance(e, AccessDenied) else "error",
+                                            {"denied": str(e)} if isinstance(e, AccessDenied)
+                                            else failure_details(e)) for a in attempts])
+            raise
+        self.audit.append_many([a.event("ok", {}) for a in attempts])
+        return result
+
 
 class Attempt:
     """One operation of a session: authorised when made (a refusal is recorded, with the reason and case
@@ -278,3 +294,9 @@ class Attempt:
         self.recorded = True
         self._access.record(self.operation, target=self.target, outcome=outcome, reason=self.reason,
                             case=self.case, role=self.role, details=details)
+
+    def event(self, outcome: str, details: dict) -> Event:
+        """The attempt's event, for the caller to append (with others: :meth:`Session.run_each`)."""
+        self.recorded = True
+        return Event(actor=self._access.identity.actor, role=self.role, action=self.operation, outcome=outcome,
+                     target=name_records(self.target), reason=self.reason, case=self.case, details=details)

@@ -506,13 +506,12 @@ def _index_line(index: dict) -> str:
 
 def cmd_inbox_scan(archive: Archive, args: argparse.Namespace) -> int:
     from archive.work import Work
-    from workers.tasks import ingest_input
+    from workers.tasks import queue
 
-    pairs = Work(archive.settings).scan()
-    for url, gid in pairs:
-        ingest_input.delay(url, gid)
-    args.audit_target["queued"] = len(pairs)
-    print(f"queued {len(pairs)} input(s) from {len(archive.settings.inboxes)} inbox(es)")
+    batches = Work(archive.settings).scan()
+    queued = queue(batches)
+    args.audit_target["queued"] = queued
+    print(f"queued {queued} input(s) in {len(batches)} task(s) from {len(archive.settings.inboxes)} inbox(es)")
     return 0
 
 

@@ -7,8 +7,14 @@ lets a second worker take an input, and the pipeline's content addressing makes 
 second record.
 
 Keys (prefix ``archive:``): ``claim:<input>`` (a worker's lease, with a token only it can renew or
-release), ``queued:<input>`` (queued recently: scans do not queue it again until it lapses),
-``rejected`` (inputs quarantined, by their file signature: not retried until they change), ``counters``.
+release), ``queued:<input>`` (in a task message not yet taken: scans do not queue it again), ``rejected``
+(inputs quarantined, by their file signature: not retried until they change), ``counters``.
+
+An input is queued once: its ``queued`` mark lives until a worker claims it (the claim then stands for it,
+renewed while the worker works) or, should the message be lost with no worker ever taking it (a worker
+killed holding prefetched messages, a broker that lost its queue), until ``ARCHIVE_REQUEUE_AFTER``. A
+scan queues again only an input with neither: one whose worker died (its claim lapsed) or whose message
+was lost.
 """
 
 from __future__ import annotations
@@ -55,6 +61,38 @@ class Lease:
             pass  # it lapses on its own
 
 
+class Leases:
+    """Claims on many inputs, renewed together (one pipelined round trip) while the work runs."""
+
+    def __init__(self, coordinator: Coordinator, tokens: dict[str, str], ttl_ms: int) -> None:
+        self.c, self.tokens, self.ttl_ms = coordinator, tokens, ttl_ms
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew_loop, daemon=True, name=f"leases ({len(tokens)})")
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.tokens
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl_ms / 3000):
+            try:
+                self.c._each(_RENEW, dict(self.tokens), self.ttl_ms)
+            except CoordinationUnavailable:
+                pass  # 0 or unreachable: lapsed or taken over; the work is idempotent, so it may finish
+
+    def release(self, keys=None) -> None:
+        """Give up the claims on ``keys`` (default: all that are left)."""
+        keys = list(self.tokens) if keys is None else [k for k in keys if k in self.tokens]
+        gone = {k: self.tokens.pop(k) for k in keys}
+        if not self.tokens:
+            self._stop.set()
+        if not gone:
+            return
+        try:
+            self.c._each(_RELEASE, gone)
+        except CoordinationUnavailable:
+            pass  # they lapse on their own
+
+
 class Coordinator:
     def __init__(self, url: str, namespace: str = "archive") -> None:
         import redis
@@ -87,21 +125,60 @@ class Coordinator:
         finally:
             lease.release()
 
+    def _each(self, script: str, tokens: dict[str, str], *args) -> list:
+        pipe = self.r.pipeline(transaction=False)
+        for key, token in tokens.items():
+            pipe.eval(script, 1, f"{self.ns}:claim:{key}", token, *args)
+        return self._do(pipe.execute)
+
+    @contextmanager
+    def claim_many(self, keys: list[str], ttl_seconds: float):
+        """Yield :class:`Leases` on those of ``keys`` no other worker holds (``key in leases``), taken in
+        one round trip, their ``queued`` marks dropped (the claims stand for them now); released at the
+        end unless released before."""
+        ttl_ms = max(1000, int(ttl_seconds * 1000))
+        tokens = {key: uuid.uuid4().hex for key in dict.fromkeys(keys)}
+        pipe = self.r.pipeline(transaction=False)
+        for key, token in tokens.items():
+            pipe.set(f"{self.ns}:claim:{key}", token, nx=True, px=ttl_ms)
+        taken = self._do(pipe.execute)
+        leases = Leases(self, {k: t for (k, t), ok in zip(tokens.items(), taken) if ok}, ttl_ms)
+        try:
+            if leases.tokens:
+                self._do(self.r.delete, *(f"{self.ns}:queued:{k}" for k in leases.tokens))
+                leases._thread.start()
+            yield leases
+        finally:
+            leases.release()
+
     def unqueue(self, key: str) -> None:
         self._do(self.r.delete, f"{self.ns}:queued:{key}")
 
     def select_new(self, keyed: list[tuple[str, str]], ttl_seconds: float) -> list[int]:
-        """Of (key, signature) pairs, the positions of those neither rejected with that signature nor
-        queued recently — and mark those queued. Two round trips however many there are."""
+        """Of (key, signature) pairs, the positions of those not rejected with that signature, not
+        claimed by a worker and not queued already — and mark those queued, for ``ttl_seconds`` at most
+        (see the module docstring). Two round trips however many there are."""
         if not keyed:
             return []
-        rejected = self._do(self.r.smismember, f"{self.ns}:rejected", [f"{k}|{s}" for k, s in keyed])
-        fresh = [i for i, r in enumerate(rejected) if not r]
+        pipe = self.r.pipeline(transaction=False)
+        pipe.smismember(f"{self.ns}:rejected", [f"{k}|{s}" for k, s in keyed])
+        for key, _ in keyed:
+            pipe.exists(f"{self.ns}:claim:{key}")
+        rejected, *claimed = self._do(pipe.execute)
+        fresh = [i for i, (r, c) in enumerate(zip(rejected, claimed)) if not r and not c]
         pipe = self.r.pipeline(transaction=False)
         for i in fresh:
             pipe.set(f"{self.ns}:queued:{keyed[i][0]}", 1, nx=True, ex=max(1, int(ttl_seconds)))
         marked = self._do(pipe.execute)
         return [i for i, ok in zip(fresh, marked) if ok]
+
+    def count_many(self, counts: dict[str, int]) -> None:
+        """Add to several counters in one round trip."""
+        if counts:
+            pipe = self.r.pipeline(transaction=False)
+            for name, n in counts.items():
+                pipe.hincrby(f"{self.ns}:counters", name, n)
+            self._do(pipe.execute)
 
     def add_rejected(self, key: str, signature: str) -> None:
         self._do(self.r.sadd, f"{self.ns}:rejected", f"{key}|{signature}")

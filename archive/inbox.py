@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
@@ -34,6 +34,17 @@ class TransientInboxError(StorageError):
 
     code = "inbox_unavailable"
     transient = True
+
+
+class Replaced(TransientInboxError):
+    """A conditional read found another version of the file than the one listed."""
+
+
+class GroupChanged(ArchiveError):
+    """A file of a group is gone or was replaced since the scan listed it: the group is left for the next
+    scan, which lists it as it is now (a worker whose claim lapsed may be finishing it)."""
+
+    code = "inbox_group_changed"
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,16 @@ class Group:
         """Changes whenever a file of the group is added, removed or replaced."""
         return hashlib.sha256("\n".join(f"{i.name}\0{i.etag}" for i in self.items).encode()).hexdigest()[:32]
 
+    @property
+    def size(self) -> int:
+        return sum(i.size for i in self.items)
+
+    def to_doc(self, marked: bool = False) -> dict:
+        """The group as a task message carries it: what the scan listed, so the worker need not list
+        again. ``marked``: the scan saw a finishing marker for it."""
+        return {"id": self.id, "files": [[i.name, i.size, i.modified, i.etag] for i in self.items],
+                **({"marked": True} if marked else {})}
+
 
 def group_id(relative: str) -> str:
     path = PurePosixPath(relative)
@@ -91,6 +112,12 @@ class Inbox:
 
     def group(self, gid: str) -> Group | None:
         raise NotImplementedError
+
+    def adopt(self, doc: dict) -> Group | None:
+        """The group a task message describes (:meth:`Group.to_doc`), or None when the message names
+        nothing inside this inbox. A message comes through the broker: its names are checked, never
+        trusted — a forged one cannot make a worker read or move a file outside the inbox."""
+        return self.group(doc["id"]) if isinstance(doc, dict) and isinstance(doc.get("id"), str) else None
 
     def fetch(self, group: Group, scratch: Path) -> Path:
         """A local directory holding the group's files under their own names."""
@@ -245,8 +272,9 @@ class S3Inbox(Inbox):
             code = e.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise ObjectNotFound(f"{self.url}: {what}: no such object") from e
-            if status >= 500 or code in ("SlowDown", "RequestTimeout", "PreconditionFailed"):
-                # PreconditionFailed: a file was replaced since the listing; the next attempt lists again
+            if code == "PreconditionFailed" or status == 412:  # replaced since the listing
+                raise Replaced(f"{self.url}: {what}: {code or status}") from e
+            if status >= 500 or code in ("SlowDown", "RequestTimeout"):
                 raise TransientInboxError(f"{self.url}: {what}: {code or status}") from e
             raise ArchiveError(f"{self.url}: {what} refused: {code} {e}") from e
         except BotoCoreError as e:
@@ -278,6 +306,30 @@ class S3Inbox(Inbox):
         groups = list(_grouped(self.url, iter(found)))
         return groups[0] if groups and groups[0].id == gid else None
 
+    def adopt(self, doc: dict) -> Group | None:
+        """The group as the scan listed it, without listing again: its keys follow from its id and its
+        file names, which must name files of that group (one stem, no folders, no hidden names)."""
+        try:
+            gid, files = doc["id"], doc["files"]
+            parent = str(PurePosixPath(gid).parent)
+            base = self.prefix + ("" if parent == "." else parent + "/")
+            items = []
+            for name, size, modified, etag in files:
+                if not (isinstance(name, str) and isinstance(etag, str) and isinstance(size, int)
+                        and isinstance(modified, (int, float))):
+                    return None
+                relative = base[len(self.prefix):] + name
+                if ("/" in name or name.startswith(".") or group_id(relative) != gid
+                        or any(s in ("", ".", "..") or s.startswith(".") for s in relative.split("/"))
+                        or self.done and (base + name).startswith(self.done)):
+                    return None
+                items.append(Item(name, base + name, size, float(modified), etag))
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not items or len({i.name for i in items}) != len(items):
+            return None
+        return Group(self.url, gid, tuple(sorted(items, key=lambda i: i.name)))
+
     def fetch(self, group: Group, scratch: Path) -> Path:
         scratch.mkdir(parents=True, exist_ok=True)
         for item in group.items:
@@ -292,7 +344,9 @@ class S3Inbox(Inbox):
                     for chunk in body["Body"].iter_chunks(1024 * 1024):
                         f.write(chunk)
             except ObjectNotFound:
-                continue  # gone meanwhile (finished by another worker after a lapsed claim)
+                raise GroupChanged(f"{item.key}: gone since the inbox was listed") from None
+            except Replaced:
+                raise GroupChanged(f"{item.key}: replaced since the inbox was listed") from None
         return scratch
 
     def finish(self, group: Group, names: set[str]) -> None:
@@ -354,7 +408,7 @@ def s3_client(settings):
     return boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
                         aws_access_key_id=settings.s3_access_key_id,
                         aws_secret_access_key=settings.s3_secret_access_key,
-                        config=Config(retries={"mode": "standard", "max_attempts": 5},
+                        config=Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=32,
                                       s3={"addressing_style": "path"} if settings.s3_endpoint_url else {}))
 
 
@@ -364,56 +418,47 @@ def open_inbox(url: str, settings) -> Inbox:
     return DirectoryInbox(url, settings.inbox_done)
 
 
-def take(inbox: Inbox, group: Group, ingestor, limits, scratch: Path) -> list:
-    """Archive one group and finish it at once (:func:`archive_group`, then its finishing step)."""
-    outcomes, finish = archive_group(inbox, group, ingestor, limits, scratch)
-    finish()
-    return outcomes
-
-
-def archive_group(inbox: Inbox, group: Group, ingestor, limits, scratch: Path) -> tuple[list, Callable[[], None]]:
-    """Archive one group: fetch its files and ingest each input in it through the pipeline (archived,
-    duplicate, conflict, or quarantined with its reason). Returns the outcomes and the finishing step,
-    which moves (or deletes) the files of the inputs now safely archived — to be called only once the
-    ingest audit event naming their records is recorded: a worker that dies before leaves the files in
-    the inbox, and the next worker to take them records the event (as a duplicate) and moves them.
-    Rejected and conflicting inputs stay in the inbox. Transient errors raise, leaving the inbox as it
-    was, so a retry takes the group again."""
+def open_group(inbox: Inbox, group: Group, limits, scratch: Path, *, marked: bool = True) -> list:
+    """Fetch a group's files and find its inputs (:class:`archive.ingest.discover.Found`, named by where
+    they are in the inbox). ``marked``: the group may have a finishing marker (a worker died while moving
+    it): then the files that worker had archived are moved first, and only the rest is taken. Raises
+    GroupChanged when a file is gone or replaced since the listing, leaving everything as it was."""
     from archive.ingest.discover import _hostile
     from archive.ingest.discover import group as discover_group
 
-    several = len(group.items) > 1
-    marker = inbox.read_marker(group.id)  # (a lone file may be what a dying worker left of a group)
-    if marker is not None:  # a worker died while moving this group: finish what it had archived
-        finishing = {i.name for i in group.items if marker.get("files", {}).get(i.name) == i.etag}
-        if finishing:
-            inbox.finish(group, finishing)
-        inbox.drop_marker(group.id)
-        group = Group(group.inbox, group.id, tuple(i for i in group.items if i.name not in finishing))
-        if not group.items:
-            return [], lambda: None
+    if marked:
+        marker = inbox.read_marker(group.id)  # (a lone file may be what a dying worker left of a group)
+        if marker is not None:  # a worker died while moving this group: finish what it had archived
+            finishing = {i.name for i in group.items if marker.get("files", {}).get(i.name) == i.etag}
+            if finishing:
+                inbox.finish(group, finishing)
+            inbox.drop_marker(group.id)
+            group = Group(group.inbox, group.id, tuple(i for i in group.items if i.name not in finishing))
+            if not group.items:
+                return []
     directory = inbox.fetch(group, scratch)
     names = [i.name for i in group.items if _hostile(i.name) or os.path.lexists(directory / i.name)]
-    outcomes, archived = [], set()
     prefix = str(directory).rstrip("/") + "/"
+    out = []
     for found in discover_group(directory, names, limits):
         shown = found.origin[len(prefix):] if found.origin.startswith(prefix) else found.origin
         found.origin = inbox.origin(group, shown)
         found.rename = (prefix, inbox.origin(group, ""))  # reasons name it by where it is in the inbox
-        outcome = ingestor.ingest(found)
-        if outcome.status in ("archived", "duplicate"):
-            archived.update(found.files)
-        outcomes.append(outcome)
-    ingestor.index.flush()
+        out.append(found)
+    return out
 
-    def finish() -> None:
-        if not archived:
-            return
-        if several:
-            inbox.write_marker(group.id, {"group": group.id,
-                                          "files": {i.name: i.etag for i in group.items if i.name in archived}})
-        inbox.finish(group, archived)
-        if several:
-            inbox.drop_marker(group.id)
 
-    return outcomes, finish
+def finish_group(inbox: Inbox, group: Group, archived: set[str]) -> None:
+    """Move (or delete) the named files of a group, now safely archived — to be called only once the
+    ingest audit event naming their records is recorded: a worker that dies before leaves the files in
+    the inbox, and the next worker to take them records the event (as a duplicate) and moves them. A
+    group of several files is moved under a marker (see :attr:`Inbox.MARKERS`)."""
+    if not archived:
+        return
+    several = len(group.items) > 1
+    if several:
+        inbox.write_marker(group.id, {"group": group.id,
+                                      "files": {i.name: i.etag for i in group.items if i.name in archived}})
+    inbox.finish(group, archived)
+    if several:
+        inbox.drop_marker(group.id)

@@ -5,13 +5,16 @@ operation acts as ``ARCHIVE_WORKER_ACTOR`` (or the identity that asked for it) t
 :class:`archive.access.Session`, so the audit trail records it like a CLI command; and every task starts
 from the store's current state (:meth:`Retention.refresh`), since other workers change it.
 
-Inbox flow: :meth:`scan` lists each inbox and hands back the groups to queue (settled, not queued
-recently, not already rejected as they are); :meth:`ingest` claims one group (a lease in Redis, renewed
-while it works), archives it through the pipeline and moves its files to the done area only after
-verified archival and after the audit event naming its records is recorded. A worker that dies leaves
-its claim to lapse and its group in the inbox; the next scan queues it again and another worker takes it
-(and records the event, for a duplicate). The pipeline's content addressing makes a second run a
-duplicate, so no input is archived twice and none is lost.
+Inbox flow: :meth:`scan` lists each inbox and hands back batches of groups to queue — settled, neither
+queued nor claimed already, not rejected as they are; up to ``ARCHIVE_BATCH_INPUTS`` inputs and
+``ARCHIVE_BATCH_BYTES`` to a batch, each group as listed (its files, sizes and ETags), so the worker does
+not list again. :meth:`ingest_batch` claims the batch's groups in one round trip (leases in Redis,
+renewed while it works), fetches their files in parallel, archives every input through the pipeline as
+one run (records committed in groups: every manifest object, then every receipt), records one audit event
+per group — all in one batch of the log — and only then moves each group's files to the done area, in
+parallel. A worker that dies leaves its claims to lapse and its groups in the inbox; the next scan queues
+them again and another worker takes them (and records the event, for a duplicate). The pipeline's
+content addressing makes a second run a duplicate, so no input is archived twice and none is lost.
 """
 
 from __future__ import annotations
@@ -19,14 +22,16 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from archive.access import Session
 from archive.coordination import Coordinator
 from archive.dates import parse_duration
 from archive.errors import ConfigError
-from archive.inbox import Inbox, archive_group, open_inbox
+from archive import s3calls
+from archive.errors import ArchiveError
+from archive.inbox import Group, GroupChanged, Inbox, finish_group, open_group, open_inbox
 from archive.ingest.discover import Limits
 from archive.settings import Settings
 
@@ -48,6 +53,9 @@ class Work:
         self._coordinator: Coordinator | None = None
         self._inboxes: dict[str, Inbox] = {}
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        client = getattr(self.archive.vault.store, "client", None)
+        if client is not None:
+            s3calls.count(client)
 
     @property
     def coordinator(self) -> Coordinator:
@@ -64,64 +72,128 @@ class Work:
                 raise ConfigError(f"{url!r} is not one of ARCHIVE_INBOX ({', '.join(self.settings.inboxes) or 'none'})",
                                   variable="ARCHIVE_INBOX")
             self._inboxes[url] = open_inbox(url, self.settings)
+            if getattr(self._inboxes[url], "client", None) is not None:
+                s3calls.count(self._inboxes[url].client)
         return self._inboxes[url]
+
+    def report(self, counts: dict[str, int] | None = None) -> None:
+        """Add what this task did to the shared counters: ``counts`` and the S3 requests it sent."""
+        counts = {**(counts or {}), **{f"s3.{op}": n for op, n in s3calls.take().items()}}
+        try:
+            self.coordinator.count_many(counts)
+        except ArchiveError:
+            pass  # counters are for operators; losing some never fails the work
 
     def session(self, actor: str | None = None) -> Session:
         return Session(self.archive.audit, self.identities, actor or self.settings.worker_actor)
 
     # --- inboxes ---------------------------------------------------------------------------------------
 
-    def scan(self) -> list[tuple[str, str]]:
-        """(inbox, group) pairs to queue now: settled, not queued within the claim period, and not
-        rejected before with the same files."""
+    def scan(self) -> list[tuple[str, list[dict]]]:
+        """(inbox, groups) batches to queue now: groups settled, neither queued nor claimed already, and
+        not rejected before with the same files; each batch within ``ARCHIVE_BATCH_INPUTS`` groups and
+        ``ARCHIVE_BATCH_BYTES`` (a group larger than that goes alone)."""
         settle = seconds(self.settings.inbox_settle)
-        requeue = seconds(self.settings.claim_ttl)
+        requeue = max(seconds(self.settings.requeue_after), seconds(self.settings.claim_ttl))
         out = []
         for url in self.settings.inboxes:
             inbox = self.inbox(url)
-            marked = inbox.marked()  # listed before the groups: a marker whose group is gone is finished
+            marked = set(inbox.marked())  # listed before the groups: a marker whose group is gone is finished
             groups = list(inbox.groups())
             present = {g.id for g in groups}
-            for gid in marked:
-                if gid not in present:  # a worker died after moving every file, before dropping its marker
-                    inbox.drop_marker(gid)
+            for gid in marked - present:  # a worker died after moving every file, before dropping its marker
+                inbox.drop_marker(gid)
             ready = [g for g in groups if inbox.ready(g, settle)]
-            chosen = self.coordinator.select_new([(f"{url}|{g.id}", g.signature) for g in ready], requeue)
-            out += [(url, ready[i].id) for i in chosen]
+            chosen = [ready[i] for i in
+                      self.coordinator.select_new([(f"{url}|{g.id}", g.signature) for g in ready], requeue)]
+            batch: list[dict] = []
+            size = 0
+            for g in chosen:
+                if batch and (len(batch) >= self.settings.batch_inputs or size + g.size > self.settings.batch_bytes):
+                    out.append((url, batch))
+                    batch, size = [], 0
+                batch.append(g.to_doc(marked=g.id in marked))
+                size += g.size
+            if batch:
+                out.append((url, batch))
+        self.report()
         return out
 
     def ingest(self, url: str, gid: str) -> dict:
-        """Claim, archive and finish one inbox group. Returns {"status": …, "outcomes": […]}."""
+        """Archive one inbox group, listed now (an API upload, a message from before batches). Returns
+        {"status": …, "outcomes": […]}."""
+        group = self.inbox(url).group(gid)
+        if group is None:
+            return {"status": "gone", "outcomes": []}  # finished by a worker whose claim lapsed, or forged
+        return self.ingest_batch(url, [group.to_doc(marked=True)])["groups"].get(
+            gid, {"status": "gone", "outcomes": []})
+
+    def ingest_batch(self, url: str, docs: list[dict]) -> dict:
+        """Claim, archive and finish a batch of inbox groups (as :meth:`scan` queued them). Returns
+        {"status": "done", "groups": {group id: {"status": …, "outcomes": […]}}}: a group is ``done``,
+        ``claimed-elsewhere``, ``changed`` (a file gone or replaced since the scan: left for the next one)
+        or ``gone`` (its message names nothing in this inbox)."""
         inbox = self.inbox(url)
-        key = f"{url}|{gid}"
-        with self.coordinator.claim(key, seconds(self.settings.claim_ttl)) as lease:
-            if lease is None:
-                return {"status": "claimed-elsewhere", "outcomes": []}
-            group = inbox.group(gid)
+        groups: list[Group] = []
+        result: dict[str, dict] = {}
+        for doc in docs:
+            group = inbox.adopt(doc)
             if group is None:
-                self.coordinator.unqueue(key)
-                return {"status": "gone", "outcomes": []}  # finished by a worker whose claim lapsed
-            self.retention.refresh()
-            target = {"inbox": url, "input": gid, "worker": self.worker}
+                result[str(doc.get("id") if isinstance(doc, dict) else doc)] = {"status": "gone", "outcomes": []}
+            elif group.id not in result:
+                groups.append(group)
+                result[group.id] = {"status": "claimed-elsewhere", "outcomes": []}
+        marked = {d["id"] for d in docs if isinstance(d, dict) and d.get("marked")}
+        keys = {g.id: f"{url}|{g.id}" for g in groups}
+        try:
+            with self.coordinator.claim_many(list(keys.values()), seconds(self.settings.claim_ttl)) as leases:
+                mine = [g for g in groups if keys[g.id] in leases]
+                if mine:
+                    self._archive(inbox, mine, marked, result, leases, keys)
+        finally:
+            self.report()
+        return {"status": "done", "groups": result}
 
-            def do() -> tuple[list, Callable[[], None]]:
-                with tempfile.TemporaryDirectory(prefix="archive-inbox-") as scratch:
-                    outcomes, finish = archive_group(inbox, group, self.ingestor, Limits.of(self.settings),
-                                                     Path(scratch))
-                # the audit event names what was archived (recorded when do() returns)
-                target["records"] = sorted({r for o in outcomes for r in o.record_ids})
-                target.update({s: sum(o.status == s for o in outcomes)
-                               for s in ("archived", "duplicate", "conflict", "rejected")})
-                return outcomes, finish
+    def _archive(self, inbox: Inbox, groups: list[Group], marked: set[str], result: dict, leases, keys) -> None:
+        self.retention.refresh()
+        limits = Limits.of(self.settings)
+        with tempfile.TemporaryDirectory(prefix="archive-inbox-") as scratch, \
+                ThreadPoolExecutor(min(16, len(groups)), thread_name_prefix="inbox") as pool:
+            def fetch(item: tuple[int, Group]):
+                n, group = item
+                try:
+                    return open_group(inbox, group, limits, Path(scratch) / str(n), marked=group.id in marked)
+                except GroupChanged:
+                    return None
 
-            outcomes, finish = self.session().run("ingest", do, target=target)
-            finish()  # only now: killed before this, the worker leaves the files for the next to take
-            for o in outcomes:
-                self.coordinator.count(o.status)
-            if any(o.status in ("rejected", "conflict") for o in outcomes):
-                self.coordinator.add_rejected(key, group.signature)
-            self.coordinator.unqueue(key)
-            return {"status": "done", "outcomes": [o.__dict__ for o in outcomes]}
+            opened = list(pool.map(fetch, enumerate(groups)))
+            taken = [(g, found) for g, found in zip(groups, opened) if found is not None]
+            for g, found in zip(groups, opened):
+                if found is None:  # left for the next scan, which lists it as it is now
+                    result[g.id] = {"status": "changed", "outcomes": []}
+            leases.release([keys[g.id] for g, found in zip(groups, opened) if found is None])
+            targets = [{"inbox": inbox.url, "input": g.id, "worker": self.worker} for g, _ in taken]
+            inputs = [f for _, found in taken for f in found]
+
+            def do():
+                summary = self.ingestor.run_found(inputs) if inputs else None
+                return summary.outcomes if summary else []
+
+            outcomes = iter(self.session().run_each("ingest", lambda: _targets(do(), taken, targets),
+                                                    targets=targets))
+            per_group = [[next(outcomes) for _ in found] for _, found in taken]
+            # only now, the events recorded: killed before this, the worker leaves the files for the next
+            archived = [{n for f, o in zip(found, done) if o.status in ("archived", "duplicate") for n in f.files}
+                        for (_, found), done in zip(taken, per_group)]
+            list(pool.map(lambda a: finish_group(inbox, a[0][0], a[1]), zip(taken, archived)))
+        counts: dict[str, int] = {}
+        for (g, _), done in zip(taken, per_group):
+            for o in done:
+                counts[o.status] = counts.get(o.status, 0) + 1
+            if any(o.status in ("rejected", "conflict") for o in done):
+                self.coordinator.add_rejected(keys[g.id], g.signature)
+            result[g.id] = {"status": "done", "outcomes": [o.__dict__ for o in done]}
+        self.report(counts)
 
     # --- sweeps ----------------------------------------------------------------------------------------
 
@@ -181,3 +253,13 @@ class Work:
         return self.session(actor).run(
             "hold", lambda: self.retention.release_hold(case, by=actor, approval=approval, reason=reason),
             target={"release": case, "approval": approval}, case=case, reason=reason)
+
+
+def _targets(outcomes: list, taken: list, targets: list[dict]) -> list:
+    """Name in each group's audit event what its inputs became (the records, and how many of each)."""
+    it = iter(outcomes)
+    for (_, found), target in zip(taken, targets):
+        done = [next(it) for _ in found]
+        target["records"] = sorted({r for o in done for r in o.record_ids})
+        target.update({s: sum(o.status == s for o in done) for s in ("archived", "duplicate", "conflict", "rejected")})
+    return outcomes

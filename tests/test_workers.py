@@ -133,6 +133,11 @@ def _check(result, left, inputs, env, client, inbox_bucket):
             assert f"s3://{inbox_bucket}/{key}" in named, (key, sorted(named)[:5])
 
 
+def _pairs(batches) -> list[tuple[str, str]]:
+    """(inbox, group id) of every group the scan's batches carry."""
+    return [(url, g["id"]) for url, groups in batches for g in groups]
+
+
 def test_a_killed_worker_loses_and_duplicates_nothing(setup):
     env, client, inbox_bucket, tmp_path = setup
 
@@ -244,10 +249,11 @@ def test_a_directory_inbox_is_taken_once_moved_after_archival_and_rejects_stay(r
     (inbox / "late.wav").write_bytes(wav_bytes(0.5, 2))  # just uploaded: its sidecar may be on its way
 
     work = Work(Settings.from_env(env))
-    queued = work.scan()
-    assert sorted(g for _, g in queued) == ["bad\x07name", "calls/d-1", "chat-2", "notes"]  # not "late"
+    batches = work.scan()
+    assert len(batches) == 1 and sorted(g for _, g in _pairs(batches)) == \
+        ["bad\x07name", "calls/d-1", "chat-2", "notes"]  # not "late"; all in one task
     assert work.scan() == []  # queued already: a second scan does not queue them again
-    results = {g: work.ingest(url, g) for url, g in queued}
+    results = {g: r for url, groups in batches for g, r in work.ingest_batch(url, groups)["groups"].items()}
     assert [o["status"] for o in results["calls/d-1"]["outcomes"]] == ["archived"]
     assert [o["status"] for o in results["bad\x07name"]["outcomes"]] == ["rejected"]
     assert results["notes"]["outcomes"][0]["code"] == "unsupported_format"
@@ -264,7 +270,7 @@ def test_a_directory_inbox_is_taken_once_moved_after_archival_and_rejects_stay(r
     assert work.scan() == []  # rejected inputs are not retried while they are unchanged ...
     (inbox / "notes.docx").write_bytes(b"PK changed")
     os.utime(inbox / "notes.docx", (old, old))
-    assert [g for _, g in work.scan()] == ["notes"]  # ... and are once they change
+    assert [g for _, g in _pairs(work.scan())] == ["notes"]  # ... and are once they change
     counters = work.coordinator.counters()
     assert counters["archived"] == 2 and counters["rejected"] == 2
 
@@ -302,18 +308,19 @@ def test_a_worker_dying_halfway_through_moving_a_group_leaves_nothing_stranded(r
         raise Died  # ... and the worker is gone before the sidecar follows
 
     work = Work(Settings.from_env(env))
-    [(url, gid)] = work.scan()
+    [(url, [doc])] = work.scan()
     DirectoryInbox.finish = finish_one_then_die
     try:
         with pytest.raises(Died):
-            work.ingest(url, gid)
+            work.ingest_batch(url, [doc])
     finally:
         DirectoryInbox.finish = real_finish
     assert sorted(os.listdir(inbox)) == [".archive-finishing", "c-1.json"]  # the sidecar, stranded
     time.sleep(1.2)  # the dead worker's claim lapses
     fresh = Work(Settings.from_env(env))
-    assert [g for _, g in fresh.scan()] == ["c-1"]
-    assert fresh.ingest(url, "c-1")["status"] == "done"
+    [(url, [doc])] = fresh.scan()
+    assert doc["id"] == "c-1" and doc["marked"]  # the scan saw the marker: the worker reads it
+    assert fresh.ingest_batch(url, [doc])["groups"]["c-1"]["status"] == "done"
     assert sorted(p.name for p in inbox.rglob("*") if p.is_file()) == []  # moved on; the marker gone
     assert sorted(p.name for p in (tmp_path / "processed").iterdir()) == ["c-1.json", "c-1.wav"]
     assert list(fresh.ingestor.quarantine()) == []  # the sidecar was never refused

@@ -40,16 +40,24 @@ def _run(task, fn):
 
 @app.task(bind=True, name="archive.scan_inboxes", max_retries=3)
 def scan_inboxes(self) -> int:
-    def scan():
-        pairs = work().scan()
-        for url, gid in pairs:
-            ingest_input.delay(url, gid)
-        return len(pairs)
-    return _run(self, scan)
+    return _run(self, lambda: queue(work().scan()))
+
+
+def queue(batches: list[tuple[str, list[dict]]]) -> int:
+    """Send one ingest task per batch; returns how many inputs they carry."""
+    for url, groups in batches:
+        ingest_batch.delay(url, groups)
+    return sum(len(groups) for _, groups in batches)
+
+
+@app.task(bind=True, name="archive.ingest_batch", max_retries=10)
+def ingest_batch(self, inbox: str, groups: list[dict]) -> dict:
+    return _run(self, lambda: work().ingest_batch(inbox, groups))
 
 
 @app.task(bind=True, name="archive.ingest_input", max_retries=10)
 def ingest_input(self, inbox: str, group: str) -> dict:
+    """One group, listed by the worker (the API's uploads)."""
     return _run(self, lambda: work().ingest(inbox, group))
 
 
