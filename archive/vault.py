@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import BinaryIO
 
-from archive.crypto.stream import Binding, Sealer, iter_unseal_range, unseal_range, unseal_stream
+from archive.crypto.stream import Binding, Checked, Sealer, iter_unseal_range, unseal_range, unseal_stream
 from archive.errors import (ArchiveError, IntegrityError, InvalidObjectKey, KeyInUse, ObjectNotFound,
                             StorageError)
 from archive.keys.base import KeyProvider, WrappedKey
@@ -147,17 +147,21 @@ class Vault:
     # --- writing -------------------------------------------------------------------------------------
 
     def seal(self, name: str, source: BinaryIO, binding: Binding, *, retain_until: datetime | None = None,
-             mode: LockMode | None = None, legal_hold: bool = False) -> SealReceipt:
+             mode: LockMode | None = None, legal_hold: bool = False, verify: bool = False) -> SealReceipt:
         """Encrypt ``source`` (read to its end, in constant memory) and store it under ``name`` with a
-        fresh data key. Raises ObjectExists, InvalidObjectKey, RetentionError, StorageError, CryptoError."""
+        fresh data key. ``verify``: return only once the object is known to open to what was read
+        (:meth:`_verify`). Raises ObjectExists, InvalidObjectKey, RetentionError, StorageError,
+        CryptoError, IntegrityError."""
         if _RECEIPT_KEY.fullmatch(f"objects/{check_key(name)}"):
             raise InvalidObjectKey(f"{name!r} is named like a seal receipt; choose another name")
         mode = LockMode.parse(mode or self.lock_mode)
         context = _context(name, binding)
         data_key, wrapped = self.keys.generate_data_key(context)
         sealer = Sealer(source, data_key, binding, segment_size=self.segment_size, size_hint=remaining_size(source))
+        checked = Checked(sealer, data_key, binding, object_key=f"objects/{name}") if verify else None
         try:
-            self.store.put(f"objects/{name}", sealer, retain_until=retain_until, mode=mode, legal_hold=legal_hold)
+            info = self.store.put(f"objects/{name}", checked or sealer, retain_until=retain_until, mode=mode,
+                                  legal_hold=legal_hold)
             receipt = SealReceipt(
                 name=name, seq=1, record_id=binding.record_id, part=binding.part,
                 segment_size=self.segment_size, plaintext_size=sealer.plaintext_size,
@@ -166,16 +170,34 @@ class Vault:
                 wrapped_key=wrapped)
         finally:
             sealer.close()
-        self._put_receipt(receipt, retain_until=retain_until, mode=mode, legal_hold=legal_hold)
+        stored = self._put_receipt(receipt, retain_until=retain_until, mode=mode, legal_hold=legal_hold)
+        if verify:
+            self._verify(receipt, binding, checked, info, stored)
         return receipt
 
-    def seal_many(self, requests: list[SealRequest]) -> list[SealReceipt | ArchiveError]:
+    def _verify(self, receipt: SealReceipt, binding: Binding, checked: Checked | None, info: ObjectInfo,
+                stored: ObjectInfo) -> None:
+        """Prove a just-sealed object and its receipt are stored as written and open to the plaintext
+        sealed. Where the store confirmed both writes by its own checksum over the bytes it stored
+        (:attr:`ObjectInfo.verified`: S3), the sealed stream was checked as it went out (:class:`Checked`)
+        and nothing is read back; otherwise both are read back (the receipt compared byte for byte, every
+        segment authenticated, the plaintext digest compared). Raises IntegrityError."""
+        if checked is not None and info.verified and stored.verified:
+            checked.verify()
+            return
+        for _ in self.open(receipt.name, binding, verify_digest=True, receipt=receipt):
+            pass
+
+    def seal_many(self, requests: list[SealRequest], *, verify: bool = False) -> list[SealReceipt | ArchiveError]:
         """Seal a group of objects as :meth:`seal` does, with two group commits of the store for all of
         them (the objects, then their receipts) instead of two writes each. Returns, for each request,
-        its receipt or the ArchiveError that refused it (ObjectExists, InvalidObjectKey, RetentionError …);
-        everything returned as a receipt is durable. Raises StorageError when a group commit failed."""
+        its receipt or the ArchiveError that refused it (ObjectExists, InvalidObjectKey, RetentionError,
+        with ``verify`` IntegrityError …); everything returned as a receipt is durable (and, with
+        ``verify``, proven as :meth:`_verify` says; read-backs of a group go out together on a remote
+        store). Raises StorageError when a group commit failed."""
         results: list[SealReceipt | ArchiveError | None] = [None] * len(requests)
         sealing: list[tuple[int, SealRequest, LockMode, WrappedKey, Sealer]] = []
+        checks: dict[int, Checked] = {}
         try:
             for i, r in enumerate(requests):
                 try:
@@ -189,17 +211,22 @@ class Vault:
                 sealer = Sealer(r.source, data_key, r.binding, segment_size=self.segment_size,
                                 size_hint=remaining_size(r.source))
                 sealing.append((i, r, mode, wrapped, sealer))
-            stored = self.store.put_many([PutRequest(f"objects/{r.name}", sealer, r.retain_until, mode, r.legal_hold)
-                                          for _, r, mode, _, sealer in sealing])
+                if verify:
+                    checks[i] = Checked(sealer, data_key, r.binding, object_key=f"objects/{r.name}")
+            stored = self.store.put_many([PutRequest(f"objects/{r.name}", checks.get(i, sealer), r.retain_until,
+                                                     mode, r.legal_hold)
+                                          for i, r, mode, _, sealer in sealing])
         finally:
             for *_, sealer in sealing:
                 sealer.close()
         receipts: list[tuple[int, SealRequest, LockMode, SealReceipt]] = []
         sealed_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        infos: dict[int, ObjectInfo] = {}
         for (i, r, mode, wrapped, sealer), info in zip(sealing, stored):
             if isinstance(info, ArchiveError):
                 results[i] = info
                 continue
+            infos[i] = info
             receipts.append((i, r, mode, SealReceipt(
                 name=r.name, seq=1, record_id=r.binding.record_id, part=r.binding.part,
                 segment_size=self.segment_size, plaintext_size=sealer.plaintext_size,
@@ -208,13 +235,30 @@ class Vault:
         stored = self.store.put_many([PutRequest(_receipt_key(receipt.name, receipt.seq), io.BytesIO(receipt.to_bytes()),
                                                  r.retain_until, mode, r.legal_hold)
                                       for _, r, mode, receipt in receipts])
-        for (i, _, _, receipt), info in zip(receipts, stored):
+        done = []
+        for (i, r, _, receipt), info in zip(receipts, stored):
             results[i] = info if isinstance(info, ArchiveError) else receipt
+            if verify and not isinstance(info, ArchiveError):
+                done.append((i, r, receipt, info))
+
+        def check(item) -> None:
+            i, r, receipt, info = item
+            try:
+                self._verify(receipt, r.binding, checks[i], infos[i], info)
+            except ArchiveError as e:
+                results[i] = e
+
+        if len(done) > 1 and getattr(self.store, "remote", False):
+            with ThreadPoolExecutor(min(len(done), 16), thread_name_prefix="verify") as pool:
+                list(pool.map(check, done))
+        else:
+            for item in done:
+                check(item)
         return results
 
     def _put_receipt(self, receipt: SealReceipt, *, retain_until: datetime | None, mode: LockMode | None,
-                     legal_hold: bool) -> None:
-        self.store.put(_receipt_key(receipt.name, receipt.seq), io.BytesIO(receipt.to_bytes()),
+                     legal_hold: bool) -> ObjectInfo:
+        return self.store.put(_receipt_key(receipt.name, receipt.seq), io.BytesIO(receipt.to_bytes()),
                        retain_until=retain_until, mode=mode or self.lock_mode, legal_hold=legal_hold)
 
     # --- reading -------------------------------------------------------------------------------------

@@ -178,8 +178,8 @@ class SeaweedS3:
 
     # -- clients -----------------------------------------------------------
 
-    def client(self, retries: int = 2, timeout: float = 10):
-        """A boto3 S3 client for this server (path-style, few retries)."""
+    def client(self, retries: int = 2, timeout: float = 10, pool: int = 10):
+        """A boto3 S3 client for this server (path-style, few retries, ``pool`` connections)."""
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint_url,
@@ -191,6 +191,7 @@ class SeaweedS3:
                 retries={"max_attempts": retries + 1, "mode": "standard"},
                 connect_timeout=timeout,
                 read_timeout=timeout * 3,
+                max_pool_connections=pool,
             ),
         )
 

@@ -24,7 +24,7 @@ import tracemalloc
 
 import pytest
 
-from archive.crypto.stream import (HEADER_SIZE, MIN_SEGMENT_SIZE, TAG_SIZE, Binding, Sealer,
+from archive.crypto.stream import (HEADER_SIZE, MIN_SEGMENT_SIZE, TAG_SIZE, Binding, Checked, Sealer,
                                    plaintext_size, seal_stream, sealed_size, unseal_range, unseal_stream)
 from archive.errors import IntegrityError, UnsupportedFormat
 
@@ -337,3 +337,24 @@ def test_streamed_ranges_equal_whole_ranges_whatever_the_windows():
             assert b"".join(chunks) == whole
             if start < end:
                 assert len(chunks[0]) <= first * 4096  # the first bytes cost one window's work
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 65536, 3 * 65536, 3 * 65536 + 7])
+def test_a_checked_sealer_verifies_what_it_handed_out(size):
+    """Checked opens every segment a consumer read, one behind, and verify() proves the whole stream."""
+    key, data, binding = os.urandom(32), os.urandom(size), Binding("r", "p")
+    checked = Checked(Sealer(io.BytesIO(data), key, binding, segment_size=65536), key, binding)
+    sent = b"".join(iter(lambda: checked.read(10_000), b""))
+    checked.verify()
+    assert b"".join(unseal_stream(io.BytesIO(sent), key, binding)) == data
+
+
+def test_a_checked_sealer_refuses_a_wrong_key_and_a_stream_left_half_read():
+    key, data, binding = os.urandom(32), os.urandom(200_000), Binding("r", "p")
+    checked = Checked(Sealer(io.BytesIO(data), key, binding, segment_size=65536), os.urandom(32), binding)
+    with pytest.raises(IntegrityError, match="key commitment"):
+        checked.read(100_000)
+    half = Checked(Sealer(io.BytesIO(data), key, binding, segment_size=65536), key, binding)
+    half.read(70_000)
+    with pytest.raises(IntegrityError, match="stopped reading"):
+        half.verify()

@@ -363,6 +363,84 @@ class Sealer:
         return length + TAG_SIZE
 
 
+class Checked:
+    """A :class:`Sealer` that checks what it hands out: every byte the consumer (a store's upload) reads
+    is parsed and opened again — the header's key commitment re-derived from the data key and binding,
+    every segment authenticated, the plaintext hashed — in constant memory, one segment behind the
+    reader. :meth:`verify` (after the upload) raises IntegrityError unless the bytes read are a sealed
+    object whose plaintext has the digest and size the sealer hashed from its source. Together with a
+    store that confirms it stored exactly the bytes sent (S3: its own SHA-256 over them, compared), this
+    is what reading the object back would prove, without the second transfer."""
+
+    def __init__(self, sealer: Sealer, data_key: bytes, binding: Binding, *, object_key: str = "?") -> None:
+        self.sealer, self._data_key, self._binding, self.object_key = sealer, data_key, binding, object_key
+        self._buf = bytearray()
+        self._keys: _Keys | None = None
+        self._segment = 0
+        self._index = 0
+        self._plain = hashlib.sha256()
+        self._size = 0
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readinto(self, buffer) -> int:
+        n = self.sealer.readinto(buffer)
+        if n:
+            self._feed(memoryview(buffer).cast("B")[:n])
+        else:
+            self._ended = True
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.sealer.read(n)
+        if data:
+            self._feed(memoryview(data))
+        else:
+            self._ended = True
+        return data
+
+    def close(self) -> None:
+        self.sealer.close()
+
+    def _feed(self, data: memoryview) -> None:
+        self._buf += data
+        if self._keys is None:
+            if len(self._buf) < HEADER_SIZE:
+                return
+            header, self._keys = _open_keys(bytes(self._buf[:HEADER_SIZE]), self._data_key, self._binding,
+                                            self.object_key)
+            self._segment = header.segment_size + TAG_SIZE
+            del self._buf[:HEADER_SIZE]
+        while len(self._buf) > self._segment:  # a segment with bytes after it: not the last one
+            self._open(bytes(self._buf[:self._segment]), last=False)
+            del self._buf[:self._segment]
+
+    def _open(self, sealed: bytes, last: bool) -> None:
+        plain = self._keys.open(self._index, sealed, last)
+        self._plain.update(plain)
+        self._size += len(plain)
+        self._index += 1
+
+    def verify(self) -> None:
+        """Check the whole stream (reading what the consumer left, which must be nothing)."""
+        if self.sealer.read(1):
+            raise IntegrityError(f"{self.object_key}: the store stopped reading before the end of the sealed "
+                                 "stream", object_key=self.object_key, segment="end")
+        if self._keys is None:
+            raise IntegrityError(f"{self.object_key}: sealed stream shorter than its header",
+                                 object_key=self.object_key, segment="header")
+        self._open(bytes(self._buf), last=True)
+        self._buf.clear()
+        if self._size != self.sealer.plaintext_size or self._plain.hexdigest() != self.sealer.plaintext_sha256:
+            raise IntegrityError(f"{self.object_key}: the sealed stream does not open to the plaintext sealed",
+                                 object_key=self.object_key, segment="end")
+
+
 def seal_stream(source: BinaryIO, data_key: bytes, binding: Binding, *,
                 segment_size: int = DEFAULT_SEGMENT_SIZE) -> Iterator[bytes]:
     """Yield the sealed object for ``source``: the header, then one sealed segment at a time."""

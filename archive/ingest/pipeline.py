@@ -6,14 +6,15 @@ found on disk (:mod:`archive.ingest.discover`) and each becomes zero or more rec
 * a **record id** is derived from what the record is — its source system and interaction id and the
   SHA-256 of every part — so the same input always maps to the same id, and a second delivery is
   reported as a duplicate of that record instead of being stored again;
-* parts are sealed under ``records/<id>/part.<name>``, read back and verified (every segment
-  authenticated, plaintext SHA-256 compared) — parts up to 64 KiB are carried inside the manifest
+* parts are sealed under ``records/<id>/part.<name>`` and verified (every segment authenticated,
+  plaintext SHA-256 compared: read back, or on S3 checked as it goes out while the store confirms by its
+  own checksum that it holds exactly the bytes sent, see ``Vault._verify``) — parts up to 64 KiB are carried inside the manifest
   instead — then the **manifest** — metadata, parts, digests — is
   sealed under ``records/<id>/manifest`` and verified. The manifest is the commit: a record exists once
   its manifest does, and never before all of its parts are stored and verified;
 * records are committed in groups (``Ingestor.run``: up to ``Ingestor.BATCH`` records): the manifests
   of a group are sealed together with ``Vault.seal_many`` — every manifest object written and made
-  durable, then every receipt, each step one group commit of the store — then each is read back and
+  durable, then every receipt, each step one group commit of the store — then each is
   verified, and only then indexed and reported. Large parts are sealed (and verified) one by one before
   their record joins a group, so a manifest never names a part that is not durable;
 * a crash at any point leaves either nothing visible or the whole record. Running again finds the parts a
@@ -211,7 +212,7 @@ class Ingestor:
     def _prepare(self, metadata: dict, parts: list[PartInput], *, origin: str, fmt: str,
                  policies: PolicySet | None = None, evidence: Iterable[tuple[str, bytes]] = ()) -> _Prepared:
         """Everything before a record's commit: validate, hash, name it, and — unless it is already
-        committed — decide its retention, seal its large parts (each read back and verified) and build its
+        committed — decide its retention, seal its large parts (each verified) and build its
         manifest. ``policies``: the run's policy set (default: the current one). ``evidence``: the bytes
         the metadata came from when they are not among the parts (sidecars), kept if it conflicts."""
         metadata = validate(metadata)
@@ -270,7 +271,7 @@ class Ingestor:
     def _commit_many(self, prepared: list[_Prepared], index: Callable[[list[dict]], None] | None = None
                      ) -> list[tuple[str, bool] | _Conflict | ArchiveError]:
         """Commit prepared records together: their manifests are sealed as one group (two group commits
-        of the store for all of them), each read back and verified, then indexed. Returns, per record,
+        of the store for all of them), each verified, then indexed. Returns, per record,
         (record id, True if new / False if it already existed), a :class:`_Conflict` when it existed with
         other metadata, or the error that refused it. A record already committed — before, by another
         writer, or earlier in this group — comes back as existing. ``index`` takes the group's index
@@ -298,10 +299,10 @@ class Ingestor:
                     continue
                 requests.append((i, SealRequest(name, io.BytesIO(p.raw), Binding(p.rid, "manifest"),
                                                 retain_until=p.retain_until, mode=p.mode)))
-            sealed = self.vault.seal_many([r for _, r in requests])
-            checked = self._read_back([(prepared[i], request, receipt) for (i, request), receipt
-                                       in zip(requests, sealed)])
-            for (i, request), receipt, error in zip(requests, sealed, checked):
+            # verified: the stored receipt, every segment authenticated, the very bytes sealed (read back,
+            # or checked on the way out where the store confirms what it stored: Vault._verify)
+            sealed = self.vault.seal_many([r for _, r in requests], verify=True)
+            for (i, request), receipt in zip(requests, sealed):
                 p = prepared[i]
                 if isinstance(receipt, ObjectExists):
                     existing = self.committed(p.rid)
@@ -313,9 +314,6 @@ class Ingestor:
                     continue
                 if isinstance(receipt, ArchiveError):
                     results[i] = receipt
-                    continue
-                if error is not None:
-                    results[i] = error
                     continue
                 views.append(self.retention.view(p.manifest, p.decision, cases=[], new=True))
                 results[i], archived[i] = (p.rid, True), p.manifest
@@ -331,26 +329,6 @@ class Ingestor:
             for view in views:
                 self.index.upsert(view)
         return results
-
-    def _read_back(self, sealed: list[tuple[_Prepared, SealRequest, object]]) -> list[ArchiveError | None]:
-        """Read each sealed manifest back — the stored receipt, every segment authenticated, the very
-        bytes sealed — and return, per manifest, the error that failed it or None. On a remote store the
-        reads of a group go out together (a group costs about two round trips, not two per record)."""
-        def check(item) -> ArchiveError | None:
-            p, request, receipt = item
-            if isinstance(receipt, ArchiveError):
-                return None
-            try:
-                if self.vault.read(request.name, Binding(p.rid, "manifest"), receipt=receipt) != p.raw:
-                    raise ArchiveError(f"{request.name}: manifest read back differs from what was sealed")
-            except ArchiveError as e:
-                return e
-            return None
-
-        if len(sealed) > 1 and getattr(self.vault.store, "remote", False):
-            with ThreadPoolExecutor(min(len(sealed), 16), thread_name_prefix="read-back") as pool:
-                return list(pool.map(check, sealed))
-        return [check(item) for item in sealed]
 
     def committed(self, rid: str) -> dict | None:
         """The manifest of record ``rid`` if it was committed (sealed with its receipt), else None."""
@@ -371,7 +349,9 @@ class Ingestor:
             if receipt is None:
                 try:
                     with part.open() as f:
-                        receipt = self.vault.seal(candidate, f, binding, retain_until=retain_until, mode=mode)
+                        # verified as it is sealed (Vault._verify): read back, or checked on the way out
+                        receipt = self.vault.seal(candidate, f, binding, retain_until=retain_until, mode=mode,
+                                                  verify=True)
                 except ObjectExists:
                     continue  # sealed by a run that died before writing its receipt: WORM, so new name
                 if receipt.plaintext_sha256 != part.sha256:
@@ -379,10 +359,9 @@ class Ingestor:
                     raise SourceChanged(f"{part.filename or part.name} changed while it was being archived "
                                         f"(SHA-256 {part.sha256[:12]}… before, {receipt.plaintext_sha256[:12]}… "
                                         "sealed); it is archived once it stops changing (run ingest again)")
-            # Read it all back: every segment authenticates and the plaintext SHA-256 matches the
-            # receipt, which was just checked against the source's.
-            for _ in self.vault.open(candidate, binding, verify_digest=True):
-                pass
+            else:  # sealed by an earlier run: read it all back (every segment, the plaintext SHA-256)
+                for _ in self.vault.open(candidate, binding, verify_digest=True):
+                    pass
             return {"name": part.name, "object": candidate, "filename": part.filename,
                     "media_type": part.media_type, "size": receipt.plaintext_size, "sha256": part.sha256,
                     "tag_digest": receipt.tag_digest, **({"media": part.media} if part.media else {})}

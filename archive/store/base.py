@@ -58,6 +58,9 @@ class ObjectInfo:
     created: datetime | None = None
     version_id: str | None = None
     checksum_sha256: str | None = None  # as the store reports it (S3: base64, may be composite "…-N")
+    # put only: the store computed its own SHA-256 over the bytes it stored, and it equals the writer's
+    # (S3 ChecksumSHA256 echoed back): the object holds exactly the bytes sent, no read-back needed
+    verified: bool = False
 
     def locked(self, now: datetime | None = None) -> bool:
         """True while retention runs or a legal hold is on."""

@@ -163,11 +163,12 @@ class S3Store:
                                      object_key=key, segment="upload")
             size = len(first)
             version = out.get("VersionId")
+            verified = out.get("ChecksumSHA256") == checksum
         else:
-            size, version = self._multipart(key, s3key, first, read, lock)
+            size, version, verified = self._multipart(key, s3key, first, read, lock)
         return ObjectInfo(key=key, size=size, retain_until=lock.get("ObjectLockRetainUntilDate"),
                           mode=mode if retain_until else None, legal_hold=legal_hold,
-                          created=datetime.now(UTC), version_id=version)
+                          created=datetime.now(UTC), version_id=version, verified=verified)
 
     def put_many(self, requests: Sequence[PutRequest]) -> list[ObjectInfo | ArchiveError]:
         """The PutObjects of a group at once (each is durable when S3 answers, so there is nothing to
@@ -178,7 +179,7 @@ class S3Store:
         with ThreadPoolExecutor(min(len(requests), 4 * self.concurrency), thread_name_prefix="s3-put") as pool:
             return [r for chunk in pool.map(lambda r: put_each(self, [r]), requests) for r in chunk]
 
-    def _multipart(self, key: str, s3key: str, first: bytearray, read, lock: dict) -> tuple[int, str | None]:
+    def _multipart(self, key: str, s3key: str, first: bytearray, read, lock: dict) -> tuple[int, str | None, bool]:
         try:
             upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=s3key,
                                                             ChecksumAlgorithm="SHA256", **lock)["UploadId"]
@@ -227,7 +228,7 @@ class S3Store:
         if reported is not None and reported.split("-")[0] != expected:
             raise IntegrityError(f"S3 reports checksum {reported} for {key!r}, expected {expected}-{len(parts)}",
                                  object_key=key, segment="upload")
-        return size, out.get("VersionId")
+        return size, out.get("VersionId"), reported is not None
 
     # --- reading -------------------------------------------------------------------------------------
 
