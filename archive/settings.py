@@ -49,7 +49,7 @@ a URL (``http://user:password@host``) are redacted from ``repr`` and every error
 | ARCHIVE_CLAIM_TTL            | PT2M                          | a worker's claim on an input, renewed while it works; a dead worker's lapses |
 | ARCHIVE_REQUEUE_AFTER        | PT5M                          | a queued input no worker took (its message lost) is queued again after this |
 | ARCHIVE_BATCH_INPUTS         | 64                            | inbox inputs one worker task takes at a time |
-| ARCHIVE_BATCH_BYTES          | 268435456                     | and their bytes at most (a larger input goes alone) |
+| ARCHIVE_BATCH_BYTES          | 33554432                      | and their bytes at most (a larger input goes alone) |
 | ARCHIVE_SCAN_INTERVAL        | PT30S                         | how often the beat scans the inboxes |
 | ARCHIVE_FIXITY_INTERVAL      | P1D                           | how often the beat runs a fixity sweep |
 | ARCHIVE_DISPOSITION_INTERVAL | P1D                           | how often the beat plans disposition                            |
@@ -121,7 +121,7 @@ class Settings:
     claim_ttl: str = "PT2M"
     requeue_after: str = "PT5M"
     batch_inputs: int = 64
-    batch_bytes: int = 256 * 1024**2
+    batch_bytes: int = 32 * 1024**2
     scan_interval: str = "PT30S"
     fixity_interval: str = "P1D"
     disposition_interval: str = "P1D"
@@ -321,7 +321,7 @@ class Settings:
             claim_ttl=_duration(env, "ARCHIVE_CLAIM_TTL", "PT2M"),
             requeue_after=_duration(env, "ARCHIVE_REQUEUE_AFTER", "PT5M"),
             batch_inputs=_int(env, "ARCHIVE_BATCH_INPUTS", 64, 1, 10_000),
-            batch_bytes=_int(env, "ARCHIVE_BATCH_BYTES", 256 * 1024**2, 1, 2**40),
+            batch_bytes=_int(env, "ARCHIVE_BATCH_BYTES", 32 * 1024**2, 1, 2**40),
             scan_interval=_duration(env, "ARCHIVE_SCAN_INTERVAL", "PT30S"),
             fixity_interval=_duration(env, "ARCHIVE_FIXITY_INTERVAL", "P1D"),
             disposition_interval=_duration(env, "ARCHIVE_DISPOSITION_INTERVAL", "P1D"),

@@ -248,9 +248,9 @@ class Vault:
             except ArchiveError as e:
                 results[i] = e
 
-        if len(done) > 1 and getattr(self.store, "remote", False):
-            with ThreadPoolExecutor(min(len(done), 16), thread_name_prefix="verify") as pool:
-                list(pool.map(check, done))
+        pool = getattr(self.store, "_pool", None)  # a remote store's request threads
+        if len(done) > 1 and pool is not None:
+            list(pool().map(check, done))
         else:
             for item in done:
                 check(item)

@@ -53,6 +53,7 @@ class Work:
         self._coordinator: Coordinator | None = None
         self._inboxes: dict[str, Inbox] = {}
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self._pool = ThreadPoolExecutor(16, thread_name_prefix="inbox")  # kept: a thread start costs a GIL hand-off
         client = getattr(self.archive.vault.store, "client", None)
         if client is not None:
             s3calls.count(client)
@@ -157,8 +158,8 @@ class Work:
     def _archive(self, inbox: Inbox, groups: list[Group], marked: set[str], result: dict, leases, keys) -> None:
         self.retention.refresh()
         limits = Limits.of(self.settings)
-        with tempfile.TemporaryDirectory(prefix="archive-inbox-") as scratch, \
-                ThreadPoolExecutor(min(16, len(groups)), thread_name_prefix="inbox") as pool:
+        pool = self._pool
+        with tempfile.TemporaryDirectory(prefix="archive-inbox-") as scratch:
             def fetch(item: tuple[int, Group]):
                 n, group = item
                 try:

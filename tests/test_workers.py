@@ -379,3 +379,43 @@ def test_a_file_registered_through_the_api_is_archived_by_a_worker(setup):
         raise
     finally:
         workers.stop()
+
+
+def test_a_task_message_naming_files_outside_its_group_is_refused_before_any_request():
+    """A batch message carries each group as the scan listed it; the worker derives every key from the
+    group id and the file names, so a forged message cannot reach other files or the done area."""
+    from archive.inbox import S3Inbox
+
+    inbox = S3Inbox("s3://bucket/drop", client=None)
+    ok = inbox.adopt({"id": "day1/call-7", "files": [["call-7.json", 10, 1.0, "e1"], ["call-7.wav", 20, 2.0, "e2"]]})
+    assert [i.key for i in ok.items] == ["drop/day1/call-7.json", "drop/day1/call-7.wav"] and ok.size == 30
+    for forged in ({"id": "day1/call-7", "files": [["../../etc/passwd", 1, 1.0, "e"]]},
+                   {"id": "day1/call-7", "files": [["other.wav", 1, 1.0, "e"]]},  # not of this group
+                   {"id": "../processed/x", "files": [["x.json", 1, 1.0, "e"]]},
+                   {"id": ".archive-finishing/x", "files": [["x.json", 1, 1.0, "e"]]},
+                   {"id": "x", "files": [["x.json", "1", 1.0, "e"]]},  # not a size
+                   {"id": "x", "files": [["x.json", 1, 1.0, "e"], ["x.json", 1, 1.0, "e"]]},
+                   {"id": "x", "files": []}, {"id": 7}, {"files": []}, "x"):
+        assert inbox.adopt(forged) is None, forged
+
+
+def test_a_queued_or_claimed_input_is_not_queued_again_and_a_claim_stands_for_its_queued_mark(redis):
+    import redis as redis_client
+
+    from archive.coordination import Coordinator
+
+    redis_client.Redis.from_url(redis.url).flushall()
+    c = Coordinator(redis.url)
+    keyed = [("in|a", "s1"), ("in|b", "s1"), ("in|c", "s1")]
+    assert c.select_new(keyed, 60) == [0, 1, 2]
+    assert c.select_new(keyed, 60) == []  # queued: not again, however long the queue waits
+    with c.claim_many(["in|a", "in|b"], 30) as leases:
+        assert "in|a" in leases and "in|b" in leases
+        assert not c.r.exists("archive:queued:in|a")  # the claim stands for it now
+        with c.claim_many(["in|a", "in|c"], 30) as other:
+            assert "in|a" not in other and "in|c" in other  # another worker gets only what is free
+        assert c.select_new(keyed, 60) == [2]  # c: neither queued (claimed, then released) nor claimed
+        leases.release(["in|a"])
+        assert c.select_new(keyed, 60) == [0]  # a worker gave it up unfinished: queued again
+        assert c.select_new(keyed, 60) == []  # b is still claimed
+    assert c.select_new(keyed, 60) == [1]

@@ -112,6 +112,8 @@ class S3Store:
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.part_size = part_size
         self.concurrency = concurrency
+        self._threads: ThreadPoolExecutor | None = None
+        self._threads_lock = threading.Lock()
         if check_lock:
             self.check_object_lock()
 
@@ -176,8 +178,16 @@ class S3Store:
         ``4 × concurrency`` requests are in flight; each is one connection of the client's pool."""
         if len(requests) <= 1:
             return put_each(self, requests)
-        with ThreadPoolExecutor(min(len(requests), 4 * self.concurrency), thread_name_prefix="s3-put") as pool:
-            return [r for chunk in pool.map(lambda r: put_each(self, [r]), requests) for r in chunk]
+        return [r for chunk in self._pool().map(lambda r: put_each(self, [r]), requests) for r in chunk]
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """The threads that send a group's requests, kept: starting threads costs a GIL hand-off each,
+        milliseconds when other threads are busy."""
+        if self._threads is None:
+            with self._threads_lock:
+                if self._threads is None:
+                    self._threads = ThreadPoolExecutor(4 * self.concurrency, thread_name_prefix="s3")
+        return self._threads
 
     def _multipart(self, key: str, s3key: str, first: bytearray, read, lock: dict) -> tuple[int, str | None, bool]:
         try:
