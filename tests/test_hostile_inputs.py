@@ -193,7 +193,7 @@ def test_a_transient_store_failure_still_stops_the_run(tmp_path, monkeypatch):
     inbox.mkdir()
     (inbox / "a.json").write_bytes(json.dumps(hk.chat("t-1")).encode())
 
-    def unavailable(self, requests):
+    def unavailable(self, requests, **_):
         raise StoreUnavailable("the store did not answer")
 
     monkeypatch.setattr(Vault, "seal_many", unavailable)
