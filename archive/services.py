@@ -121,7 +121,7 @@ class Services:
 
         sweep = fixity.last_sweep(self.retention)
         return {"records": self.index.count(), "index": self.index.describe(),
-                "quarantined": sum(1 for _ in self.archive.vault.names("quarantine/")),
+                "quarantined": sum(1 for _ in self.archive.vault.names("quarantine/", with_receipt=True)),
                 "last_fixity_sweep": None if sweep is None else {
                     **{k: sweep.get(k) for k in ("started_at", "finished_at", "records", "objects")},
                     "failed": len(sweep["failed"])}}

@@ -447,3 +447,33 @@ def test_an_upload_committed_by_a_killed_server_is_indexed_and_audited_by_the_ne
     assert event["outcome"] == "ok" and event["target"]["recovered"] == [committed]
     assert set(event["target"]["records"]) == records
     assert not list((tmp_path / "home" / "ingest-journal").glob("*.journal"))  # done with, once audited
+
+
+# --- a quarantine entry whose writer was killed before its receipt -------------------------------------
+
+
+def test_a_rejection_killed_before_its_receipt_is_recorded_again_and_listed(tmp_path, monkeypatch):
+    from archive.vault import Vault
+
+    arch, _ = init_archive(Settings.from_env({"ARCHIVE_HOME": str(tmp_path / "home")}))
+    ingestor = Ingestor(arch, SqliteIndex(arch.settings.index_path))
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "bad.json").write_bytes(b'{"schema": "archive-record/1", "channel": ')  # not JSON
+    real = Vault._put_receipt
+
+    def killed(self, receipt, **kw):
+        if receipt.name.startswith("quarantine/"):
+            raise SystemExit("killed before the receipt")
+        return real(self, receipt, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(Vault, "_put_receipt", killed)
+        with pytest.raises(SystemExit):
+            ingestor.run([inbox], limits=Limits())
+    assert list(ingestor.quarantine()) == []  # the entry without its receipt cannot be read: not listed
+    ingestor.run([inbox], limits=Limits())  # the input is still there: rejected again, recorded under a new name
+    entries = list(ingestor.quarantine())
+    assert [e["origin"] for e in entries] == [str(inbox / "bad.json")], entries
+    ingestor.run([inbox], limits=Limits())  # and once only
+    assert len(list(ingestor.quarantine())) == 1

@@ -571,17 +571,23 @@ class Ingestor:
         entry = {"origin": origin, "code": error.code, "reason": reason,
                  "at": datetime.now(UTC).isoformat(timespec="seconds"), **extra}
         key = hashlib.sha256(f"{origin}\n{error.code}\n{reason}".encode()).hexdigest()[:32]
-        try:
-            self.vault.seal(f"quarantine/{key}", io.BytesIO(json.dumps(entry).encode()),
-                            Binding(f"quarantine-{key}", "entry"))
-        except ObjectExists:
-            pass  # the same input was refused for the same reason before
+        for name in [f"quarantine/{key}", *(f"quarantine/{key}.retry-{n}" for n in range(1, 100))]:
+            try:
+                self.vault.seal(name, io.BytesIO(json.dumps(entry).encode()), Binding(f"quarantine-{key}", "entry"))
+                break
+            except ObjectExists:
+                try:
+                    self.vault.receipt(name)
+                    break  # the same input was refused for the same reason before
+                except ObjectNotFound:
+                    continue  # sealed by an attempt killed before its receipt (unreadable): a new name
         return outcome
 
     def quarantine(self) -> Iterator[dict]:
         """Every rejected input: origin, code, reason, when (a conflict also names its record, the
         evidence object and both metadata digests)."""
-        entries = [json.loads(self.vault.read(name)) for name in self.vault.names("quarantine/")]
+        # (an entry whose writer was killed before its receipt cannot be read: its retry is listed)
+        entries = [json.loads(self.vault.read(name)) for name in self.vault.names("quarantine/", with_receipt=True)]
         yield from sorted(entries, key=lambda e: (e["at"], e["origin"]))
 
     # --- crash recovery --------------------------------------------------------------------------------
