@@ -221,10 +221,11 @@ class Session:
     record ids an ingest produced) before it is recorded; a record's object in it names the record.
     """
 
-    def __init__(self, audit: AuditLog, identities: Identities, actor: str | None) -> None:
+    def __init__(self, audit: AuditLog, identities: Identities, actor: str | None, *, stage: bool = False) -> None:
         self.audit = audit
         self.actor = actor
         self._identities = identities
+        self.stage = stage  # run_each stages its events (AuditLog.stage_many) instead of appending them
 
     def run(self, operation: str, do, *, target: dict, reason: str | None = None, case: str | None = None):
         attempt = Attempt(self, operation, target=target, reason=reason, case=case)
@@ -239,17 +240,18 @@ class Session:
     def run_each(self, operation: str, do, *, targets: list[dict], reason: str | None = None):
         """One operation over many inputs (a worker's batch): each target authorised as by :meth:`run`,
         ``do()`` called once, then one event per target — ``ok``, or the failure of ``do`` for all — every
-        one of them appended in one batch of the log. ``do`` may extend the targets before they are
-        recorded."""
+        one of them appended in one batch of the log (staged, with ``stage``: a worker does not wait on
+        the log's head). ``do`` may extend the targets before they are recorded."""
         attempts = [Attempt(self, operation, target=t, reason=reason) for t in targets]
+        record = self.audit.stage_many if self.stage else self.audit.append_many
         try:
             result = do()
         except BaseException as e:
-            self.audit.append_many([a.event("denied" if isinstance(e, AccessDenied) else "error",
+            record([a.event("denied" if isinstance(e, AccessDenied) else "error",
                                             {"denied": str(e)} if isinstance(e, AccessDenied)
                                             else failure_details(e)) for a in attempts])
             raise
-        self.audit.append_many([a.event("ok", {}) for a in attempts])
+        record([a.event("ok", {}) for a in attempts])
         return result
 
 

@@ -484,6 +484,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get(f"{API}/records/{{record_id}}/audit", summary="Who touched a record, when and why")
     def history(request: Request, record_id: str) -> dict:
         def do():
+            services.archive.audit.integrate_all()  # the workers' staged events too
             rows = [{"seq": e.seq, **{k: e.event.get(k) for k in ("time", "actor", "role", "action", "outcome",
                                                                    "reason", "case")},
                      "range": e.event.get("target", {}).get("range"), "part": e.event.get("target", {}).get("part")}

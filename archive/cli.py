@@ -743,6 +743,7 @@ def cmd_audit_verify(archive: Archive, args: argparse.Namespace) -> int:
 def cmd_audit_show(archive: Archive, args: argparse.Namespace) -> int:
     from archive.audit.merkle import inclusion_proof
 
+    archive.audit.integrate_all()  # the workers' staged events too
     logged = list(archive.audit.events())
     leaves = [e.leaf for e in logged]
     checkpoints = [cp for _, cp in archive.audit.checkpoints()]

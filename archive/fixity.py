@@ -173,6 +173,7 @@ def sweep(retention, *, audit_retention, record_ids=None, limit: int | None = No
         if progress:
             progress({**summary, "failed": list(failed)})
     archive = retention.archive
+    archive.audit.integrate_all(trusted_keys=trusted_keys(archive.keys))  # the workers' staged events too
     reconciliation = reconcile(trail_of(archive.audit.events()), retention, trusted_keys(archive.keys),
                                records=set(record_ids) if record_ids is not None else None)
     orphans.update(reconciliation.orphans)

@@ -51,6 +51,7 @@ a URL (``http://user:password@host``) are redacted from ``repr`` and every error
 | ARCHIVE_BATCH_INPUTS         | 64                            | inbox inputs one worker task takes at a time |
 | ARCHIVE_BATCH_BYTES          | 33554432                      | and their bytes at most (a larger input goes alone) |
 | ARCHIVE_SCAN_INTERVAL        | PT30S                         | how often the beat scans the inboxes |
+| ARCHIVE_AUDIT_INTEGRATE_INTERVAL | PT5S                      | how often the beat integrates the workers' staged audit events into the log (each task also does when no other worker is) |
 | ARCHIVE_FIXITY_INTERVAL      | P1D                           | how often the beat runs a fixity sweep |
 | ARCHIVE_DISPOSITION_INTERVAL | P1D                           | how often the beat plans disposition                            |
 | ARCHIVE_AUTO_DISPOSE         | no                            | yes: the beat's sweep also disposes of what is due (the worker identity needs admin) |
@@ -123,6 +124,7 @@ class Settings:
     batch_inputs: int = 64
     batch_bytes: int = 32 * 1024**2
     scan_interval: str = "PT30S"
+    audit_integrate_interval: str = "PT5S"
     fixity_interval: str = "P1D"
     disposition_interval: str = "P1D"
     auto_dispose: bool = False
@@ -323,6 +325,7 @@ class Settings:
             batch_inputs=_int(env, "ARCHIVE_BATCH_INPUTS", 64, 1, 10_000),
             batch_bytes=_int(env, "ARCHIVE_BATCH_BYTES", 32 * 1024**2, 1, 2**40),
             scan_interval=_duration(env, "ARCHIVE_SCAN_INTERVAL", "PT30S"),
+            audit_integrate_interval=_duration(env, "ARCHIVE_AUDIT_INTEGRATE_INTERVAL", "PT5S"),
             fixity_interval=_duration(env, "ARCHIVE_FIXITY_INTERVAL", "P1D"),
             disposition_interval=_duration(env, "ARCHIVE_DISPOSITION_INTERVAL", "P1D"),
             auto_dispose=_yes(env, "ARCHIVE_AUTO_DISPOSE"),

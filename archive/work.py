@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -54,6 +55,7 @@ class Work:
         self._inboxes: dict[str, Inbox] = {}
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._pool = ThreadPoolExecutor(16, thread_name_prefix="inbox")  # kept: a thread start costs a GIL hand-off
+        self._integrator: _Integrator | None = None
         client = getattr(self.archive.vault.store, "client", None)
         if client is not None:
             s3calls.count(client)
@@ -86,7 +88,7 @@ class Work:
             pass  # counters are for operators; losing some never fails the work
 
     def session(self, actor: str | None = None) -> Session:
-        return Session(self.archive.audit, self.identities, actor or self.settings.worker_actor)
+        return Session(self.archive.audit, self.identities, actor or self.settings.worker_actor, stage=True)
 
     # --- inboxes ---------------------------------------------------------------------------------------
 
@@ -151,9 +153,35 @@ class Work:
                 mine = [g for g in groups if keys[g.id] in leases]
                 if mine:
                     self._archive(inbox, mine, marked, result, leases, keys)
+            if any(r["status"] == "done" for r in result.values()):
+                self.integrate_soon()
         finally:
             self.report()
         return {"status": "done", "groups": result}
+
+    def integrate_audit(self) -> int | None:
+        """Append the workers' staged audit events to the log (:meth:`AuditLog.integrate`) until none are
+        left, unless another worker is doing it — then this costs one Redis round trip and returns None.
+        Returns the events integrated. A failure here fails nothing: the events are staged, durably, for
+        the next integrator."""
+        total = 0
+        try:
+            with self.coordinator.claim("audit-integrator", seconds(self.settings.claim_ttl)) as lease:
+                if lease is None:
+                    return None
+                while n := self.archive.audit.integrate(pool=self._pool):
+                    total += n
+        except ArchiveError:
+            pass
+        return total
+
+    def integrate_soon(self) -> None:
+        """Have this process's integrator thread integrate what was just staged, while the task slot goes
+        on to its next task (the events are recorded already: staging is durable)."""
+        if self._integrator is None or not self._integrator.is_alive():
+            self._integrator = _Integrator(self, seconds(self.settings.audit_integrate_interval))
+            self._integrator.start()
+        self._integrator.wake.set()
 
     def _archive(self, inbox: Inbox, groups: list[Group], marked: set[str], result: dict, leases, keys) -> None:
         self.retention.refresh()
@@ -254,6 +282,30 @@ class Work:
         return self.session(actor).run(
             "hold", lambda: self.retention.release_hold(case, by=actor, approval=approval, reason=reason),
             target={"release": case, "approval": approval}, case=case, reason=reason)
+
+
+class _Integrator(threading.Thread):
+    """A worker process's integrator: woken after each task that staged events, it becomes the
+    deployment's integrator if no other process is (the Redis lease) and drains what is staged. A process
+    that staged while another held the lease tries again after ``interval`` (that one may have listed
+    before this one's events were staged); the beat's ``archive.integrate_audit`` is the last resort."""
+
+    def __init__(self, work: Work, interval: float) -> None:
+        super().__init__(daemon=True, name="audit integrator")
+        self.work, self.interval = work, interval
+        self.wake = threading.Event()
+
+    def run(self) -> None:
+        owed = False  # events staged here may still wait (another process held the lease)
+        while True:
+            if not self.wake.wait(self.interval) and not owed:
+                continue
+            self.wake.clear()
+            try:
+                owed = self.work.integrate_audit() is None
+                self.work.report()  # the requests it sent
+            except Exception:  # noqa: BLE001 - the thread must outlive any failure; the events wait, staged
+                owed = True
 
 
 def _targets(outcomes: list, taken: list, targets: list[dict]) -> list:

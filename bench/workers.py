@@ -22,7 +22,12 @@ The last line of stdout is one JSON object:
                                         botocore hooks in the workers, inbox scans included) ÷ chats; by
                                         operation in ``s3_requests_by_operation``
 * ``worker_cpu_ms_per_chat``            CPU (user + system) of the worker processes in that run ÷ chats
-* ``events_per_audit_batch``            mean events per audit-log batch written in that run
+* ``events_per_audit_batch``            mean events per audit-log batch written in that run (by the
+                                        integrators), and ``events_per_staged_write``: per staged object a
+                                        task wrote (docs/audit.md: workers stage, one integrator sequences)
+* ``integrated_after_s``                how long after the inbox was empty the last staged event had its
+                                        place in the log (2-worker chat run; ``…_8slots_delayed``)
+* ``audit_verified``                    ``archive audit verify`` passed after how many of the runs
 * ``calls_mb_s_2w``                     MB of call recordings per second with 2 workers; and
   ``plain_upload_mb_s``                 a plain boto3 upload of the same call files to the same SeaweedFS
                                         (4 threads, same run); ``calls_vs_plain_upload`` their ratio
@@ -44,6 +49,7 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -160,6 +166,7 @@ class Run:
                                ARCHIVE_SCAN_INTERVAL="PT1S", ARCHIVE_INBOX_DONE="delete", **extra)
         init(self.env)
         self.workers = Workers(self.env, self.home)
+        self.direct_url = seaweed.endpoint_url  # (the workers may go through a delaying proxy)
 
     def remaining(self) -> set[str]:
         return inbox_keys(self.client, self.inbox_bucket, "drop")
@@ -179,15 +186,30 @@ class Run:
         return {k.decode()[3:]: int(v) for k, v in self.redis.hgetall("archive:counters").items()
                 if k.startswith(b"s3.")}
 
-    def audit_batches(self) -> list[int]:
-        """Events in each audit batch so far (plain signed JSON: read without keys)."""
+    def audit_batches(self) -> list[tuple[int, list[str]]]:
+        """(events, staged objects named) of each audit batch so far (plain signed JSON: read without keys)."""
         out = []
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.archive_bucket, Prefix="archive/audit/log/"):
-            for obj in page.get("Contents", []):
-                body = self.client.get_object(Bucket=self.archive_bucket, Key=obj["Key"])["Body"].read()
-                out.append(len(json.loads(body)["events"]))
+        for key in self.keys("archive/audit/log/"):
+            doc = json.loads(self.client.get_object(Bucket=self.archive_bucket, Key=key)["Body"].read())
+            out.append((len(doc["events"]), doc.get("staged", [])))
         return out
+
+    def keys(self, prefix: str) -> list[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        return [o["Key"] for page in paginator.paginate(Bucket=self.archive_bucket, Prefix=prefix)
+                for o in page.get("Contents", [])]
+
+    def audit_verified(self) -> bool:
+        """``archive audit verify`` (which integrates what is still staged first) passes."""
+        env = {**self.env, "ARCHIVE_S3_ENDPOINT_URL": self.direct_url, "PATH": os.environ.get("PATH", "")}
+        proc = subprocess.run([sys.executable, "-m", "archive.cli", "audit", "verify", "--json"], env=env,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            log(f"audit verify FAILED: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
+        return proc.returncode == 0
+
+
+VERIFIED: list[bool] = []  # ``archive audit verify`` after every run
 
 
 def upload_parallel(client, bucket: str, items: list[tuple[str, bytes]], threads: int = 8) -> None:
@@ -220,15 +242,20 @@ def chats(seaweed, redis, work: Path, n_workers: int, n: int, *, concurrency: in
         upload_parallel(run.client, run.inbox_bucket, items)
         wait_until(lambda: not run.remaining(), 1800, 0.25, what="all chats archived")
         elapsed = time.monotonic() - start
-        out = {"rate": n / elapsed}
+        # the events were recorded (staged) before each input left the inbox; how long until the last of
+        # them has its place in the log, integrated by the workers (the beat's task drains the rest)
+        wait_until(lambda: not run.keys("archive/audit/staged/"), 600, 0.1, what="staged events integrated")
+        out = {"rate": n / elapsed, "integrated_after_s": round(time.monotonic() - start - elapsed, 2)}
         slots = f"{n_workers} worker(s) x {concurrency} slot(s)"
-        log(f"{slots}: {n} chats in {elapsed:.1f}s = {out['rate']:.1f}/s")
+        log(f"{slots}: {n} chats in {elapsed:.1f}s = {out['rate']:.1f}/s; the last staged events integrated "
+            f"{out['integrated_after_s']}s later")
         if measure:
             time.sleep(1.5)  # the last task's counters, sent after its inbox deletes
             cpu = run.worker_cpu() - before["cpu"]
             after = run.s3_requests()
             requests = {op: after.get(op, 0) - before["requests"].get(op, 0) for op in after}
             batches = run.audit_batches()[before["batches"]:]
+            staged_writes = len({k for _, keys in batches for k in keys})
             wall = time.monotonic() - start
             used = {"seaweedfs": cpu_seconds(os.getpgid(seaweed._proc.pid)) - before["seaweedfs"],
                     "redis": cpu_seconds(os.getpgid(redis.proc.pid)) - before["redis"],
@@ -237,11 +264,14 @@ def chats(seaweed, redis, work: Path, n_workers: int, n: int, *, concurrency: in
                 "s3_requests_per_chat": round(sum(requests.values()) / n, 2),
                 "s3_requests_by_operation": {op: round(v / n, 3) for op, v in sorted(requests.items()) if v},
                 "worker_cpu_ms_per_chat": round(cpu * 1000 / n, 2),
-                "events_per_audit_batch": round(sum(batches) / len(batches), 1) if batches else 0,
+                "events_per_audit_batch": round(sum(e for e, _ in batches) / len(batches), 1) if batches else 0,
                 "audit_batches": len(batches),
+                "events_per_staged_write": round(sum(e for e, _ in batches) / staged_writes, 1) if staged_writes else 0,
                 "cpu_share": {**{k: round(v / wall, 2) for k, v in used.items()},
                               "machine_busy_of_cpus": round((machine_busy() - before["machine"]) / wall / os.cpu_count(), 2)},
             })
+        run.workers.stop()
+        out["audit_verified"] = run.audit_verified()
         return out
     finally:
         run.workers.stop()
@@ -292,6 +322,8 @@ def calls(seaweed, redis, work: Path, n_workers: int, items: list[tuple[str, byt
         elapsed = time.monotonic() - start
         rate = total / 1e6 / elapsed
         log(f"{n_workers} workers: {len(items) // 2} calls, {total / 1e6:.0f} MB in {elapsed:.1f}s = {rate:.1f} MB/s")
+        run.workers.stop()
+        VERIFIED.append(run.audit_verified())
         return rate
     finally:
         run.workers.stop()
@@ -324,6 +356,8 @@ def kill_test(seaweed, redis, work: Path, n: int) -> dict:
         wait_until(lambda: run.remaining() <= inputs.bad, 900, 0.5, what="inbox holding only rejected inputs")
         result = account(inputs, run.env)
         result["left_in_inbox_not_rejected"] = len(run.remaining() - inputs.bad)
+        run.workers.stop()
+        result["audit_verified"] = run.audit_verified()
         return result
     finally:
         run.workers.stop()
@@ -342,8 +376,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-workers-"))
     result: dict = {"cpus": os.cpu_count()}
     with SeaweedS3() as seaweed, Redis() as redis:
-        result["chats_per_s_1w"] = round(chats(seaweed, redis, work, 1, args.chats)["rate"], 1)
+        one = chats(seaweed, redis, work, 1, args.chats)
+        VERIFIED.append(one["audit_verified"])
+        result["chats_per_s_1w"] = round(one["rate"], 1)
         two = chats(seaweed, redis, work, 2, args.chats, measure=True)
+        VERIFIED.append(two.pop("audit_verified"))
         result["chats_per_s_2w"] = round(two.pop("rate"), 1)
         result["plain_s3_chats_per_s"] = round(max(plain_s3_chats(seaweed, redis, work, args.chats, t)
                                                    for t in (4, 16)), 1)
@@ -355,8 +392,11 @@ def main() -> None:
         result["calls_vs_plain_upload"] = round(result["calls_mb_s_2w"] / result["plain_upload_mb_s"], 2)
         with DelayProxy(seaweed.endpoint_url, args.delay_ms / 1000) as proxy:
             for batch, suffix, n in (("1", "", args.scaling_chats // 4), ("64", "_batched", args.scaling_chats)):
-                rates = {slots: chats(seaweed, redis, work, 1, n, concurrency=slots, ARCHIVE_BATCH_INPUTS=batch,
-                                      ARCHIVE_S3_ENDPOINT_URL=proxy.url)["rate"] for slots in (1, 8)}
+                runs = {slots: chats(seaweed, redis, work, 1, n, concurrency=slots, ARCHIVE_BATCH_INPUTS=batch,
+                                     ARCHIVE_S3_ENDPOINT_URL=proxy.url) for slots in (1, 8)}
+                VERIFIED.extend(r["audit_verified"] for r in runs.values())
+                rates = {slots: r["rate"] for slots, r in runs.items()}
+                result[f"integrated_after_s_8slots_delayed{suffix}"] = runs[8]["integrated_after_s"]
                 result[f"chats_per_s_1slot_delayed{suffix}"] = round(rates[1], 1)
                 result[f"chats_per_s_8slots_delayed{suffix}"] = round(rates[8], 1)
                 result[f"scaling_8_vs_1{suffix}"] = round(rates[8] / rates[1], 2)
@@ -366,10 +406,12 @@ def main() -> None:
             r = kill_test(seaweed, redis, work, args.kill_inputs)
             log(f"kill test {rep + 1}/{args.reps} (Redis): {r}")
             lost += r["lost"] + r["left_in_inbox_not_rejected"]
+            VERIFIED.append(r["audit_verified"])
             duplicated += r["duplicated"]
         result.update({"lost": lost, "duplicated": duplicated, "kill_reps": args.reps, "broker_kill_reps": args.reps,
                        "kill_inputs": args.kill_inputs, "chats": args.chats, "calls": args.calls,
-                       "call_mb": args.call_mb})
+                       "call_mb": args.call_mb,
+                       "audit_verified": f"{sum(VERIFIED)}/{len(VERIFIED)} runs"})
     print(json.dumps(result))
 
 

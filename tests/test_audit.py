@@ -25,10 +25,14 @@ def event(i: int, **kw) -> Event:
                  reason="QA sample", **kw)
 
 
-@pytest.fixture
-def log(any_store, keyring):
-    return AuditLog(any_store, retention=parse_duration("P1D"), signer=keyring.signer(),
-                    lock_mode=LockMode.GOVERNANCE)
+@pytest.fixture(params=["appended", "staged"])
+def log(request, any_store, keyring):
+    """The log, filled by :func:`fill` as the CLI and the API write it (appended) or as workers do
+    (staged, then integrated): tampering is named the same way on both."""
+    log = AuditLog(any_store, retention=parse_duration("P1D"), signer=keyring.signer(),
+                   lock_mode=LockMode.GOVERNANCE)
+    log.fill_staged = request.param == "staged"
+    return log
 
 
 @pytest.fixture
@@ -40,7 +44,12 @@ def trusted(keyring):
 def fill(log: AuditLog, batches: int = 4, per_batch: int = 5) -> None:
     n = 0
     for _ in range(batches):
-        log.append_many([event(n + i) for i in range(per_batch)])
+        if getattr(log, "fill_staged", False):  # two workers' batches, integrated together
+            log.stage_many([event(n + i) for i in range(2)])
+            log.stage_many([event(n + i) for i in range(2, per_batch)])
+            log.integrate()
+        else:
+            log.append_many([event(n + i) for i in range(per_batch)])
         n += per_batch
         log.checkpoint()
 
@@ -409,3 +418,124 @@ def test_an_s3_witness_is_write_once_and_reads_its_newest_entry(seaweed, keyring
     witness.publish(cp)
     witness.publish(cp)  # again: write-once, nothing changes
     assert witness.newest() == cp
+
+
+# --- staged events: the workers' path (AuditLog.stage_many, AuditLog.integrate) ---------------------
+
+
+def staged_log(store, keyring) -> AuditLog:
+    """Another process's view of the same log (its own head, its own memory of what is staged)."""
+    return AuditLog(store, retention=parse_duration("P1D"), signer=keyring.signer(), lock_mode=LockMode.GOVERNANCE)
+
+
+def targets(log: AuditLog) -> list[str]:
+    return [e.event["target"]["records"][0] for e in log.events()]
+
+
+def test_staged_events_take_their_place_once_in_staging_order(log, keyring, trusted):
+    log.append_many([event(0)])
+    keys = [log.stage_many([event(i), event(i + 100)]) for i in range(1, 4)]
+    assert log.staged() == sorted(keys)
+    assert log.integrate() == 6
+    assert log.staged() == [] and log.integrate() == 0  # the staged objects are gone; nothing twice
+    assert targets(log) == ["r0", "r1", "r101", "r2", "r102", "r3", "r103"]
+    assert len(list(log.batches())) == 2  # every staged event in one batch
+    report = verify(log, trusted)
+    assert report.ok and report.events == 7 and report.staged == 0, report.problems
+
+
+def test_verify_integrates_what_is_staged_first(log, keyring, trusted):
+    log.append_many([event(0)])
+    staged_log(log.store, keyring).stage_many([event(1)])
+    report = verify(log, trusted)
+    assert report.ok and report.integrated == 1 and report.events == 2, report.problems
+
+
+def test_an_integrator_killed_before_its_deletes_leaves_nothing_integrated_twice(log, keyring, trusted, monkeypatch):
+    first = staged_log(log.store, keyring)
+    for i in range(3):
+        first.stage_many([event(i)])
+    with monkeypatch.context() as m:  # killed after its batch is written, before any staged object is deleted
+        def killed(*_a, **_k):
+            raise SystemExit("killed")
+        m.setattr(log.store, "delete", killed)
+        with pytest.raises(SystemExit):
+            first.integrate()
+    assert len(log.staged()) == 3  # still there, and in the log
+    log.append_many([event(50)])  # a direct writer in between carries what the batch before it named
+    first.stage_many([event(3)])
+    successor = staged_log(log.store, keyring)  # a new process: it knows only what the log says
+    assert successor.integrate() == 1
+    assert log.staged() == []  # the leftovers deleted too, not integrated again
+    assert targets(log) == ["r0", "r1", "r2", "r50", "r3"]
+    assert verify(log, trusted).ok
+
+
+def test_racing_integrators_and_stagers_integrate_every_event_exactly_once(log, keyring, trusted):
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def stager(w: int) -> None:
+        mine = staged_log(log.store, keyring)
+        for i in range(10):
+            mine.stage_many([event(1000 * w + i), event(1000 * w + i + 500)])
+
+    def integrator() -> None:
+        mine = staged_log(log.store, keyring)
+        try:
+            while not stop.is_set():
+                mine.integrate()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    integrators = [threading.Thread(target=integrator) for _ in range(3)]
+    stagers = [threading.Thread(target=stager, args=(w,)) for w in range(4)]
+    for t in integrators + stagers:
+        t.start()
+    for t in stagers:
+        t.join()
+    stop.set()
+    for t in integrators:
+        t.join()
+    assert not errors, errors
+    staged_log(log.store, keyring).integrate_all()
+    got = targets(log)
+    assert sorted(got) == sorted(f"r{1000 * w + i + d}" for w in range(4) for i in range(10) for d in (0, 500))
+    for w in range(4):  # each stager's events in the order it staged them, each pair together
+        mine = [t for t in got if int(t[1:]) // 1000 == w]
+        assert mine == [f"r{1000 * w + i + d}" for i in range(10) for d in (0, 500)]
+    report = verify(log, trusted)
+    assert report.ok and report.events == 80 and report.staged == 0, report.problems
+
+
+def test_an_altered_staged_object_is_kept_named_and_fails_verification(log, keyring, trusted):
+    log.append_many([event(0)])
+    good = log.stage_many([event(1)])
+    bad = log.stage_many([event(2)])
+    with log.store.open(bad) as f:
+        doc = json.loads(f.read())
+    doc["events"][0]["actor"] = "someone-else"  # rewritten before the integrator read it
+    rewrite(log.store, bad, _canonical(doc))
+    assert log.integrate() == 2
+    events = [e.event for e in log.events()]
+    assert events[1]["target"]["records"] == ["r1"]
+    invalid = events[2]
+    assert invalid["action"] == "audit-staged-invalid" and invalid["target"]["object"] == bad
+    with log.store.open(invalid["target"]["kept"]) as f:  # kept as found, for the investigation
+        assert json.loads(f.read())["events"][0]["actor"] == "someone-else"
+    assert log.staged() == [] and good not in log.staged()
+    report = verify(log, trusted)
+    assert report.first.kind == "staged-invalid" and report.first.position == 2, report.problems
+
+
+def test_a_staged_object_signed_by_an_unknown_key_is_not_integrated_as_genuine(log, trusted, tmp_path):
+    from archive.keys.keyring import KeyringProvider, create_keyring
+
+    create_keyring(tmp_path / "other.json")
+    stranger = AuditLog(log.store, retention=parse_duration("P1D"),
+                        signer=KeyringProvider(tmp_path / "other.json").signer(),
+                        lock_mode=LockMode.GOVERNANCE)
+    stranger.stage_many([event(1)])
+    log.append_many([event(0)])
+    log.integrate(trusted_keys=trusted)
+    assert [e.event["action"] for e in log.events()] == ["view", "audit-staged-invalid"]

@@ -17,6 +17,8 @@ import uuid
 
 import pytest
 
+from archive.services import open_archive
+from archive.settings import Settings
 from tests.servers import Redis
 from tests.workerkit import Workers, account, archive_env, inbox_keys, init, upload_inputs, wait_until
 
@@ -59,6 +61,10 @@ def _run(env, client, inbox_bucket, tmp_path, disrupt) -> tuple[dict, set[str], 
         disrupt(workers)
         wait_until(lambda: remaining() <= inputs.bad, 600, 1.0, what="the inbox holding only rejected inputs")
         assert len(workers.alive()) == 3, f"a worker died: {workers.alive()}\n{_logs(tmp_path)}"
+        # the events were staged before the inputs left; the workers themselves give them their place
+        # in the log (an integrator thread per process, the beat's task for what is left)
+        staged = open_archive(Settings.from_env(env)).audit.staged
+        wait_until(lambda: not staged(), 60, 0.5, what="the workers integrating every staged audit event")
     except BaseException:
         workers.dump_stacks()
         print(_logs(tmp_path), file=sys.stderr)
@@ -109,8 +115,6 @@ def _logs(tmp_path) -> str:
 
 
 def _check(result, left, inputs, env, client, inbox_bucket):
-    from archive.services import open_archive
-    from archive.settings import Settings
     from tests.workerkit import records_by_interaction
 
     assert result["lost"] == 0, result
@@ -125,8 +129,10 @@ def _check(result, left, inputs, env, client, inbox_bucket):
     assert left == inputs.bad  # rejected inputs stay where they were; everything else moved on
     processed = inbox_keys(client, inbox_bucket, "processed")
     assert processed == {k.replace("drop/", "processed/", 1) for keys in inputs.valid.values() for k in keys}
-    quarantine = json.loads(subprocess.run([sys.executable, "-m", "archive.cli", "quarantine", "list", "--json"],
-                                           env={**env, "PATH": ""}, capture_output=True, check=True).stdout)
+    listed = subprocess.run([sys.executable, "-m", "archive.cli", "quarantine", "list", "--json"],
+                            env={**env, "PATH": ""}, capture_output=True)
+    assert listed.returncode == 0, listed.stderr.decode(errors="replace")
+    quarantine = json.loads(listed.stdout)
     named = {e["origin"] for e in quarantine}
     for key in inputs.bad:  # every rejected input has its reason, under its inbox name
         if key.endswith((".docx", ".wav")) or (key.endswith(".json") and key[:-5] + ".wav" not in inputs.bad):

@@ -40,6 +40,8 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_send_task_events=False,
         beat_schedule={
             "scan-inboxes": {"task": "archive.scan_inboxes", "schedule": seconds(settings.scan_interval)},
+            "integrate-audit": {"task": "archive.integrate_audit",
+                                "schedule": seconds(settings.audit_integrate_interval)},
             "fixity-sweep": {"task": "archive.fixity_sweep", "schedule": seconds(settings.fixity_interval)},
             "disposition-sweep": {"task": "archive.disposition_sweep",
                                   "schedule": seconds(settings.disposition_interval)},

@@ -50,6 +50,13 @@ def queue(batches: list[tuple[str, list[dict]]]) -> int:
     return sum(len(groups) for _, groups in batches)
 
 
+@app.task(bind=True, name="archive.integrate_audit", max_retries=0)
+def integrate_audit(self) -> int:
+    """The workers' staged audit events into the log (the beat's; a task that finds another worker
+    integrating returns at once)."""
+    return work().integrate_audit() or 0
+
+
 @app.task(bind=True, name="archive.ingest_batch", max_retries=10)
 def ingest_batch(self, inbox: str, groups: list[dict]) -> dict:
     return _run(self, lambda: work().ingest_batch(inbox, groups))

@@ -36,19 +36,36 @@ one signature and one small write, since the root comes from the peaks the write
 Checkpoints are write-once under their size, so racing writers never fork: the same size has one root.
 Each checkpoint is also published to the **witness** outside the archive (:mod:`archive.audit.witness`).
 
+**Staged events (the workers' path).** Writers that must not wait on the head — Celery workers, many
+at a time on many machines — do not append: :meth:`AuditLog.stage_many` writes their events, signed, as
+one write-once object ``audit/staged/<ms>-<random>.json`` under a name no one else uses, so stagers never
+contend. An *integrator* (:meth:`AuditLog.integrate`; one at a time in a deployment, elected by a Redis
+lease, though racing integrators are safe) lists what is staged, checks each staged object's signature,
+appends all of their events as one batch, and only then deletes the staged objects. Queueing apart from
+sequencing, as Trillian does. Each batch names, in ``staged``, the staged objects integrated but perhaps
+not yet deleted — the ones its writer integrated and every one named by the batch before it that still
+exists — so an integrator killed between its batch and its deletes leaves nothing a successor integrates
+twice: the head batch says what is in the log already. A staged object whose signature does not hold is
+not integrated: an ``audit-staged-invalid`` event naming it and its SHA-256 is, and the object is kept,
+locked, under ``audit/staged-invalid/``.
+
 What stays unprovable: whole batches after the newest witnessed checkpoint can be deleted, together with
 their checkpoints, by someone with delete rights in the store — at most ``checkpoint_every`` events or
-``checkpoint_interval`` of them, the bound the two settings give (see docs/audit.md).
+``checkpoint_interval`` of them, the bound the two settings give (see docs/audit.md); and staged objects
+not integrated yet (unlocked, so that the integrator can delete them), by the same person, for as long as
+they wait — the integration interval.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -64,6 +81,9 @@ from archive.store.base import LockMode, ObjectStore
 
 BATCH_FORMAT = "archive-audit-batch/1"
 CHECKPOINT_FORMAT = "archive-checkpoint/1"
+STAGED_FORMAT = "archive-audit-staged/1"
+STAGED = "audit/staged/"
+STAGED_INVALID = "audit/staged-invalid/"  # staged objects that failed their checks, kept as found
 ZERO = "0" * 64
 OUTCOMES = ("ok", "denied", "error")
 _HOST = socket.gethostname()  # (an event's origin: read once, not per event)
@@ -145,6 +165,8 @@ class AuditLog:
         self._checkpoint_due = False  # an automatic checkpoint failed: try again after the next batch
         self._key_published: str | None = None
         self._unrebuildable = False  # the tree could not be rebuilt from a damaged log: batches go without peaks
+        self._staged: set[str] = set()  # staged objects in the log already (the head batch's ``staged``)
+        self._stager, self._stage_ms, self._stage_count = uuid.uuid4().hex[:16], 0, 0
 
     # --- appending -------------------------------------------------------------------------------------
 
@@ -160,10 +182,7 @@ class AuditLog:
         an API under load makes one store write for many requests instead of one each. The writer then
         checkpoints when one is due (see the module docstring); a checkpoint that fails does not fail the
         append (the events are stored) and is tried again after the next batch."""
-        docs = [e.as_dict() for e in events]
-        for doc in docs:
-            if doc["outcome"] not in OUTCOMES:
-                raise AuditError(f"event outcome must be one of {OUTCOMES}, not {doc['outcome']!r}")
+        docs = _docs(events)
         if not docs:
             return []
         mine = _Pending(docs)
@@ -174,7 +193,7 @@ class AuditLog:
                 with self._queue_lock:
                     group, self._queue = self._queue, []
                 try:
-                    first = self._write_batch([d for p in group for d in p.docs])
+                    first = self._write_batch([(None, [d for p in group for d in p.docs])])
                 except BaseException as e:  # every waiting event fails with it
                     for p in group:
                         p.error = e
@@ -188,11 +207,17 @@ class AuditLog:
             raise mine.error
         return mine.seqs
 
-    def _write_batch(self, docs: list[dict]) -> int:
-        """Write ``docs`` as the next batch (the writer's lock held); returns the first sequence number."""
+    def _write_batch(self, items: list[tuple[str | None, list[dict]]]) -> int:
+        """Write the events of ``items`` — (staged object or None, its events) — as the next batch (the
+        writer's lock held); returns the first sequence number. Events of a staged object that a batch
+        written meanwhile integrated are left out (another integrator was first)."""
         for _ in range(1000):
             if self._head is None:
                 self._find_head()
+            items = [(key, docs) for key, docs in items if key is None or key not in self._staged]
+            docs = [d for _, ds in items for d in ds]
+            if not docs:
+                return self._head[1]
             batch, seq, prev = self._head
             if self._acc is None and not self._unrebuildable and self.signer is not None:
                 try:
@@ -213,6 +238,9 @@ class AuditLog:
             tail: dict[str, Any] = {"peaks": peaks} if acc is not None else {}
             if self._known is not None:
                 tail["known_checkpoint"] = {"size": self._known[0], "time": _iso(self._known[1])}
+            staged = self._staged | {key for key, _ in items if key is not None}
+            if staged:
+                tail["staged"] = sorted(staged)
             if self.signer is not None:
                 tail["key_id"] = self.signer.key_id
                 tail["signature"] = self.signer.sign(batch_signed_bytes(
@@ -233,7 +261,7 @@ class AuditLog:
             except BaseException:
                 self._head = self._acc = None  # whatever happened to the write, find the head again next time
                 raise
-            self._head, self._acc = (batch + 1, seq + len(raws), prev), acc
+            self._head, self._acc, self._staged = (batch + 1, seq + len(raws), prev), acc, staged
             return seq
         raise AuditError("could not append to the audit log: too many concurrent writers")
 
@@ -245,6 +273,8 @@ class AuditLog:
                 self._acc.append(leaf_hash(_canonical(event)))
         last = events[-1]
         self._head = (number, last["seq"] + 1, leaf_hash(_canonical(last)).hex())
+        # its writer carried every staged object integrated before it that still existed when it listed
+        self._staged = _staged_of(doc)
         self._learn(doc.get("known_checkpoint"))
 
     def _learn(self, known) -> None:
@@ -274,7 +304,7 @@ class AuditLog:
         Batches are numbered 1…n without gaps, so n is found with O(log n) existence checks (doubling,
         then bisecting) instead of listing the whole log on every command. A gap made by tampering only
         makes a writer append into it, where verification still reports the break."""
-        self._acc = None
+        self._acc, self._staged = None, set()
         if not self._exists(1):
             self._head, self._acc = (0, 0, ZERO), MerkleAccumulator()
             return self._head
@@ -288,6 +318,7 @@ class AuditLog:
         last = doc["events"][-1]
         self._head = (low, last["seq"] + 1, leaf_hash(_canonical(last)).hex())
         self._acc = self._trusted_peaks(low, doc)
+        self._staged = _staged_of(doc)
         self._learn(doc.get("known_checkpoint"))
         try:  # its writer may have checkpointed right after it (then the batch could not say so)
             info = self.store.head(f"audit/checkpoints/{self._head[1]:012d}.json")
@@ -333,6 +364,120 @@ class AuditLog:
             return json.loads(raw)
         except ValueError as e:
             raise AuditError(f"{_batch_key(number)} is not valid JSON: {e}") from e
+
+    # --- staging and integrating (the workers' path: see the module docstring) ----------------------
+
+    def stage_many(self, events: Iterable[Event]) -> str | None:
+        """Record events without waiting on the log's head: one write-once object of their own, signed,
+        that :meth:`integrate` appends later. Durable when this returns. Returns its key (None: no events).
+        """
+        docs = _docs(events)
+        if not docs:
+            return None
+        with self._queue_lock:  # names sort in staging order: time, then this stager's own count
+            self._stage_ms = max(self._stage_ms, time.time_ns() // 1_000_000)
+            self._stage_count += 1
+            key = f"{STAGED}{self._stage_ms:013d}-{self._stager}-{self._stage_count:010d}.json"
+        body: dict[str, Any] = {"format": STAGED_FORMAT, "key": key, "events": docs}
+        if self.signer is not None:
+            body["key_id"] = self.signer.key_id
+            body["signature"] = self.signer.sign(staged_signed_bytes(key, docs, self.signer.key_id)).hex()
+        # Not locked: the integrator deletes it once its events are in a (locked) batch.
+        self.store.put(key, io.BytesIO(_canonical(body)))
+        return key
+
+    def staged(self) -> list[str]:
+        """The staged objects waiting for :meth:`integrate`, oldest first."""
+        return sorted(self.store.list(STAGED))
+
+    def integrate(self, *, limit: int = 2000, trusted_keys: dict[str, bytes] | None = None, pool=None) -> int:
+        """Append every staged object's events (at most ``limit`` objects) as one batch, in staging order,
+        then delete the staged objects; returns how many events were integrated. Safe to run in several
+        processes at once (each staged object is integrated once: see the module docstring), cheap when
+        nothing is staged (one listing). ``trusted_keys`` (default: this log's signing key) are the keys a
+        staged object may be signed by; ``pool`` an executor for the reads and deletes. A process without
+        the signing key integrates nothing (its batches could not be signed)."""
+        if self.signer is None:
+            return 0
+        trusted_keys = {**(trusted_keys or {}), self.signer.key_id: self.signer.public_key}
+        listed = self.staged()
+        if not listed:
+            return 0
+        with self._lock:
+            if self._head is None:
+                self._find_head()
+            self._staged &= set(listed)  # deleted ones are gone for good (names are never reused)
+            leftover = sorted(self._staged)  # in the log already: an integrator stopped before deleting them
+            todo = [k for k in listed if k not in self._staged][:limit]
+            items = []
+            if todo:
+                read = list((pool.map if pool is not None else map)(self._read_staged, todo))
+                items = [(key, self._staged_events(key, raw, trusted_keys)) for key, raw in zip(todo, read)]
+                items = [(key, docs) for key, docs in items if docs is not None]
+                before = self._head[1]
+                first = self._write_batch(items)
+                end = self._head[1]
+                self._checkpoint_if_due(first, end)
+            else:
+                before = end = 0
+
+        def delete(key: str) -> None:
+            try:
+                self.store.delete(key)
+            except ObjectNotFound:
+                pass
+        list((pool.map if pool is not None else map)(delete, leftover + [key for key, _ in items]))
+        return end - before
+
+    def integrate_all(self, *, trusted_keys: dict[str, bytes] | None = None, pool=None) -> int:
+        """:meth:`integrate` until nothing is left (readers of the whole trail first do this, when this
+        process can sign): returns the events integrated."""
+        total = 0
+        while n := self.integrate(trusted_keys=trusted_keys, pool=pool):
+            total += n
+        return total
+
+    def _read_staged(self, key: str) -> bytes | None:
+        try:
+            with self.store.open(key) as f:
+                return f.read()
+        except ObjectNotFound:  # integrated and deleted by another integrator meanwhile
+            return None
+
+    def _staged_events(self, key: str, raw: bytes | None, trusted_keys: dict[str, bytes]) -> list[dict] | None:
+        """The events of staged object ``key`` as read (``raw``), or one ``audit-staged-invalid`` event
+        when it is not what a stager wrote (altered, renamed, unsigned where signatures are required)."""
+        if raw is None:
+            return None
+        problem = None
+        try:
+            doc = json.loads(raw)
+            docs = doc["events"]
+            if doc.get("format") != STAGED_FORMAT or doc.get("key") != key or not docs:
+                problem = "not a staged batch of events under its own name"
+            elif trusted_keys or "signature" in doc:
+                public = trusted_keys.get(doc.get("key_id"))
+                if public is None:
+                    problem = f"signed by {doc.get('key_id')!r}, not a trusted key"
+                else:
+                    Ed25519PublicKey.from_public_bytes(public).verify(
+                        bytes.fromhex(doc["signature"]), staged_signed_bytes(key, docs, doc["key_id"]))
+            if problem is None and not all(isinstance(d, dict) and d.get("outcome") in OUTCOMES for d in docs):
+                problem = "holds events that are not events"
+        except (ValueError, KeyError, TypeError, InvalidSignature) as e:
+            problem = f"unreadable or its signature does not match ({type(e).__name__})"
+        if problem is None:
+            return docs
+        # kept as found, locked like the log, before the event that names it is written
+        kept = f"{STAGED_INVALID}{key[len(STAGED):]}"
+        try:
+            self.store.put(kept, io.BytesIO(raw), retain_until=self._retain_until(), mode=self.lock_mode)
+        except ObjectExists:
+            pass
+        return [Event(actor="(archive)", role="system", action="audit-staged-invalid", outcome="error",
+                      target={"object": key, "kept": kept},
+                      details={"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw),
+                               "problem": problem}).as_dict()]
 
     # --- reading ---------------------------------------------------------------------------------------
 
@@ -438,6 +583,25 @@ def batch_signed_bytes(number: int, first_seq: int, count: int, last_leaf: str, 
     leaf hash (hex) and the tree's peaks after it (hex, comma-separated), one per line."""
     return "\n".join([BATCH_FORMAT, str(number), str(first_seq), str(count), last_leaf, ",".join(peaks),
                       key_id]).encode()
+
+
+def staged_signed_bytes(key: str, docs: list[dict], key_id: str) -> bytes:
+    """What a staged object's signature covers: its own key (so it cannot be replayed under another) and
+    the SHA-256 of its events' canonical JSON, one per line."""
+    return "\n".join([STAGED_FORMAT, key, hashlib.sha256(_canonical(docs)).hexdigest(), key_id]).encode()
+
+
+def _docs(events: Iterable[Event]) -> list[dict]:
+    docs = [e.as_dict() for e in events]
+    for doc in docs:
+        if doc["outcome"] not in OUTCOMES:
+            raise AuditError(f"event outcome must be one of {OUTCOMES}, not {doc['outcome']!r}")
+    return docs
+
+
+def _staged_of(doc: dict) -> set[str]:
+    staged = doc.get("staged")
+    return {k for k in staged if isinstance(k, str)} if isinstance(staged, list) else set()
 
 
 def _iso(epoch: float) -> str:

@@ -21,6 +21,10 @@ Checks, in log order:
   the checkpoint itself is still in the store (else deleted). A witness that cannot be read is a
   failure too: without it, deleting the newest batches together with their checkpoints would pass.
 
+Staged events (workers write them apart from the log: archive/audit/log.py) are integrated first, when
+the verifier holds the signing key, so that they are verified with the rest; a staged object that is not
+what a stager wrote becomes an ``audit-staged-invalid`` event, which verification reports as a problem.
+
 When everything passes, the verifier (given a signing key) checkpoints the events after the newest
 checkpoint — it has just recomputed their root — and gives that checkpoint to the witness: so the witness
 always covers everything that was ever verified, and truncating verified events is always caught.
@@ -51,7 +55,7 @@ class Problem:
 
     position: int
     # deleted | inserted-or-reordered | modified | unsigned | forged-batch | forged-checkpoint | rolled-back |
-    # inconsistent | witness-invalid | witness-unavailable
+    # inconsistent | witness-invalid | witness-unavailable | staged | staged-invalid
     kind: str
     message: str
 
@@ -69,6 +73,8 @@ class Report:
     unsigned_batches: int = 0  # batches without a signature (covered by a signed checkpoint, or a problem)
     checkpoint_written: dict | None = None  # the checkpoint this verification wrote over the tail
     witness: dict = field(default_factory=dict)  # where, and the checkpoint it held before this run
+    integrated: int = 0  # staged events this verification integrated into the log first
+    staged: int = 0  # staged objects still waiting (no signing key here to integrate them, or invalid ones)
 
     @property
     def ok(self) -> bool:
@@ -98,6 +104,15 @@ def verify(log: AuditLog, trusted_keys: dict[str, bytes], *, witness: Witness | 
 
     position = 0
     old = None
+    if log.signer is not None:  # staged events (the workers') take their place first: then they are verified
+        try:
+            report.integrated = log.integrate_all(trusted_keys=trusted_keys)
+        except ArchiveError as e:
+            problem("staged", f"the staged audit events could not be integrated ({e}): they are not verified")
+    try:
+        report.staged = len(log.staged())
+    except ArchiveError:
+        pass
     if witness is not None:
         report.witness = {"where": witness.where}
         try:
@@ -160,6 +175,11 @@ def verify(log: AuditLog, trusted_keys: dict[str, bytes], *, witness: Witness | 
                 position = (seq if isinstance(seq, int) else position) + 1
             if acc.size in wanted:
                 roots[acc.size] = acc.root().hex()
+            if isinstance(event, dict) and event.get("action") == "audit-staged-invalid":
+                problem("staged-invalid", f"event {seq}: staged audit events {event.get('target', {}).get('object')} "
+                                          f"were not what a worker wrote ({event.get('details', {}).get('problem')}): "
+                                          "they were altered before they took their place in the log",
+                        at=seq if isinstance(seq, int) else position - 1)
             if observe is not None and isinstance(seq, int) and isinstance(event, dict):
                 observe(seq, event)
         last = position - 1
