@@ -539,3 +539,61 @@ def test_a_staged_object_signed_by_an_unknown_key_is_not_integrated_as_genuine(l
     log.append_many([event(0)])
     log.integrate(trusted_keys=trusted)
     assert [e.event["action"] for e in log.events()] == ["view", "audit-staged-invalid"]
+
+
+_KILLED_INTEGRATOR = r"""
+import json, os, signal, sys
+sys.path.insert(0, sys.argv[2])
+from archive.audit.log import AuditLog, Event
+from archive.dates import parse_duration
+from archive.keys.keyring import KeyringProvider
+from archive.store.base import LockMode
+
+cfg = json.loads(sys.argv[1])
+if cfg["kind"] == "filesystem":
+    from archive.store.filesystem import FilesystemStore
+    store = FilesystemStore(cfg["root"])
+else:
+    from archive.store.s3 import S3Store
+    import boto3
+    from botocore.config import Config
+    client = boto3.client("s3", endpoint_url=cfg["endpoint"], aws_access_key_id=cfg["key"],
+                          aws_secret_access_key=cfg["secret"], region_name=cfg["region"],
+                          config=Config(s3={"addressing_style": "path"}))
+    store = S3Store(cfg["bucket"], "archive", client=client)
+log = AuditLog(store, retention=parse_duration("P1D"), signer=KeyringProvider(cfg["keyring"]).signer(),
+               lock_mode=LockMode.GOVERNANCE)
+for i in range(5):
+    log.stage_many([Event(actor="w", role="ingest", action="ingest", target={"records": [f"r{i}"]})])
+store.delete = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # killed at its first delete
+log.integrate()
+"""
+
+
+def test_an_integrator_process_sigkilled_between_its_batch_and_its_deletes(any_store, keyring, trusted, tmp_path):
+    """A real process, SIGKILLed at the worst moment: its batch written, no staged object deleted."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from archive.store.filesystem import FilesystemStore
+
+    keyring.signer()
+    if isinstance(any_store, FilesystemStore):
+        cfg = {"kind": "filesystem", "root": str(any_store.root)}
+    else:
+        c = any_store.client
+        cfg = {"kind": "s3", "bucket": any_store.bucket, "endpoint": c.meta.endpoint_url,
+               "key": c._request_signer._credentials.access_key, "secret": c._request_signer._credentials.secret_key,
+               "region": c.meta.region_name}
+    cfg["keyring"] = str(keyring.path)
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.run([sys.executable, "-c", _KILLED_INTEGRATOR, json.dumps(cfg), root], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()
+    log = staged_log(any_store, keyring)
+    assert len(log.staged()) == 5 and len(list(log.events())) == 5  # in the log, and still staged
+    log.stage_many([event(9)])
+    assert log.integrate_all() == 1
+    assert log.staged() == []
+    assert [e.event["target"]["records"][0] for e in log.events()] == ["r0", "r1", "r2", "r3", "r4", "r9"]
+    assert verify(log, trusted).ok
