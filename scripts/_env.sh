@@ -7,10 +7,10 @@ PY="${PYTHON:-python3}"
 
 missing=()
 tools=(espeak-ng sox ffmpeg)
-[ "${1:-}" = test ] && tools+=(redis-server chromium)  # the workers' tests run Redis; bundles open in Chromium
+[ "${1:-}" = test ] && tools+=(redis-server rabbitmq-server chromium)  # the workers' brokers; bundles open in Chromium
 for tool in "${tools[@]}"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]} (Debian packages: speech and media tools for samples and tests, Redis and Chromium for tests) ..." >&2
+  echo "installing ${missing[*]} (Debian packages: speech and media tools for samples and tests, Redis, RabbitMQ and Chromium for tests) ..." >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

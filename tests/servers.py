@@ -343,3 +343,81 @@ class Redis:
     def __exit__(self, *exc_info) -> None:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class RabbitMQ:
+    """A throw-away ``rabbitmq-server`` (Debian's package) on free loopback ports — AMQP, Erlang
+    distribution and its own epmd — with its data in a temporary directory and no plugins. ``restart()``
+    SIGKILLs the whole node (beam and epmd, as a crash would) and starts it again on the same ports and
+    data: durable queues and persistent messages survive, unacknowledged deliveries come back."""
+
+    def __init__(self) -> None:
+        self.port, self.dist_port, self.epmd_port = _free_ports(3)
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        self.proc: subprocess.Popen | None = None
+        self._dir = Path(tempfile.mkdtemp(prefix="rabbitmq-"))
+        self.node = f"rabbit_{self.port}@localhost"
+
+    def __enter__(self) -> "RabbitMQ":
+        self.start()
+        return self
+
+    def env(self) -> dict:
+        (self._dir / "enabled_plugins").write_text("[].\n")
+        (self._dir / "rabbitmq.conf").write_text(
+            f"listeners.tcp.1 = 127.0.0.1:{self.port}\nloopback_users.guest = true\n"
+            # the tests' disks are small and shared: do not block publishers at the default 50 MB free
+            "disk_free_limit.absolute = 1MB\nlog.console = false\nlog.file.level = warning\n")
+        return {**os.environ, "HOME": str(self._dir), "RABBITMQ_NODENAME": self.node,
+                "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(self.port),
+                "RABBITMQ_DIST_PORT": str(self.dist_port), "ERL_EPMD_PORT": str(self.epmd_port),
+                "ERL_EPMD_ADDRESS": "127.0.0.1", "RABBITMQ_MNESIA_BASE": str(self._dir / "mnesia"),
+                "RABBITMQ_LOG_BASE": str(self._dir / "log"), "RABBITMQ_CONFIG_FILE": str(self._dir / "rabbitmq"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": str(self._dir / "enabled_plugins"),
+                "RABBITMQ_PID_FILE": str(self._dir / "rabbitmq.pid")}
+
+    def start(self) -> None:
+        # the server's own script, not Debian's /usr/sbin wrapper (which switches to the rabbitmq user and
+        # its /var/lib data): the node runs as the tests do, with its data in the temporary directory
+        binary = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+        if not os.path.exists(binary):  # a missing server is a failure, not a skip
+            raise RuntimeError("rabbitmq-server not found: apt-get install -y rabbitmq-server (scripts/test does)")
+        self.proc = subprocess.Popen([binary], env=self.env(), stdin=subprocess.DEVNULL,
+                                     stdout=open(self._dir / "stdout.log", "ab"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 120  # an Erlang node takes a few seconds; a loaded CI machine more
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rabbitmq-server exited {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"AMQP\x00\x00\x09\x01")  # the protocol header: a ready broker answers connection.start
+                if len(s.recv(8)) > 0:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"rabbitmq-server did not answer AMQP on {self.port}:\n{self.log()}")
+
+    def log(self) -> str:
+        out = (self._dir / "stdout.log").read_text(errors="replace")[-4000:] if (self._dir / "stdout.log").exists() else ""
+        for path in sorted((self._dir / "log").glob("*.log")) if (self._dir / "log").exists() else []:
+            out += f"\n--- {path.name}\n" + path.read_text(errors="replace")[-4000:]
+        return out
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the node and its epmd: a crash, no clean shutdown
+            self.proc.wait()
+
+    def restart(self) -> None:
+        self.stop()  # (its epmd stays, as the host's would: the node registers again when it starts)
+        self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+        # epmd daemonises out of the process group: find ours by the port in its environment
+        for environ in Path("/proc").glob("[0-9]*/environ"):
+            with contextlib.suppress(OSError, ValueError):
+                if f"ERL_EPMD_PORT={self.epmd_port}".encode() in environ.read_bytes().split(b"\0") and \
+                        b"epmd" in (environ.parent / "cmdline").read_bytes():
+                    os.kill(int(environ.parent.name), signal.SIGKILL)
+        shutil.rmtree(self._dir, ignore_errors=True)
