@@ -391,3 +391,33 @@ def test_archive_status_names_the_embedded_index(tmp_path):
                                                                     "0005_trigram_stats")
     assert f"index             sqlite {sqlite3.sqlite_version}, schema 0005_trigram_stats" in \
         run(env, "status").stdout.decode()
+
+
+def test_processes_opening_a_new_index_together_make_one_index_behind_its_alias(engine):
+    """Workers starting at once each find the alias missing: they must make one index between them (an
+    alias over several indexes has no write index, and the engine refuses every write through it)."""
+    import threading
+
+    alias = f"t{uuid.uuid4().hex[:12]}"
+    start = threading.Barrier(4)
+    opened: list[ElasticIndex] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        start.wait()
+        try:
+            opened.append(ElasticIndex(engine.url, alias=alias))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(opened[0]._behind_alias()) == 1
+    for i, index in enumerate(opened):  # each of them writes through the alias
+        index.upsert(view(f"r{i}"))
+        index.flush()
+    assert sorted(r["record_id"] for r in opened[0].query("refund").records) == ["r0", "r1", "r2", "r3"]

@@ -95,9 +95,15 @@ class ElasticIndex:
             "index_patterns": [f"{self.alias}-v*"], "version": TEMPLATE_VERSION,
             "template": {"settings": {"number_of_shards": 1}, "mappings": _mappings()}})
         if not self._call("alias check", "HEAD", f"/_alias/{self.alias}"):
-            index = self._new_index()
-            self._call("alias create", "POST", "/_aliases",
-                       body={"actions": [{"add": {"index": index, "alias": self.alias}}]})
+            # The first index has one name and is made with its alias in one request: workers starting
+            # together make one index between them. (Each making its own and adding it left the alias over
+            # several indexes with no write index: every bulk write was refused.)
+            first = f"{self.alias}-v{TEMPLATE_VERSION}-{0:020d}"
+            resp = self._call("index create", "PUT", f"/{first}", body={"aliases": {self.alias: {}}}, ok=(400,))
+            error = resp.get("error") if isinstance(resp, dict) else None
+            if error is not None and not (isinstance(error, dict)
+                                          and error.get("type") == "resource_already_exists_exception"):
+                raise self.client._failed("index create", 400, resp, RuntimeError(str(error)))
 
     def _new_index(self) -> str:
         name = f"{self.alias}-v{TEMPLATE_VERSION}-{datetime.now(UTC):%Y%m%d%H%M%S%f}"
