@@ -198,6 +198,42 @@ def test_a_rabbitmq_restart_loses_and_duplicates_nothing(setup, rabbitmq):
     _check(result, left, inputs, env, client, inbox_bucket)
 
 
+@pytest.mark.es
+def test_workers_on_two_machines_index_into_the_search_engine_in_bulk_and_keep_no_local_index(setup, shims):
+    """The production stack: workers index into Elasticsearch/OpenSearch (osmem-server behind the
+    Elasticsearch 8 shim) with bulk requests of many records, never into a SQLite file in the home (which
+    workers on two machines could not share), and the index matches the store afterwards."""
+    from tests.workerkit import records_by_interaction
+
+    env, client, inbox_bucket, tmp_path = setup
+    shim = shims("elasticsearch-8")
+    env = {**env, "ARCHIVE_INDEX_URL": shim.url, "ARCHIVE_ES_INDEX": f"w-{uuid.uuid4().hex[:10]}"}
+    inputs = upload_inputs(client, inbox_bucket, "drop", 200, mix="chats")
+    shim.clear_log()
+    workers = Workers(env, tmp_path)
+    try:
+        workers.start("w1")
+        workers.start("w2")
+        workers.start_beat()
+        wait_until(lambda: not inbox_keys(client, inbox_bucket, "drop"), 300, 0.5, what="the inbox archived")
+    except BaseException:
+        print(_logs(tmp_path), file=sys.stderr)
+        raise
+    finally:
+        workers.stop()
+    committed = {r for rids in records_by_interaction(env).values() for r in rids}
+    assert len(committed) == len(inputs.valid) == 200
+    bulks = [r for r in shim.requests() if r["path"].endswith("/_bulk") and r["status"] == 200]
+    indexed = {i for r in bulks for i in r.get("bulk_ids", [])}
+    assert committed <= indexed, sorted(committed - indexed)[:5]
+    assert len(bulks) < len(committed) / 4, len(bulks)  # many records per request, not one each
+    settings = Settings.from_env(env)
+    assert not settings.index_path.exists()  # no worker wrote a local index
+    check = subprocess.run([sys.executable, "-m", "archive.cli", "reindex", "--check", "--json"],
+                           env={**env, "PATH": ""}, capture_output=True)
+    assert check.returncode == 0, (check.stdout.decode()[-2000:], check.stderr.decode()[-2000:])
+
+
 # --- fixity and status, on the embedded default (no servers) ---------------------------------------------
 
 
