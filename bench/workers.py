@@ -38,7 +38,8 @@ The last line of stdout is one JSON object:
                                         ``chats_per_s_1slot_delayed`` / ``_8slots_delayed``. The same with
                                         the default batches: ``…_batched`` (one slot already keeps many
                                         requests in flight, so 8 slots meet this machine's 2 CPUs first)
-* ``lost`` / ``duplicated``             over ``kill_reps`` kill tests (a worker SIGKILLed mid-run, restarted)
+* ``lost`` / ``duplicated``             over ``kill_reps`` kill tests on each broker (a worker SIGKILLed
+                                        mid-run, restarted), Redis and RabbitMQ: ``broker_kill_reps`` in all
 * ``cpu_share``                         where the CPU went in the 2-worker chat run (workers, SeaweedFS, …)
 * ``cpus``                              CPUs on this machine
 """
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -63,7 +65,7 @@ from urllib.parse import urlparse
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import Redis, SeaweedS3  # noqa: E402
+from tests.servers import RabbitMQ, Redis, SeaweedS3  # noqa: E402
 from tests.workerkit import (Workers, account, archive_env, inbox_keys, init, upload_inputs,  # noqa: E402
                              wait_until, wav_bytes)
 
@@ -342,8 +344,17 @@ def plain_upload(seaweed, items: list[tuple[str, bytes]]) -> float:
     return rate
 
 
-def kill_test(seaweed, redis, work: Path, n: int) -> dict:
-    run = Run(seaweed, redis, work)
+def kill_test(seaweed, redis, work: Path, n: int, rabbitmq=None) -> dict:
+    """A worker SIGKILLed a third of the way through ``n`` inputs and started again; the queue on Redis,
+    or on ``rabbitmq`` (Redis then holds only the claims)."""
+    extra = {}
+    if rabbitmq is not None:
+        import kombu
+
+        with kombu.Connection(rabbitmq.url) as conn, contextlib.suppress(kombu.exceptions.ChannelError):
+            conn.default_channel.queue_purge("archive")
+        extra = {"ARCHIVE_BROKER_URL": rabbitmq.url, "ARCHIVE_REDIS_URL": redis.url}
+    run = Run(seaweed, redis, work, **extra)
     try:
         inputs = upload_inputs(run.client, run.inbox_bucket, "drop", n)
         total = len(run.remaining())
@@ -402,13 +413,15 @@ def main() -> None:
                 result[f"scaling_8_vs_1{suffix}"] = round(rates[8] / rates[1], 2)
         result["delay_ms"] = args.delay_ms
         lost = duplicated = 0
-        for rep in range(args.reps):
-            r = kill_test(seaweed, redis, work, args.kill_inputs)
-            log(f"kill test {rep + 1}/{args.reps} (Redis): {r}")
-            lost += r["lost"] + r["left_in_inbox_not_rejected"]
-            VERIFIED.append(r["audit_verified"])
-            duplicated += r["duplicated"]
-        result.update({"lost": lost, "duplicated": duplicated, "kill_reps": args.reps, "broker_kill_reps": args.reps,
+        with RabbitMQ() as rabbitmq:
+            for broker, server in (("Redis", None), ("RabbitMQ", rabbitmq)):
+                for rep in range(args.reps):
+                    r = kill_test(seaweed, redis, work, args.kill_inputs, rabbitmq=server)
+                    log(f"kill test {rep + 1}/{args.reps} ({broker}): {r}")
+                    lost += r["lost"] + r["left_in_inbox_not_rejected"]
+                    VERIFIED.append(r["audit_verified"])
+                    duplicated += r["duplicated"]
+        result.update({"lost": lost, "duplicated": duplicated, "kill_reps": args.reps, "broker_kill_reps": 2 * args.reps,
                        "kill_inputs": args.kill_inputs, "chats": args.chats, "calls": args.calls,
                        "call_mb": args.call_mb,
                        "audit_verified": f"{sum(VERIFIED)}/{len(VERIFIED)} runs"})
