@@ -42,7 +42,12 @@ def fill(read: Callable[[memoryview], int], view: memoryview) -> int:
 
 
 def remaining_size(source: BinaryIO) -> int | None:
-    """How many bytes ``source`` still holds, when that is cheap to know (a regular file, BytesIO)."""
+    """How many bytes ``source`` still holds, when that is cheap to know (a regular file, BytesIO, a
+    stream that estimates its own, such as a sealer of a file). For sizing buffers only: a file can grow
+    while it is read."""
+    own = getattr(source, "remaining_size", None)
+    if callable(own):
+        return own()
     try:
         if isinstance(source, io.BytesIO):
             return source.getbuffer().nbytes - source.tell()

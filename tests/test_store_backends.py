@@ -167,3 +167,30 @@ def test_filesystem_lock_states_made_before_the_key_are_sealed_once_and_only_the
     rotated = FilesystemStore(tmp_path / "store")
     rotated.use_lock_keys("lk-v2", {**LOCK_KEY, "lk-v2": os.urandom(32)})  # older keys still verify
     assert rotated.head("old").size == 1
+
+
+@pytest.mark.s3
+def test_s3_an_object_below_a_part_is_sent_without_a_part_sized_buffer(seaweed, s3_bucket, keyring, tmp_path):
+    """A call of a few megabytes, sealed from its file, is read into a buffer of its own size: a whole
+    part (16 MiB) allocated and zeroed for every object cost more CPU than the upload itself."""
+    import tracemalloc
+
+    from archive.crypto.stream import Binding
+    from archive.vault import Vault
+
+    store = S3Store(s3_bucket, "archive", client=seaweed.client())  # the default 16 MiB parts
+    vault = Vault(store, keyring)
+    source = tmp_path / "call.wav"
+    source.write_bytes(os.urandom(3 * 1024 * 1024))
+    with source.open("rb") as f:  # warm the client (its first request loads models)
+        vault.seal("warm", f, Binding("rec-warm", "audio"))
+    tracemalloc.start()
+    try:
+        with source.open("rb") as f:
+            receipt = vault.seal("call", f, Binding("rec-call", "audio"), verify=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert receipt.plaintext_size == 3 * 1024 * 1024
+    # the sealer's ring of segments, the object's own buffer, the checker's segment: below one 16 MiB part
+    assert peak < 14 * 1024 * 1024, f"peak traced memory {peak / 2**20:.1f} MiB sealing a 3 MiB call"

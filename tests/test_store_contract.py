@@ -60,6 +60,28 @@ def test_multipart_sized_object_round_trips(any_store):
     assert any_store.head("big").size == len(data)
 
 
+class Estimating(io.BytesIO):
+    """A source whose own size estimate (what a sealer of a file offers, to size the store's buffers)
+    is wrong: the file grew or shrank after it was measured."""
+
+    def __init__(self, data: bytes, estimate: int) -> None:
+        super().__init__(data)
+        self.estimate = estimate
+
+    def remaining_size(self) -> int:
+        return self.estimate
+
+
+@pytest.mark.parametrize("size", [0, 300_000, 5 * 1024 * 1024 - 1, 5 * 1024 * 1024, 5 * 1024 * 1024 + 1])
+@pytest.mark.parametrize("estimate", [0, 1000, 64 * 1024 * 1024])
+def test_a_wrong_size_estimate_stores_exactly_what_was_read(any_store, size, estimate):
+    data = os.urandom(size)
+    info = any_store.put("est", Estimating(data, estimate), retain_until=soon(3600))
+    assert info.size == len(data) == any_store.head("est").size
+    with any_store.open("est") as f:
+        assert f.read() == data
+
+
 def test_objects_are_written_once(any_store):
     put(any_store, "once", b"first", retain_until=soon(3600))
     with pytest.raises(ObjectExists):

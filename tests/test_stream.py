@@ -358,3 +358,14 @@ def test_a_checked_sealer_refuses_a_wrong_key_and_a_stream_left_half_read():
     half.read(70_000)
     with pytest.raises(IntegrityError, match="stopped reading"):
         half.verify()
+
+
+def test_a_sealer_estimates_what_is_left_from_its_size_hint_only():
+    plain = data(3 * S + 5)
+    hinted = Sealer(io.BytesIO(plain), KEY, BINDING, segment_size=S, size_hint=len(plain))
+    assert hinted.remaining_size() == sealed_size(len(plain), S)
+    first = hinted.read(HEADER_SIZE + 10)
+    assert hinted.remaining_size() == sealed_size(len(plain), S) - len(first)
+    rest = hinted.read()
+    assert hinted.remaining_size() == 0 and len(first + rest) == sealed_size(len(plain), S)
+    assert Sealer(io.BytesIO(plain), KEY, BINDING, segment_size=S).remaining_size() is None

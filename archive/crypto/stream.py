@@ -234,6 +234,7 @@ class Sealer:
         # Buffers are made on first use and, for a source known to be small, only as large as it: a
         # chat transcript must not pay for zeroing megabytes. A wrong hint only costs a regrowth.
         self._first_size = segment_size if size_hint is None else max(1, min(segment_size, size_hint + 1))
+        self._expected = None if size_hint is None else sealed_size(size_hint, segment_size)
         self._ring: list[bytearray | None] = [None] * self._RING
         self._busy: list[Future | None] = [None] * self._RING
         self._slot = 0
@@ -256,6 +257,12 @@ class Sealer:
 
     def seekable(self) -> bool:
         return False
+
+    def remaining_size(self) -> int | None:
+        """How many sealed bytes are still to come if the source holds what its size hint said (an
+        estimate, for sizing a consumer's buffers: a source that grew or shrank makes it wrong), or None
+        without a hint."""
+        return None if self._expected is None else max(0, self._expected - self.sealed_size)
 
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
@@ -387,6 +394,9 @@ class Checked:
 
     def seekable(self) -> bool:
         return False
+
+    def remaining_size(self) -> int | None:
+        return self.sealer.remaining_size()
 
     def readinto(self, buffer) -> int:
         n = self.sealer.readinto(buffer)

@@ -31,7 +31,7 @@ from archive.errors import (ArchiveError, IntegrityError, ObjectExists, ObjectLo
                             RetentionError, StorageError, StoreMisconfigured, StoreUnavailable)
 from archive.store.base import (LockMode, ObjectInfo, PutRequest, check_deletable, check_extension, check_key,
                                 check_new_retention, check_retain_until, put_each)
-from archive.streams import fill, filler
+from archive.streams import fill, filler, remaining_size
 from archive.text import redact
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
@@ -147,16 +147,18 @@ class S3Store:
         if retain_until is not None:
             lock.update(ObjectLockMode=mode.value, ObjectLockRetainUntilDate=_ceil_second(retain_until))
         read = filler(source)
-        # Most objects (manifests, receipts, audit batches, chats) are small: read a little first rather
-        # than allocate (and zero) a whole part for each.
-        probe = min(self.part_size, 256 * 1024)
+        # Most objects (manifests, receipts, audit batches, chats, a call's few megabytes) are smaller
+        # than a part: read what the source says it holds (and one byte more, to see its end), or a
+        # little first when it cannot say, rather than allocate and zero a whole part for each.
+        expected = remaining_size(source)
+        probe = min(self.part_size, 256 * 1024 if expected is None else expected + 1)
         first = _read_part(read, probe)
         if len(first) == probe < self.part_size:
             first += _read_part(read, self.part_size - probe)
         if len(first) < self.part_size:
             _, checksum = _b64sha256(first)
             try:
-                out = self.client.put_object(Bucket=self.bucket, Key=s3key, Body=bytes(first), IfNoneMatch="*",
+                out = self.client.put_object(Bucket=self.bucket, Key=s3key, Body=first, IfNoneMatch="*",
                                              ChecksumSHA256=checksum, **lock)
             except Exception as e:
                 raise _translate(e, "PutObject", key) from e
