@@ -159,15 +159,31 @@ class _Keys:
         return self.prefix + _NONCE_TAIL.pack(index, 1 if last else 0)
 
     def open(self, index: int, sealed: bytes, last: bool) -> bytes:
-        if len(sealed) < TAG_SIZE:
-            raise IntegrityError(f"{self.object_key}: segment {index} is truncated ({len(sealed)} bytes)",
-                                 object_key=self.object_key, segment=index)
+        self._check_length(index, sealed)
         try:
             return self.aead.decrypt(self.nonce(index, last), sealed, self.aad)
         except InvalidTag:
-            raise IntegrityError(
-                f"{self.object_key}: segment {index} failed authentication (altered, truncated, reordered "
-                "or spliced from another object)", object_key=self.object_key, segment=index) from None
+            raise self._failed(index) from None
+
+    def open_into(self, index: int, sealed: memoryview, last: bool, out: memoryview) -> memoryview:
+        """:meth:`open` into ``out`` (at least the plaintext's length); returns the plaintext's view."""
+        self._check_length(index, sealed)
+        plain = out[:len(sealed) - TAG_SIZE]
+        try:
+            self.aead.decrypt_into(self.nonce(index, last), sealed, self.aad, plain)
+        except InvalidTag:
+            raise self._failed(index) from None
+        return plain
+
+    def _check_length(self, index: int, sealed) -> None:
+        if len(sealed) < TAG_SIZE:
+            raise IntegrityError(f"{self.object_key}: segment {index} is truncated ({len(sealed)} bytes)",
+                                 object_key=self.object_key, segment=index)
+
+    def _failed(self, index: int) -> IntegrityError:
+        return IntegrityError(
+            f"{self.object_key}: segment {index} failed authentication (altered, truncated, reordered "
+            "or spliced from another object)", object_key=self.object_key, segment=index)
 
 
 def _derive(data_key: bytes, header_fields: bytes, binding: Binding) -> tuple[bytes, bytes]:
@@ -381,9 +397,13 @@ class Checked:
 
     def __init__(self, sealer: Sealer, data_key: bytes, binding: Binding, *, object_key: str = "?") -> None:
         self.sealer, self._data_key, self._binding, self.object_key = sealer, data_key, binding, object_key
-        self._buf = bytearray()
+        self._header = bytearray()
         self._keys: _Keys | None = None
-        self._segment = 0
+        # The segment read last (it may be the final one: opened only when more follows, or at verify)
+        # and the plaintext it opens to: two buffers made once, so checking allocates nothing per segment.
+        self._pending = memoryview(b"")
+        self._held = 0
+        self._plain_out = memoryview(b"")
         self._index = 0
         self._plain = hashlib.sha256()
         self._size = 0
@@ -401,7 +421,8 @@ class Checked:
     def readinto(self, buffer) -> int:
         n = self.sealer.readinto(buffer)
         if n:
-            self._feed(memoryview(buffer).cast("B")[:n])
+            with memoryview(buffer) as view, view.cast("B") as flat:
+                self._feed(flat[:n])
         else:
             self._ended = True
         return n
@@ -418,20 +439,27 @@ class Checked:
         self.sealer.close()
 
     def _feed(self, data: memoryview) -> None:
-        self._buf += data
         if self._keys is None:
-            if len(self._buf) < HEADER_SIZE:
+            take = min(len(data), HEADER_SIZE - len(self._header))
+            self._header += data[:take]
+            data = data[take:]
+            if len(self._header) < HEADER_SIZE:
                 return
-            header, self._keys = _open_keys(bytes(self._buf[:HEADER_SIZE]), self._data_key, self._binding,
-                                            self.object_key)
-            self._segment = header.segment_size + TAG_SIZE
-            del self._buf[:HEADER_SIZE]
-        while len(self._buf) > self._segment:  # a segment with bytes after it: not the last one
-            self._open(bytes(self._buf[:self._segment]), last=False)
-            del self._buf[:self._segment]
+            header, self._keys = _open_keys(bytes(self._header), self._data_key, self._binding, self.object_key)
+            segment = header.segment_size + TAG_SIZE
+            self._pending = memoryview(bytearray(segment))
+            self._plain_out = memoryview(bytearray(header.segment_size))
+        while data:
+            if self._held == len(self._pending):  # a whole segment with bytes after it: not the last one
+                self._open(self._pending, last=False)
+                self._held = 0
+            take = min(len(data), len(self._pending) - self._held)
+            self._pending[self._held:self._held + take] = data[:take]
+            self._held += take
+            data = data[take:]
 
-    def _open(self, sealed: bytes, last: bool) -> None:
-        plain = self._keys.open(self._index, sealed, last)
+    def _open(self, sealed: memoryview, last: bool) -> None:
+        plain = self._keys.open_into(self._index, sealed, last, self._plain_out)
         self._plain.update(plain)
         self._size += len(plain)
         self._index += 1
@@ -444,8 +472,8 @@ class Checked:
         if self._keys is None:
             raise IntegrityError(f"{self.object_key}: sealed stream shorter than its header",
                                  object_key=self.object_key, segment="header")
-        self._open(bytes(self._buf), last=True)
-        self._buf.clear()
+        self._open(self._pending[:self._held], last=True)
+        self._held = 0
         if self._size != self.sealer.plaintext_size or self._plain.hexdigest() != self.sealer.plaintext_sha256:
             raise IntegrityError(f"{self.object_key}: the sealed stream does not open to the plaintext sealed",
                                  object_key=self.object_key, segment="end")
