@@ -194,3 +194,29 @@ def test_s3_an_object_below_a_part_is_sent_without_a_part_sized_buffer(seaweed, 
     assert receipt.plaintext_size == 3 * 1024 * 1024
     # the sealer's ring of segments, the object's own buffer, the checker's segment: below one 16 MiB part
     assert peak < 14 * 1024 * 1024, f"peak traced memory {peak / 2**20:.1f} MiB sealing a 3 MiB call"
+
+
+@pytest.mark.s3
+def test_s3_an_upload_is_bound_by_its_signed_checksum_not_hashed_twice(seaweed, s3_bucket):
+    """Over http too, a PutObject carries the body's SHA-256 as a signed checksum header and no second
+    hash of the body for the signature; the server refuses a body that does not match the checksum."""
+    import base64
+    import hashlib
+
+    store = S3Store(s3_bucket, "archive", client=seaweed.client())
+    sent: list[dict[str, str]] = []
+
+    def record(request, **_) -> None:
+        sent.append({k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()})
+
+    store.client.meta.events.register("before-send.s3.PutObject", record)
+    store.put("call", io.BytesIO(b"x" * 300_000), retain_until=soon(3600))
+    assert sent[-1]["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+    signed_headers = sent[-1]["authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+    assert "x-amz-checksum-sha256" in signed_headers
+    assert store.open("call").read() == b"x" * 300_000
+    wrong = base64.b64encode(hashlib.sha256(b"something else").digest()).decode()
+    with pytest.raises(ClientError):
+        store.client.put_object(Bucket=s3_bucket, Key="archive/forged", Body=b"x" * 300_000, ChecksumSHA256=wrong)
+    with pytest.raises(ClientError):
+        store.client.head_object(Bucket=s3_bucket, Key="archive/forged")
