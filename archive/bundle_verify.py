@@ -67,6 +67,15 @@ def find_parts(path: Path) -> list[Path]:
     return [path] if path.exists() else []
 
 
+def bag_base(names: set[str]) -> str:
+    """The base directory (with its slash) the bag is serialised in: the one top-level directory holding
+    ``bagit.txt``; "" for a bag whose ``bagit.txt`` is at the root of the ZIP."""
+    if "bagit.txt" in names:
+        return ""
+    bases = {n.split("/", 1)[0] + "/" for n in names if n.count("/") == 1 and n.endswith("/bagit.txt")}
+    return bases.pop() if len(bases) == 1 else ""
+
+
 def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
 
@@ -124,7 +133,7 @@ def _verify(path: Path, trusted: dict[str, bytes] | None, trust_bundle_key: bool
     if not parts:
         bad(Finding("missing", str(path), "no such bundle"))
         return
-    members: dict[str, tuple[zipfile.ZipFile, zipfile.ZipInfo]] = {}
+    found: list[tuple[zipfile.ZipFile, zipfile.ZipInfo]] = []
     zips = []
     for part in parts:
         try:
@@ -133,12 +142,20 @@ def _verify(path: Path, trusted: dict[str, bytes] | None, trust_bundle_key: bool
             bad(Finding("format", part.name, f"not a readable ZIP file: {e}"))
             continue
         zips.append(zf)
-        for info in zf.infolist():
-            if info.is_dir():
-                continue
-            if info.filename in members:
-                bad(Finding("added", info.filename, "appears more than once"))
-            members[info.filename] = (zf, info)
+        found += [(zf, info) for info in zf.infolist() if not info.is_dir()]
+    base = bag_base({info.filename for _, info in found})
+    if found and not base:
+        verdict.warnings.append("the bag is serialised without a base directory (RFC 8493 §4.2 asks for one), "
+                                "as earlier exports are")
+    members: dict[str, tuple[zipfile.ZipFile, zipfile.ZipInfo]] = {}
+    for zf, info in found:
+        name = info.filename[len(base):] if info.filename.startswith(base) else info.filename
+        if not info.filename.startswith(base):
+            bad(Finding("added", info.filename, f"outside the bag's base directory {base}"))
+            continue
+        if name in members:
+            bad(Finding("added", name, "appears more than once"))
+        members[name] = (zf, info)
 
     unreadable: set[str] = set()
 

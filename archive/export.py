@@ -1,7 +1,9 @@
 """Evidence bundles: everything about a case, in a form the other side can check without trusting us.
 
 A bundle is a BagIt bag (RFC 8493) in a ZIP file (ZIP64; split into ``<name>.partNNN.zip`` files when a
-part size is given)::
+part size is given). As RFC 8493 §4.2 requires of a serialised bag, everything is inside one base
+directory named after the bundle (``case-42.zip`` holds ``case-42/…``; every part of a split bundle the
+same directory, so the parts unzipped together make the one bag)::
 
     bagit.txt, bag-info.txt             BagIt declaration; case, reason, who, when, Payload-Oxum
     data/index.html                     the case for an examiner: records in time order, threads, players
@@ -58,6 +60,13 @@ class ExportError(ArchiveError):
     code = "export_failed"
 
 
+def bag_directory(out: Path) -> str:
+    """The bag's base directory inside the ZIP: the bundle's name without its extension, in characters
+    any unzip tool writes as they are."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(out).stem).strip("._") or "bundle"
+    return name[:100]
+
+
 def part_names(out: Path, count: int) -> list[Path]:
     return [out] if count == 1 else [out.with_name(f"{out.stem}.part{i:03d}{out.suffix}") for i in range(1, count + 1)]
 
@@ -74,8 +83,9 @@ class SplitZip:
     (mode 0600) and moved into place only when the whole bundle is complete; an existing file is
     replaced only with ``overwrite``."""
 
-    def __init__(self, out: Path, split: int | None, *, overwrite: bool = False) -> None:
+    def __init__(self, out: Path, split: int | None, *, overwrite: bool = False, base: str = "") -> None:
         self.out = out
+        self.base = f"{base}/" if base else ""  # every member inside it
         self.split = split
         self.overwrite = overwrite
         self.tmp: list[Path] = []
@@ -95,7 +105,7 @@ class SplitZip:
         if self.zf is None or (self.split and self.zf.fp.tell() >= self.split):
             self._roll()
         self.members[name] = len(self.tmp)
-        info = zipfile.ZipInfo(name, date_time=datetime.now(UTC).timetuple()[:6])
+        info = zipfile.ZipInfo(self.base + name, date_time=datetime.now(UTC).timetuple()[:6])
         info.compress_type = zipfile.ZIP_STORED  # media is compressed already; stored members stream
         return self.zf.open(info, "w", force_zip64=True)
 
@@ -177,7 +187,7 @@ def export(archive, retention, ingestor, record_ids: Iterable[str], *, case: str
     manifests.sort(key=lambda m: (parse_datetime(m["metadata"]["started_at"]), m["record_id"]))
     total = sum(p["size"] for m in manifests for p in m["parts"])
     out = Path(out)
-    zipw = SplitZip(out, split, overwrite=overwrite)
+    zipw = SplitZip(out, split, overwrite=overwrite, base=bag_directory(out))
     payload: dict[str, str] = {}  # path -> sha256
     sizes = 0
     done = 0
@@ -306,13 +316,21 @@ code{font-size:13px}footer{color:#666;font-size:13px;padding:24px}
 """
 
 
+# ('self' is the bundle's own folder when the page is opened from disk: its media play, nothing else loads)
+INDEX_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; media-src 'self'; "
+                "base-uri 'none'; form-action 'none'")
+
+
 def _e(value) -> str:
     return html.escape(str(value if value is not None else ""), quote=True)
 
 
 def render_index(entries: list[tuple[dict, list[dict]]], *, case: str, reason: str, actor: str) -> str:
-    """A self-contained page (no scripts, no external resources) listing every record in time order."""
+    """A self-contained page (no scripts, no external resources) listing every record in time order. Its
+    Content-Security-Policy lets it load nothing but its own style and the bundle's own media: whatever a
+    record's text holds, opening the page fetches nothing from the network."""
     out = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+           f"<meta http-equiv='Content-Security-Policy' content=\"{INDEX_POLICY}\">",
            "<meta name='viewport' content='width=device-width, initial-scale=1'>",
            f"<title>Evidence bundle: {_e(case)}</title><style>{_STYLE}</style></head><body>",
            f"<header><h1>Evidence bundle for case {_e(case)}</h1>",

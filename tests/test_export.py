@@ -84,17 +84,20 @@ def test_a_mixed_case_verifies_offline_and_every_tampering_is_named(case):
     ok = run(env, "verify-bundle", str(bundle), "--public-key", str(key))
     assert b"bundle verified" in ok.stdout
 
+    B = "case-17/"  # the bag's one base directory (RFC 8493 §4.2), named after the bundle
     with zipfile.ZipFile(bundle) as zf:
         names = zf.namelist()
-        assert {"bagit.txt", "bag-info.txt", "manifest-sha256.txt", "tagmanifest-sha256.txt", "signature.json",
-                "audit/events.json", "audit/checkpoint.json", "data/index.html"} <= set(names)
+        assert all(n.startswith(B) for n in names), names
+        assert {B + n for n in ("bagit.txt", "bag-info.txt", "manifest-sha256.txt", "tagmanifest-sha256.txt",
+                                "signature.json", "audit/events.json", "audit/checkpoint.json",
+                                "data/index.html")} <= set(names)
         for rid in ids:
-            assert {f"data/records/{rid}/{n}.json" for n in ("metadata", "retention", "custody")} <= set(names)
+            assert {f"{B}data/records/{rid}/{n}.json" for n in ("metadata", "retention", "custody")} <= set(names)
         call = next(n for n in names if n.endswith("/audio.wav"))
         assert zf.read(call) == (tmp / "inbox" / "call-1.wav").read_bytes()  # decrypted, byte for byte
         assert any(n.endswith("/video.mp4") for n in names)
-        assert "CASE-17" in zf.read("bag-info.txt").decode()
-        events = json.loads(zf.read("audit/events.json"))
+        assert "CASE-17" in zf.read(B + "bag-info.txt").decode()
+        events = json.loads(zf.read(B + "audit/events.json"))
         assert {json.loads(e["event"])["action"] for e in events} == {"ingest", "export-bundle"}
 
     def tampered(name: str, change) -> Path:
@@ -114,18 +117,22 @@ def test_a_mixed_case_verifies_offline_and_every_tampering_is_named(case):
     other = tmp / "other.zip"
     run({**env, "ARCHIVE_ACTOR": "lee"}, "export", ids[0], "-o", str(other), "--case", "CASE-18", "--reason", "r")
     with zipfile.ZipFile(other) as zf:
-        foreign = json.loads(zf.read("signature.json"))
+        foreign = json.loads(zf.read("other/signature.json"))
 
     def swap_signature(members):
-        sig = json.loads(members["signature.json"])
+        sig = json.loads(members[B + "signature.json"])
         sig["signature"] = foreign["signature"]  # a genuine signature, of another bundle
-        members["signature.json"] = json.dumps(sig).encode()
+        members[B + "signature.json"] = json.dumps(sig).encode()
 
+    # findings name files as the bag's manifests do: inside the base directory
     cases = {
-        "altered": (flip, [f"ALTERED   {call}"]),
-        "removed": (lambda m: m.pop(f"data/records/{ids[1]}/metadata.json"),
+        "altered": (flip, [f"ALTERED   {call[len(B):]}"]),
+        "removed": (lambda m: m.pop(f"{B}data/records/{ids[1]}/metadata.json"),
                     [f"MISSING   data/records/{ids[1]}/metadata.json"]),
-        "added": (lambda m: m.__setitem__("data/records/extra.txt", b"planted"), ["ADDED     data/records/extra.txt"]),
+        "added": (lambda m: m.__setitem__(f"{B}data/records/extra.txt", b"planted"),
+                  ["ADDED     data/records/extra.txt"]),
+        "outside": (lambda m: m.__setitem__("planted.txt", b"beside the bag"),
+                    ["ADDED     planted.txt: outside the bag's base directory case-17/"]),
         "signature": (swap_signature, ["SIGNATURE signature.json"]),
     }
     for label, (change, expected) in cases.items():
@@ -139,6 +146,13 @@ def test_a_mixed_case_verifies_offline_and_every_tampering_is_named(case):
     assert proc.returncode == 1
     for _, expected in cases.values():
         assert all(line.encode() in proc.stdout for line in expected), proc.stdout.decode()
+    # a bag serialised at the root of the ZIP, as earlier exports are, still verifies, with a warning
+    rooted = tmp / "rooted.zip"
+    with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(rooted, "w") as dst:
+        for n in src.namelist():
+            dst.writestr(n[len(B):], src.read(n))
+    proc = run(env, "verify-bundle", str(rooted), "--public-key", str(key))
+    assert b"bundle verified" in proc.stdout and b"without a base directory" in proc.stderr
     # a bundle signed by someone else's key is refused against the archive's key
     wrong_key = tmp / "wrong-key.json"
     wrong_key.write_text(json.dumps({json.loads(key.read_text()).popitem()[0]: "00" * 32}))
@@ -162,6 +176,28 @@ def test_a_split_bundle_verifies_whole_and_a_missing_part_is_named(case):
     assert proc.returncode == 1 and b"MISSING" in proc.stdout
 
 
+def test_a_bundle_unzipped_is_a_valid_bag_for_the_library_of_congress_bagit_tool(case):
+    """RFC 8493 as an independent implementation reads it (LoC's ``bagit`` from PyPI): one base directory
+    holding the bag, complete and valid; a split bundle's parts unzipped together make that one bag."""
+    import bagit
+
+    env, ids, tmp, _ = case
+    for name, extra in (("loc-bag.zip", []), ("loc-split.zip", ["--split-size", "16K"])):
+        out = json.loads(run({**env, "ARCHIVE_ACTOR": "lee"}, "export", *ids, "-o", str(tmp / name), "--case", "CASE-21",
+                             "--reason", "r", *extra, "--json").stdout)
+        site = tmp / f"{name}.unzipped"
+        for part in out["bundle"]:
+            with zipfile.ZipFile(part) as zf:
+                zf.extractall(site)
+        assert [p.name for p in site.iterdir()] == [Path(name).stem], list(site.iterdir())
+        root = site / Path(name).stem
+        bag = bagit.Bag(str(root))
+        bag.validate()  # raises BagValidationError naming what is wrong
+        assert set(bag.payload_entries()) == {p.relative_to(root).as_posix() for p in (root / "data").rglob("*")
+                                              if p.is_file()}
+        assert bag.info["External-Identifier"] == "CASE-21"
+
+
 def test_index_html_opens_in_headless_chromium_and_shows_every_record(case):
     env, ids, tmp, _ = case
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -172,7 +208,7 @@ def test_index_html_opens_in_headless_chromium_and_shows_every_record(case):
     site = tmp / "browse"
     with zipfile.ZipFile(bundle) as zf:
         zf.extractall(site)
-    page = (site / "data" / "index.html").as_uri()
+    page = (site / "browse" / "data" / "index.html").as_uri()
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp / 'chromium-profile'}"]
@@ -182,6 +218,8 @@ def test_index_html_opens_in_headless_chromium_and_shows_every_record(case):
         assert f"data-record=\"{rid}\"" in dom, rid
     assert dom.count("<section class=\"record\"") == 4
     assert "<audio" in dom and "<video" in dom
+    # whatever the records hold, the page loads nothing but its own style and the bundle's media
+    assert "http-equiv=\"Content-Security-Policy\" content=\"default-src 'none';" in dom, dom[:600]
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom and "<script>alert(1)" not in dom  # text, not markup
     shots = ROOT / "tests" / "screenshots"
     shots.mkdir(exist_ok=True)
@@ -235,12 +273,13 @@ def test_verify_bundle_names_a_damaged_member_or_malformed_audit_json_without_a_
     crc.write_bytes(bytes(blob))
     proc = run(env, "verify-bundle", str(crc), "--public-key", str(key), check=False)
     assert proc.returncode == 1 and b"Traceback" not in proc.stderr, proc.stderr
-    assert f"ALTERED   {info.filename}: the ZIP member fails its ZIP CRC-32 check".encode() in proc.stdout, proc.stdout
+    inside = info.filename.split("/", 1)[1]  # (named inside the bag's base directory)
+    assert f"ALTERED   {inside}: the ZIP member fails its ZIP CRC-32 check".encode() in proc.stdout, proc.stdout
 
     for label, body, where in [("events-shape", b'[{"seq": 1}]', b"audit/events.json[0]"),
                                ("events-text", b"not json", b"audit/events.json"),
                                ("checkpoint-list", b"[]", b"audit/checkpoint.json")]:
-        member = "audit/checkpoint.json" if label.startswith("checkpoint") else "audit/events.json"
+        member = "verify-me/" + ("audit/checkpoint.json" if label.startswith("checkpoint") else "audit/events.json")
         copy = tmp / f"malformed-{label}.zip"
         with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(copy, "w") as dst:
             for n in src.namelist():
