@@ -25,6 +25,8 @@ a URL (``http://user:password@host``) are redacted from ``repr`` and every error
 | ARCHIVE_MAX_EMAIL_BYTES      | 157286400 (150 MiB)           | largest .eml (parsed in memory with its attachments) |
 | ARCHIVE_POLICIES             | (the shipped ``policies/``)   | directory of retention policy files (*.yaml)   |
 | ARCHIVE_MIN_LOCK             | P1D                           | shortest lock ever written: a record that arrives already due is still kept this long |
+| ARCHIVE_CAPTURE_EARLIEST     | 2000-01-01T00:00:00Z          | a record that says it started before this gets the finding ``implausible-capture-time`` (a recorder clock reset to 1970…) and is never disposed of without review |
+| ARCHIVE_CAPTURE_AHEAD        | P1D                           | … as does one that says it started more than this after its ingest |
 | ARCHIVE_INDEX_URL            | (none: SQLite in the home)    | Elasticsearch 8/9 or OpenSearch 2.15+/3, e.g. ``http://localhost:9200`` |
 | ARCHIVE_INDEX_ENGINE         | auto                          | ``auto`` (what answers there), ``elasticsearch`` or ``opensearch`` |
 | ARCHIVE_ES_INDEX             | archive-records               | the alias searched (physical indexes ``<alias>-v<n>-<time>``) |
@@ -66,7 +68,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlparse
 
-from archive.dates import parse_duration
+from archive.dates import parse_datetime, parse_duration
 from archive.errors import ConfigError
 from archive.text import redact
 
@@ -104,6 +106,8 @@ class Settings:
     es_password: str | None = field(default=None, repr=False)
     policies_dir: Path | None = None
     min_lock: str = "P1D"
+    capture_earliest: str = "2000-01-01T00:00:00Z"
+    capture_ahead: str = "P1D"
     audit_retention: str = "P10Y"
     audit_checkpoint_every: int = 1000
     audit_checkpoint_interval: str = "PT5M"
@@ -213,6 +217,12 @@ class Settings:
                 raise ConfigError(f"ARCHIVE_POLICIES={policies!r} is not a directory of policy files",
                                   variable="ARCHIVE_POLICIES")
         min_lock = _duration(env, "ARCHIVE_MIN_LOCK", "P1D")
+        capture_earliest = env.get("ARCHIVE_CAPTURE_EARLIEST") or "2000-01-01T00:00:00Z"
+        try:
+            parse_datetime(capture_earliest)
+        except ValueError as e:
+            raise ConfigError(f"ARCHIVE_CAPTURE_EARLIEST={capture_earliest!r}: {e} (an ISO 8601 time with its "
+                              "offset, e.g. 2000-01-01T00:00:00Z)", variable="ARCHIVE_CAPTURE_EARLIEST") from None
         index_url = env.get("ARCHIVE_INDEX_URL") or None
         if index_url:
             _check_http_url(index_url, "ARCHIVE_INDEX_URL")
@@ -305,6 +315,8 @@ class Settings:
             es_password=es_password,
             policies_dir=policies_dir,
             min_lock=min_lock,
+            capture_earliest=capture_earliest,
+            capture_ahead=_duration(env, "ARCHIVE_CAPTURE_AHEAD", "P1D"),
             audit_retention=audit_retention,
             audit_checkpoint_every=_int(env, "ARCHIVE_AUDIT_CHECKPOINT_EVERY", 1000, 1, 10_000_000),
             audit_checkpoint_interval=checkpoint_interval,

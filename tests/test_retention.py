@@ -288,6 +288,45 @@ def test_locks_follow_the_decision_events_extend_them_holds_block_and_dispositio
     assert retention.manifest(ba)["record_id"] == ba
 
 
+def test_a_recording_dated_by_a_reset_clock_gets_a_finding_and_is_never_disposed_of_unreviewed(world, tmp_path):
+    """A Sonus sample dated 1970 was accepted and its retention had run out in 1973: it would have gone
+    with the next disposition. The implausible time is a finding, and only a person's review lets it go."""
+    arch, ingestor, retention, clock = world
+    inbox = sale(tmp_path / "in", "epoch-1", business_line="broker-dealer", started_at="1970-01-01T00:00:00Z",
+                 ended_at="1970-01-01T00:00:03Z")
+    sale(inbox, "ahead-1", business_line="broker-dealer", started_at="2021-03-01T00:00:00Z",
+         ended_at="2021-03-01T00:00:03Z")
+    sale(inbox, "fine-1", business_line="broker-dealer")
+    summary = ingestor.run([inbox], limits=Limits())
+    assert summary.archived == 3, summary.outcomes
+    rid = {o.record_ids[0]: retention.manifest(o.record_ids[0]) for o in summary.outcomes}
+    by_name = {m["metadata"]["source"]["interaction_id"]: r for r, m in rid.items()}
+    codes = {name: [f["code"] for f in rid[r]["findings"]] for name, r in by_name.items()}
+    assert codes == {"epoch-1": ["implausible-capture-time"], "ahead-1": ["implausible-capture-time"], "fine-1": []}
+    assert "1970-01-01T00:00:00Z" in rid[by_name["epoch-1"]]["findings"][0]["detail"]
+    assert "ARCHIVE_CAPTURE_AHEAD" in rid[by_name["ahead-1"]]["findings"][0]["detail"]
+
+    clock.set(t("2021-02-03"))  # past the one-day minimum lock of the 1970 record
+    [plan] = retention.plan()
+    assert plan.record_id == by_name["epoch-1"] and plan.action == "review"
+    assert "implausible" in plan.why and "--reviewed " + plan.record_id in plan.why
+    assert retention.dispose([plan], by="ops") == []  # a review is not a delete
+    [plan] = retention.plan(reviewed={by_name["epoch-1"]})
+    assert plan.action == "delete"
+
+
+def test_capture_bounds_are_settings_and_a_bad_one_is_refused(tmp_path):
+    from archive.errors import ConfigError
+
+    settings = Settings.from_env({"ARCHIVE_HOME": str(tmp_path), "ARCHIVE_CAPTURE_EARLIEST": "1960-01-01",
+                                  "ARCHIVE_CAPTURE_AHEAD": "PT2H"})
+    assert (settings.capture_earliest, settings.capture_ahead) == ("1960-01-01", "PT2H")
+    with pytest.raises(ConfigError, match="ARCHIVE_CAPTURE_EARLIEST"):
+        Settings.from_env({"ARCHIVE_HOME": str(tmp_path), "ARCHIVE_CAPTURE_EARLIEST": "last tuesday"})
+    with pytest.raises(ConfigError, match="ARCHIVE_CAPTURE_AHEAD"):
+        Settings.from_env({"ARCHIVE_HOME": str(tmp_path), "ARCHIVE_CAPTURE_AHEAD": "soon"})
+
+
 def test_nothing_locked_is_deleted_whatever_the_archive_clock_says(world, tmp_path):
     arch, ingestor, retention, clock = world
     summary = ingestor.run([sale(tmp_path / "in", "us-1", business_line="broker-dealer")], limits=Limits())

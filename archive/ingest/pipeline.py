@@ -63,16 +63,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePath
 
 from archive.crypto.stream import Binding
+from archive.dates import parse_datetime, parse_duration
 from archive.errors import (ArchiveError, InvalidMetadata, ObjectExists, ObjectNotFound, RejectedInput,
                             SourceChanged)
 from archive.ingest import conflicts
 from archive.ingest.discover import Found, discover
 from archive.ingest.record import validate
-from archive.retention.decide import decide, findings
+from archive.retention.decide import capture_findings, decide, findings
 from archive.retention.policy import PolicySet
 from archive.retention.service import Retention
 from archive.services import Archive
@@ -190,6 +191,9 @@ class Ingestor:
         self.retention = retention or Retention(archive, index, policies_dir=archive.settings.policies_dir,
                                                 min_lock=archive.settings.min_lock)
         self.max_metadata_bytes = getattr(archive.settings, "max_metadata_bytes", 16 * 1024**2)
+        self.capture_earliest = parse_datetime(getattr(archive.settings, "capture_earliest", "2000-01-01T00:00:00Z"))
+        self.capture_ahead = timedelta(seconds=parse_duration(getattr(archive.settings, "capture_ahead", "P1D"))
+                                       .nominal_seconds())
         self._lock = threading.Lock()
         self._record_locks = _RecordLocks(self._lock)
 
@@ -241,6 +245,7 @@ class Ingestor:
                       else self._seal_part(rid, part, retain_until, mode) for part in parts]
             matched = [policies.get(p["id"]) for p in decision["policies"]]
             found, checks = findings(metadata, sealed, matched, _transcript_text(metadata, parts))
+            found += capture_findings(metadata, now, earliest=self.capture_earliest, ahead=self.capture_ahead)
             manifest = {
                 "format": MANIFEST_FORMAT, "record_id": rid,
                 "ingested_at": now.isoformat(timespec="milliseconds"),

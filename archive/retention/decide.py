@@ -210,3 +210,29 @@ def findings(meta: dict, parts: list[dict], policies: list[Policy], transcript: 
                 check["phrases"] = present
     unique = {(f["code"], f["policy"]): f for f in found}
     return list(unique.values()), checks
+
+
+IMPLAUSIBLE_CAPTURE = "implausible-capture-time"
+
+
+def capture_findings(meta: dict, now: datetime, *, earliest: datetime, ahead: timedelta) -> list[dict]:
+    """A capture time no recorder could have written, read from the record as given: before ``earliest``
+    (a recorder clock reset to 1970, a wrong century) or more than ``ahead`` after ``now`` (ingest). Its
+    retention runs from that time, so a record with this finding is never disposed of without review
+    (Retention.plan)."""
+    started = parse_datetime(meta["started_at"])
+    if started < earliest:
+        detail = (f"started_at {meta['started_at']} is before {earliest.isoformat()} (ARCHIVE_CAPTURE_EARLIEST): "
+                  "a recorder clock reset or wrong? Retention counted from it would end early, so the record "
+                  "is not disposed of without review")
+    elif started > now + ahead:
+        detail = (f"started_at {meta['started_at']} is more than {_span(ahead)} after its ingest at "
+                  f"{now.isoformat(timespec='seconds')} (ARCHIVE_CAPTURE_AHEAD): a recorder clock ahead?")
+    else:
+        return []
+    return [{"code": IMPLAUSIBLE_CAPTURE, "detail": detail, "started_at": meta["started_at"]}]
+
+
+def _span(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours / 24:g} day(s)" if hours >= 24 else f"{hours:g} hour(s)"

@@ -37,7 +37,7 @@ from archive.clock import SYSTEM, Clock
 from archive.crypto.stream import Binding
 from archive.dates import Duration, parse_datetime, parse_duration
 from archive.errors import ApprovalError, ArchiveError, InvalidMetadata, ObjectExists, ObjectLocked, ObjectNotFound
-from archive.retention.decide import decide
+from archive.retention.decide import IMPLAUSIBLE_CAPTURE, decide
 from archive.retention.policy import Policy, PolicyError, PolicySet, load_policies
 from archive.vault import candidates
 
@@ -503,6 +503,11 @@ class Retention:
             elif any(self.vault.head(n).legal_hold for n in self.objects(rid)):
                 plans.append(Plan(rid, "held", d["retain_until"], "the store has a legal hold on its objects",
                                   policies))
+            elif rid not in reviewed and (odd := next((f for f in manifest.get("findings", [])
+                                                        if f.get("code") == IMPLAUSIBLE_CAPTURE), None)):
+                plans.append(Plan(rid, "review", d["retain_until"], f"its capture time is implausible "
+                                  f"({odd['started_at']}), and retention was counted from it: check the recorder's "
+                                  "clock, then confirm with --reviewed " + rid, policies))
             elif d["on_expiry"] == "review" and rid not in reviewed:
                 plans.append(Plan(rid, "review", d["retain_until"], f"{d['governing']} asks for review before "
                                   "deletion: confirm with --reviewed " + rid, policies))
