@@ -306,13 +306,21 @@ def test_a_recording_dated_by_a_reset_clock_gets_a_finding_and_is_never_disposed
     assert "1970-01-01T00:00:00Z" in rid[by_name["epoch-1"]]["findings"][0]["detail"]
     assert "ARCHIVE_CAPTURE_AHEAD" in rid[by_name["ahead-1"]]["findings"][0]["detail"]
 
-    clock.set(t("2021-02-03"))  # past the one-day minimum lock of the 1970 record
+    # its retention is counted from the time it gives (ended 1973), but the store keeps it at least as
+    # long as if it had begun at its ingest: the broker-dealer policy's three years from 2021-02-01
+    assert retention.decision(by_name["epoch-1"])["retain_until"][:4] == "1973"
+    assert all(h.retain_until >= t("2024-02-01") for h in objects_of(arch, by_name["epoch-1"]))
+    assert all(h.retain_until < t("2024-02-02") for h in objects_of(arch, by_name["fine-1"]))
+
+    clock.set(t("2021-02-03"))
     [plan] = retention.plan()
     assert plan.record_id == by_name["epoch-1"] and plan.action == "review"
     assert "implausible" in plan.why and "--reviewed " + plan.record_id in plan.why
     assert retention.dispose([plan], by="ops") == []  # a review is not a delete
     [plan] = retention.plan(reviewed={by_name["epoch-1"]})
     assert plan.action == "delete"
+    [result] = retention.dispose([plan], by="ops")  # reviewed, yet the store's lock still stands
+    assert result["action"] == "store-locked" and retention.manifest(by_name["epoch-1"])
 
 
 def test_capture_bounds_are_settings_and_a_bad_one_is_refused(tmp_path):

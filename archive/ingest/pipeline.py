@@ -145,6 +145,16 @@ def _hash_stream(opener: Callable[[], io.BufferedIOBase]) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def _as_if_started(metadata: dict, at: datetime) -> dict:
+    """The metadata with the interaction moved to begin at ``at`` (its length kept): what a lock counts
+    from when the record's own capture time is implausible."""
+    moved = {**metadata, "started_at": at.isoformat()}
+    if metadata.get("ended_at"):
+        moved["ended_at"] = (at + (parse_datetime(metadata["ended_at"]) - parse_datetime(metadata["started_at"]))
+                             ).isoformat()
+    return moved
+
+
 def record_id(metadata: dict, parts: Iterable[PartInput]) -> str:
     """``r`` + 32 base32 characters of SHA-256 over the source identity and every part's digest."""
     h = hashlib.sha256(b"archive-record-id/1\n")
@@ -241,11 +251,15 @@ class Ingestor:
             now = self.retention.clock.now()
             decision = decide(rid, metadata, self.retention.events(), policies, now)
             retain_until, mode = self.retention.lock_date(decision), decision["lock_mode"]
+            odd = capture_findings(metadata, now, earliest=self.capture_earliest, ahead=self.capture_ahead)
+            if odd:  # its own time cannot be trusted: the store keeps it at least as if it began at ingest
+                retain_until = max(retain_until, self.retention.lock_date(
+                    decide(rid, _as_if_started(metadata, now), self.retention.events(), policies, now)))
             sealed = [self._inline_part(part) if part.size <= INLINE_LIMIT
                       else self._seal_part(rid, part, retain_until, mode) for part in parts]
             matched = [policies.get(p["id"]) for p in decision["policies"]]
             found, checks = findings(metadata, sealed, matched, _transcript_text(metadata, parts))
-            found += capture_findings(metadata, now, earliest=self.capture_earliest, ahead=self.capture_ahead)
+            found += odd
             manifest = {
                 "format": MANIFEST_FORMAT, "record_id": rid,
                 "ingested_at": now.isoformat(timespec="milliseconds"),

@@ -218,8 +218,8 @@ IMPLAUSIBLE_CAPTURE = "implausible-capture-time"
 def capture_findings(meta: dict, now: datetime, *, earliest: datetime, ahead: timedelta) -> list[dict]:
     """A capture time no recorder could have written, read from the record as given: before ``earliest``
     (a recorder clock reset to 1970, a wrong century) or more than ``ahead`` after ``now`` (ingest). Its
-    retention runs from that time, so a record with this finding is never disposed of without review
-    (Retention.plan)."""
+    retention runs from that time, so a record with this finding is locked at least as if it began at
+    ingest (the pipeline) and never disposed of without review (Retention.plan)."""
     started = parse_datetime(meta["started_at"])
     if started < earliest:
         detail = (f"started_at {meta['started_at']} is before {earliest.isoformat()} (ARCHIVE_CAPTURE_EARLIEST): "
