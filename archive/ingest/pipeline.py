@@ -63,7 +63,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path, PurePath
 
 from archive.crypto.stream import Binding
@@ -202,8 +202,7 @@ class Ingestor:
                                                 min_lock=archive.settings.min_lock)
         self.max_metadata_bytes = getattr(archive.settings, "max_metadata_bytes", 16 * 1024**2)
         self.capture_earliest = parse_datetime(getattr(archive.settings, "capture_earliest", "2000-01-01T00:00:00Z"))
-        self.capture_ahead = timedelta(seconds=parse_duration(getattr(archive.settings, "capture_ahead", "P1D"))
-                                       .nominal_seconds())
+        self.capture_ahead = parse_duration(getattr(archive.settings, "capture_ahead", "P1D"))
         self._lock = threading.Lock()
         self._record_locks = _RecordLocks(self._lock)
 

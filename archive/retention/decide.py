@@ -15,7 +15,7 @@ from __future__ import annotations
 import unicodedata
 from datetime import datetime, timedelta
 
-from archive.dates import parse_datetime
+from archive.dates import Duration, parse_datetime
 from archive.retention.policy import TRIGGERS, Policy, PolicySet
 
 
@@ -215,7 +215,7 @@ def findings(meta: dict, parts: list[dict], policies: list[Policy], transcript: 
 IMPLAUSIBLE_CAPTURE = "implausible-capture-time"
 
 
-def capture_findings(meta: dict, now: datetime, *, earliest: datetime, ahead: timedelta) -> list[dict]:
+def capture_findings(meta: dict, now: datetime, *, earliest: datetime, ahead: Duration) -> list[dict]:
     """A capture time no recorder could have written, read from the record as given: before ``earliest``
     (a recorder clock reset to 1970, a wrong century) or more than ``ahead`` after ``now`` (ingest). Its
     retention runs from that time, so a record with this finding is locked at least as if it began at
@@ -225,14 +225,9 @@ def capture_findings(meta: dict, now: datetime, *, earliest: datetime, ahead: ti
         detail = (f"started_at {meta['started_at']} is before {earliest.isoformat()} (ARCHIVE_CAPTURE_EARLIEST): "
                   "a recorder clock reset or wrong? Retention counted from it would end early, so the record "
                   "is not disposed of without review")
-    elif started > now + ahead:
-        detail = (f"started_at {meta['started_at']} is more than {_span(ahead)} after its ingest at "
+    elif started > ahead.after(now):
+        detail = (f"started_at {meta['started_at']} is more than {ahead.text} after its ingest at "
                   f"{now.isoformat(timespec='seconds')} (ARCHIVE_CAPTURE_AHEAD): a recorder clock ahead?")
     else:
         return []
     return [{"code": IMPLAUSIBLE_CAPTURE, "detail": detail, "started_at": meta["started_at"]}]
-
-
-def _span(delta: timedelta) -> str:
-    hours = delta.total_seconds() / 3600
-    return f"{hours / 24:g} day(s)" if hours >= 24 else f"{hours:g} hour(s)"
